@@ -1,0 +1,52 @@
+"""cellformers: single-cell transformer foundation models for the scverse ecosystem."""
+
+from __future__ import annotations
+
+import logging
+from importlib.metadata import PackageNotFoundError, version
+
+from rich.console import Console
+from rich.logging import RichHandler
+
+from ._settings import settings
+
+try:
+    __version__ = version("cellformers")
+except PackageNotFoundError:  # running from a source tree that is not installed
+    __version__ = "0.0.0"
+
+logger = logging.getLogger("cellformers")
+if not logger.handlers:
+    _handler = RichHandler(show_path=False, console=Console(force_terminal=False), show_time=False)
+    _handler.setFormatter(logging.Formatter("%(message)s"))
+    logger.addHandler(_handler)
+logger.setLevel(logging.INFO)
+# Without this the root logger prints every message a second time.
+logger.propagate = False
+
+from . import data, nn, pl, pp, tl  # noqa: E402
+from ._exceptions import (  # noqa: E402
+    CellformersError,
+    ChecksumError,
+    GeneMappingError,
+    InvalidExpressionError,
+    MissingKeyError,
+    NotCountsError,
+    UntrustedCheckpointError,
+)
+
+__all__ = [
+    "CellformersError",
+    "ChecksumError",
+    "GeneMappingError",
+    "InvalidExpressionError",
+    "MissingKeyError",
+    "NotCountsError",
+    "UntrustedCheckpointError",
+    "data",
+    "nn",
+    "pl",
+    "pp",
+    "settings",
+    "tl",
+]

@@ -1,0 +1,71 @@
+"""Package-wide settings (cache directory, seed, progress bars, verbosity)."""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+logger = logging.getLogger("cellformers")
+
+_CACHE_ENV = "CELLFORMERS_CACHE"
+
+
+def _default_cache_dir() -> Path:
+    env = os.environ.get(_CACHE_ENV)
+    if env:
+        return Path(env).expanduser()
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    base = Path(xdg).expanduser() if xdg else Path.home() / ".cache"
+    return base / "cellformers"
+
+
+class CellformersConfig:
+    """Global configuration, available as :data:`cellformers.settings`.
+
+    Attributes
+    ----------
+    cache_dir
+        Where reference files and checkpoints are downloaded. Defaults to ``$CELLFORMERS_CACHE`` or
+        ``~/.cache/cellformers``.
+    seed
+        Global seed. Every random choice that must not depend on batch size or cell order (masking,
+        tie-breaking in binning, subsampling) derives its generator from this seed and the cell name.
+    progress_bar
+        Whether inference loops show a progress bar.
+    warnings_stacklevel
+        Stack level used by :func:`warnings.warn` in the package.
+    """
+
+    def __init__(self) -> None:
+        self._cache_dir: Path | None = None
+        self.seed: int = 0
+        self.progress_bar: bool = True
+        self.warnings_stacklevel: int = 2
+
+    @property
+    def cache_dir(self) -> Path:
+        """Directory for downloaded reference files and checkpoints."""
+        return self._cache_dir if self._cache_dir is not None else _default_cache_dir()
+
+    @cache_dir.setter
+    def cache_dir(self, path: str | os.PathLike | None) -> None:
+        self._cache_dir = None if path is None else Path(path).expanduser()
+
+    @property
+    def verbosity(self) -> int:
+        """Logging level of the ``cellformers`` logger."""
+        return logger.level
+
+    @verbosity.setter
+    def verbosity(self, level: int | str) -> None:
+        logger.setLevel(level)
+
+    def __repr__(self) -> str:
+        return (
+            f"CellformersConfig(cache_dir={str(self.cache_dir)!r}, seed={self.seed}, "
+            f"progress_bar={self.progress_bar}, verbosity={logging.getLevelName(self.verbosity)})"
+        )
+
+
+settings = CellformersConfig()

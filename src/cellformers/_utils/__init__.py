@@ -1,0 +1,13 @@
+"""Internal helpers shared across cellformers (not public API)."""
+
+from __future__ import annotations
+
+from ._anndata import (
+    check_key,
+    get_matrix,
+    iter_row_chunks,
+    resolve_adata,
+    to_dense_rows,
+)
+from ._validation import check_counts, check_expression_values, looks_like_counts
+from ._random import cell_generator, cell_seed

@@ -1,0 +1,73 @@
+"""Checks of expression values: finiteness, sign, and whether the data are raw counts."""
+
+from __future__ import annotations
+
+import numpy as np
+from scipy import sparse
+
+from .._exceptions import InvalidExpressionError, NotCountsError
+from ._anndata import iter_row_chunks
+
+# Counts recovered from float32 log-normalized files deviate from integers by up to ~1e-3 relative
+# (e.g. scanpy's pbmc68k_reduced); normalized or log data deviate by O(1).
+_INT_ABS_TOL = 1e-2
+_INT_REL_TOL = 2e-3
+
+
+def _values(block) -> np.ndarray:
+    return block.data if sparse.issparse(block) else np.asarray(block).ravel()
+
+
+def check_expression_values(X, *, arg: str = "adata.X", chunk_size: int = 4096) -> None:
+    """Raise :class:`InvalidExpressionError` if ``X`` holds NaN, infinite or negative values.
+
+    Streams over row chunks, so backed matrices are never loaded whole.
+    """
+    for start, _stop, block in iter_row_chunks(X, chunk_size=chunk_size):
+        v = _values(block)
+        if v.size == 0:
+            continue
+        if not np.isfinite(v).all():
+            bad = "NaN" if np.isnan(v).any() else "infinite"
+            msg = (
+                f"{arg} contains {bad} values (first in rows {start}–{start + block.shape[0] - 1}). "
+                "Remove or impute them before running cellformers, e.g. `adata = adata[~np.isnan(...)]`."
+            )
+            raise InvalidExpressionError(msg)
+        if (v < 0).any():
+            msg = (
+                f"{arg} contains negative values (min {v.min():.3g}); it looks scaled or centred "
+                "(e.g. by `sc.pp.scale`). Pass raw counts (or a non-negative layer) instead."
+            )
+            raise InvalidExpressionError(msg)
+
+
+def looks_like_counts(X, *, n_rows: int = 500) -> bool:
+    """Whether the first ``n_rows`` rows of ``X`` are non-negative (near-)integers."""
+    block = X[: min(n_rows, X.shape[0])]
+    if hasattr(block, "to_memory"):
+        block = block.to_memory()
+    v = _values(block).astype(np.float64, copy=False)
+    if v.size == 0:
+        return True
+    if (v < 0).any() or not np.isfinite(v).all():
+        return False
+    dev = np.abs(v - np.rint(v))
+    return bool((dev <= np.maximum(_INT_ABS_TOL, _INT_REL_TOL * v)).all())
+
+
+def check_counts(X, *, arg: str = "layer", layer: str | None = None) -> None:
+    """Raise :class:`NotCountsError` with the fix when ``X`` does not look like raw counts.
+
+    Also rejects NaN, infinite and negative values (:class:`InvalidExpressionError`).
+    """
+    where = "adata.X" if layer is None else f"adata.layers[{layer!r}]"
+    check_expression_values(X, arg=where)
+    if not looks_like_counts(X):
+        msg = (
+            f"{where} does not look like raw counts (it has non-integer values): it is probably normalized "
+            f"or log-transformed. Pass the raw counts with `{arg}=` (e.g. `{arg}='counts'` after "
+            "`adata.layers['counts'] = adata.raw.X` or before normalizing), or recover them with "
+            "`cellformers.pp.counts_from_normalized(adata)`."
+        )
+        raise NotCountsError(msg)
