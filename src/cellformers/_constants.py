@@ -29,6 +29,17 @@ class _UnsKeys(NamedTuple):
 UNS_KEYS = _UnsKeys()
 
 
+class _RegistryKeys(NamedTuple):
+    # Registered by every model's ``setup_anndata`` in addition to scvi-tools' ``REGISTRY_KEYS``.
+    CELL_SEED: str = "cell_seed"
+
+
+REGISTRY_KEYS_CF = _RegistryKeys()
+
+# ``adata.obs`` column holding the per-cell seed (24 bits, exact in float32) derived from the cell name.
+CELL_SEED_OBS_COLUMN = "_cellformers_cell_seed"
+
+
 class _ModuleKeys(NamedTuple):
     # inference outputs
     TOKEN_EMBEDDING: str = "token_embedding"

@@ -10,4 +10,5 @@ from ._anndata import (
     to_dense_rows,
 )
 from ._validation import check_counts, check_expression_values, looks_like_counts
-from ._random import cell_generator, cell_seed
+from ._random import cell_generator, cell_seed, counter_uniform
+from ._torch import autocast_context

@@ -1,5 +1,9 @@
-"""model."""
+"""User-facing models."""
 
 from __future__ import annotations
 
-__all__: list[str] = []
+from .base import CellformersModel
+
+__all__ = [
+    "CellformersModel",
+]

@@ -1,5 +1,9 @@
-"""module."""
+"""scvi-tools modules (tensors in, ``LossOutput`` out)."""
 
 from __future__ import annotations
 
-__all__: list[str] = []
+from ._base import GeneTokenModule
+
+__all__ = [
+    "GeneTokenModule",
+]

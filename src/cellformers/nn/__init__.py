@@ -1,5 +1,11 @@
-"""nn."""
+"""Plain PyTorch building blocks (no AnnData, no scvi-tools)."""
 
 from __future__ import annotations
 
-__all__: list[str] = []
+from ._transformer import MultiheadSelfAttention, TransformerBlock, TransformerEncoder
+
+__all__ = [
+    "MultiheadSelfAttention",
+    "TransformerBlock",
+    "TransformerEncoder",
+]

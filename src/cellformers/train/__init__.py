@@ -1,5 +1,9 @@
-"""train."""
+"""Training plans."""
 
 from __future__ import annotations
 
-__all__: list[str] = []
+from ._plan import MaskedModelingTrainingPlan
+
+__all__ = [
+    "MaskedModelingTrainingPlan",
+]

@@ -1,0 +1,7 @@
+"""Base classes shared by the models."""
+
+from __future__ import annotations
+
+from ._base import CellformersModel
+
+__all__ = ["CellformersModel"]

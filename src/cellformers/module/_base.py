@@ -1,0 +1,62 @@
+"""Base class of the cellformers modules: maps the data's genes to vocabulary tokens."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import numpy as np
+import torch
+from scvi.module.base import BaseModuleClass
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+    from torch import Tensor
+
+
+class GeneTokenModule(BaseModuleClass):
+    """A :class:`~scvi.module.base.BaseModuleClass` that knows which vocabulary token each input column is.
+
+    The data loader yields the registered expression matrix with all ``n_vars`` columns; columns whose gene is not in
+    the vocabulary (token id ``-1``) are dropped by :meth:`select_genes`. Both index tensors are buffers, so they are
+    saved with the weights and move with the module.
+
+    Parameters
+    ----------
+    gene_token_ids
+        Vocabulary token id of each column of the input matrix, ``-1`` for genes outside the vocabulary.
+    n_tokens
+        Size of the vocabulary (genes plus special tokens).
+    """
+
+    def __init__(self, gene_token_ids: Sequence[int] | np.ndarray, n_tokens: int):
+        super().__init__()
+        ids = np.asarray(gene_token_ids, dtype=np.int64)
+        if ids.ndim != 1:
+            msg = "`gene_token_ids` must be one-dimensional."
+            raise ValueError(msg)
+        if (ids >= n_tokens).any():
+            msg = f"`gene_token_ids` has ids >= n_tokens ({n_tokens})."
+            raise ValueError(msg)
+        keep = np.flatnonzero(ids >= 0)
+        if keep.size == 0:
+            msg = "No input gene is in the vocabulary; run `cellformers.pp.map_genes` and check its coverage."
+            raise ValueError(msg)
+        self.n_tokens = int(n_tokens)
+        self.n_input_vars = int(ids.size)
+        self.register_buffer("input_columns", torch.from_numpy(keep), persistent=True)
+        self.register_buffer("input_gene_ids", torch.from_numpy(ids[keep]), persistent=True)
+
+    @property
+    def n_genes(self) -> int:
+        """Number of input genes the module sees (columns that map to the vocabulary)."""
+        return int(self.input_columns.numel())
+
+    def select_genes(self, x: Tensor) -> Tensor:
+        """Keep the vocabulary-mapped columns of ``x`` (``(batch, n_vars)`` -> ``(batch, n_genes)``)."""
+        if x.shape[-1] != self.n_input_vars:
+            msg = f"expected {self.n_input_vars} input columns, got {x.shape[-1]}"
+            raise ValueError(msg)
+        if self.n_genes == self.n_input_vars:
+            return x
+        return x.index_select(-1, self.input_columns)
