@@ -63,7 +63,7 @@ def counter_uniform(cell_seeds, n: int, *, salt: int = 0):
 
     seeds = cell_seeds.to(torch.int64).reshape(-1, 1)
     pos = torch.arange(n, device=seeds.device, dtype=torch.int64).reshape(1, -1)
-    x = seeds * _GOLDEN + (pos + 1) * _MIX2 + salt * _MIX1
+    x = seeds * _GOLDEN + (pos + 1) * _MIX2 + _to_signed(int(salt) * _MIX1)
     x = x + _GOLDEN
     x = (x ^ _srl(x, 30)) * _MIX1
     x = (x ^ _srl(x, 27)) * _MIX2

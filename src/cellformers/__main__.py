@@ -1,0 +1,46 @@
+"""Command line: ``python -m cellformers demo``."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of ``python -m cellformers``."""
+    parser = argparse.ArgumentParser(prog="python -m cellformers", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    demo = sub.add_parser("demo", help="embed, cluster and benchmark a bundled dataset and write a report")
+    demo.add_argument("--out", default="demo_output", help="output directory (default: demo_output)")
+    demo.add_argument(
+        "--data",
+        default=None,
+        help="an .h5ad file with raw counts in X (default: scanpy's bundled pbmc68k_reduced, counts recovered)",
+    )
+    demo.add_argument("--label-key", default=None, help="obs column with cell types (default: from the dataset)")
+    demo.add_argument("--batch-key", default=None, help="obs column with batches (optional)")
+    demo.add_argument(
+        "--models",
+        default="all",
+        help="comma-separated models to train (xtrimogene,scformer,scpalm), 'all' or 'none'",
+    )
+    demo.add_argument("--quick", action="store_true", help="fewer epochs (for smoke tests)")
+
+    args = parser.parse_args(argv)
+    if args.command == "demo":
+        from ._demo import run_demo
+
+        run_demo(
+            out=args.out,
+            data=args.data,
+            label_key=args.label_key,
+            batch_key=args.batch_key,
+            models=args.models,
+            quick=args.quick,
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
