@@ -9,6 +9,6 @@ from ._anndata import (
     resolve_adata,
     to_dense_rows,
 )
-from ._validation import check_counts, check_expression_values, looks_like_counts
+from ._validation import check_block_values, check_counts, check_expression_values, looks_like_counts
 from ._random import cell_generator, cell_seed, counter_uniform
 from ._torch import autocast_context

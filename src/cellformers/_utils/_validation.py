@@ -12,10 +12,41 @@ from ._anndata import iter_row_chunks
 # (e.g. scanpy's pbmc68k_reduced); normalized or log data deviate by O(1).
 _INT_ABS_TOL = 1e-2
 _INT_REL_TOL = 2e-3
+# The relative tolerance is capped: otherwise every value above ~250 passes (any x is within 0.5 of an integer),
+# and CPM-scale data (normalize_total(target_sum=1e6), all values in the thousands) would pass as counts.
+_INT_MAX_TOL = 0.2
+
+
+def integer_tolerance(v: np.ndarray) -> np.ndarray:
+    """How far from an integer a (recovered) count ``v`` may be: 1e-2 absolute, 2e-3 relative, at most 0.2."""
+    return np.minimum(np.maximum(_INT_ABS_TOL, _INT_REL_TOL * np.abs(v)), _INT_MAX_TOL)
 
 
 def _values(block) -> np.ndarray:
     return block.data if sparse.issparse(block) else np.asarray(block).ravel()
+
+
+def check_block_values(block, *, arg: str = "adata.X", row_offset: int = 0) -> None:
+    """Raise :class:`InvalidExpressionError` if an in-memory row block holds NaN, infinite or negative values.
+
+    ``row_offset`` is the index of the block's first row in the whole matrix (for the message).
+    """
+    v = _values(block)
+    if v.size == 0:
+        return
+    if not np.isfinite(v).all():
+        bad = "NaN" if np.isnan(v).any() else "infinite"
+        msg = (
+            f"{arg} contains {bad} values (first in rows {row_offset}–{row_offset + block.shape[0] - 1}). "
+            "Remove or impute them before running cellformers, e.g. `adata = adata[~np.isnan(...)]`."
+        )
+        raise InvalidExpressionError(msg)
+    if (v < 0).any():
+        msg = (
+            f"{arg} contains negative values (min {v.min():.3g}); it looks scaled or centred "
+            "(e.g. by `sc.pp.scale`). Pass raw counts (or a non-negative layer) instead."
+        )
+        raise InvalidExpressionError(msg)
 
 
 def check_expression_values(X, *, arg: str = "adata.X", chunk_size: int = 4096) -> None:
@@ -24,22 +55,7 @@ def check_expression_values(X, *, arg: str = "adata.X", chunk_size: int = 4096) 
     Streams over row chunks, so backed matrices are never loaded whole.
     """
     for start, _stop, block in iter_row_chunks(X, chunk_size=chunk_size):
-        v = _values(block)
-        if v.size == 0:
-            continue
-        if not np.isfinite(v).all():
-            bad = "NaN" if np.isnan(v).any() else "infinite"
-            msg = (
-                f"{arg} contains {bad} values (first in rows {start}–{start + block.shape[0] - 1}). "
-                "Remove or impute them before running cellformers, e.g. `adata = adata[~np.isnan(...)]`."
-            )
-            raise InvalidExpressionError(msg)
-        if (v < 0).any():
-            msg = (
-                f"{arg} contains negative values (min {v.min():.3g}); it looks scaled or centred "
-                "(e.g. by `sc.pp.scale`). Pass raw counts (or a non-negative layer) instead."
-            )
-            raise InvalidExpressionError(msg)
+        check_block_values(block, arg=arg, row_offset=start)
 
 
 def looks_like_counts(X, *, n_rows: int = 500) -> bool:
@@ -53,7 +69,7 @@ def looks_like_counts(X, *, n_rows: int = 500) -> bool:
     if (v < 0).any() or not np.isfinite(v).all():
         return False
     dev = np.abs(v - np.rint(v))
-    return bool((dev <= np.maximum(_INT_ABS_TOL, _INT_REL_TOL * v)).all())
+    return bool((dev <= integer_tolerance(v)).all())
 
 
 def check_counts(X, *, arg: str = "layer", layer: str | None = None) -> None:

@@ -1,5 +1,15 @@
-"""pp."""
+"""Preprocessing: gene mapping, value binning, quality control and count recovery."""
 
 from __future__ import annotations
 
-__all__: list[str] = []
+from ._binning import bin_values
+from ._map_genes import map_genes
+from ._qc import check_counts, counts_from_normalized, filter_cells_by_genes
+
+__all__ = [
+    "bin_values",
+    "check_counts",
+    "counts_from_normalized",
+    "filter_cells_by_genes",
+    "map_genes",
+]
