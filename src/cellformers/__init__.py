@@ -24,7 +24,7 @@ logger.setLevel(logging.INFO)
 # Without this the root logger prints every message a second time.
 logger.propagate = False
 
-from . import data, nn, pl, pp, tl  # noqa: E402
+from . import data, model, module, nn, pl, pp, pretrained, tl, train  # noqa: E402
 from ._exceptions import (  # noqa: E402
     CellformersError,
     ChecksumError,
@@ -44,9 +44,13 @@ __all__ = [
     "NotCountsError",
     "UntrustedCheckpointError",
     "data",
+    "model",
+    "module",
     "nn",
     "pl",
     "pp",
+    "pretrained",
     "settings",
     "tl",
+    "train",
 ]

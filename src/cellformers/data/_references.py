@@ -58,6 +58,7 @@ class ReferenceCard:
     license: str
 
 
+#: Named gene-list references that :meth:`GeneVocab.load` and :func:`fetch_reference` know, by name.
 REFERENCES: dict[str, ReferenceCard] = {
     card.name: card
     for card in (
