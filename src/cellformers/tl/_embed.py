@@ -1,0 +1,208 @@
+"""Write a model's outputs into an ``AnnData``: cell embeddings, imputed expression, gene embeddings."""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from .._utils import resolve_adata
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from anndata import AnnData
+
+    from ..model.base import CellformersModel
+
+logger = logging.getLogger(__name__)
+
+_DEFAULT_CHUNK = 8192
+
+
+def _model_name(model: CellformersModel) -> str:
+    return getattr(model, "_model_name", type(model).__name__.lower())
+
+
+def _model_params(model: CellformersModel, **extra: Any) -> dict[str, Any]:
+    """What produced an output: model class, checkpoint or training summary, and call options."""
+    params: dict[str, Any] = {"model": type(model).__name__}
+    checkpoint = getattr(model, "checkpoint_name_", None)
+    if checkpoint:
+        params["checkpoint"] = str(checkpoint)
+    history = getattr(model, "history_", None) or {}
+    if history:
+        params["epochs_trained"] = int(max((len(v) for v in history.values()), default=0))
+    params.update({k: v for k, v in extra.items() if v is not None})
+    return params
+
+
+def _chunked(
+    adata: AnnData, fn: Callable[[AnnData], np.ndarray], chunk_size: int | None
+) -> np.ndarray:
+    """Apply ``fn`` to row chunks of ``adata`` (loaded to memory one at a time) and stack the results.
+
+    Chunks are independent copies, so registering them with the model never writes into the caller's object, and a
+    backed ``AnnData`` is never loaded whole.
+    """
+    n = adata.n_obs
+    size = n if chunk_size is None and not adata.isbacked else (chunk_size or _DEFAULT_CHUNK)
+    parts = []
+    for start in range(0, n, size):
+        sub = adata[start : min(start + size, n)]
+        sub = sub.to_memory() if adata.isbacked else sub.copy()
+        parts.append(np.asarray(fn(sub)))
+    return np.concatenate(parts, axis=0)
+
+
+def embed(
+    adata: AnnData,
+    model: CellformersModel,
+    *,
+    key_added: str | None = None,
+    batch_size: int | None = None,
+    chunk_size: int | None = None,
+    copy: bool = False,
+    **kwargs: Any,
+) -> AnnData | None:
+    """Cell embeddings of a trained model.
+
+    Works the same for :class:`~cellformers.model.XTrimoGene`, :class:`~cellformers.model.ScFormer` and
+    :class:`~cellformers.model.ScPaLM`; results do not depend on ``batch_size`` or ``chunk_size``.
+
+    Parameters
+    ----------
+    adata
+        Cells to embed, with the genes the model was set up with (raw counts in the registered layer). May be
+        backed; it is streamed in chunks of ``chunk_size`` cells.
+    model
+        A trained cellformers model.
+    key_added
+        ``adata.obsm`` key. Defaults to ``"X_<model>"`` (e.g. ``"X_xtrimogene"``).
+    batch_size
+        Minibatch size of the forward passes.
+    chunk_size
+        Cells loaded into memory at a time (default: all for in-memory data, 8192 for backed data).
+    copy
+        Return a modified copy instead of writing to ``adata``.
+    **kwargs
+        Passed to the model's ``get_latent_representation`` (e.g. ``pooling``, ``precision="bf16"``).
+
+    Returns
+    -------
+    Returns ``None`` if ``copy=False``, else the modified copy. Sets:
+
+    `adata.obsm['X_<model>' | key_added]` : :class:`numpy.ndarray` (dtype ``float32``)
+        The cell embeddings.
+    `adata.uns['<model>' | key_added]['params']` : :class:`dict`
+        The model class, checkpoint name or training summary, and the options used.
+
+    Examples
+    --------
+    >>> import cellformers as cf
+    >>> cf.tl.embed(adata, model)  # doctest: +SKIP
+    >>> adata.obsm["X_xtrimogene"].shape  # doctest: +SKIP
+    """
+    adata = resolve_adata(adata)
+    adata = adata.copy() if copy else adata
+    name = _model_name(model)
+    key = key_added or f"X_{name}"
+    logger.info(f"computing {type(model).__name__} embedding")
+    emb = _chunked(adata, lambda sub: model.get_latent_representation(sub, batch_size=batch_size, **kwargs), chunk_size)
+    adata.obsm[key] = emb.astype(np.float32, copy=False)
+    adata.uns[key_added or name] = {"params": _model_params(model, batch_size=batch_size, **kwargs)}
+    logger.info(f"added {key!r} (adata.obsm)")
+    return adata if copy else None
+
+
+def impute(
+    adata: AnnData,
+    model: CellformersModel,
+    *,
+    key_added: str | None = None,
+    batch_size: int | None = None,
+    chunk_size: int | None = None,
+    copy: bool = False,
+    **kwargs: Any,
+) -> AnnData | None:
+    """Imputed (denoised) expression of every gene, from the model's decoder.
+
+    Parameters
+    ----------
+    adata
+        Cells to impute (may be backed; streamed in chunks).
+    model
+        A trained cellformers model.
+    key_added
+        ``adata.layers`` key. Defaults to ``"<model>_imputed"``.
+    batch_size
+        Minibatch size of the forward passes.
+    chunk_size
+        Cells loaded into memory at a time.
+    copy
+        Return a modified copy instead of writing to ``adata``.
+    **kwargs
+        Passed to the model's ``get_imputed_expression``.
+
+    Returns
+    -------
+    Returns ``None`` if ``copy=False``, else the modified copy. Sets:
+
+    `adata.layers['<model>_imputed' | key_added]` : :class:`numpy.ndarray` (dtype ``float32``)
+        Predicted expression on the log1p(1e4-normalized) scale; genes outside the model's vocabulary are NaN.
+    `adata.uns['<model>_imputed' | key_added]['params']` : :class:`dict`
+        The model and options used.
+    """
+    adata = resolve_adata(adata)
+    adata = adata.copy() if copy else adata
+    name = _model_name(model)
+    key = key_added or f"{name}_imputed"
+    logger.info(f"imputing expression with {type(model).__name__}")
+    values = _chunked(adata, lambda sub: model.get_imputed_expression(sub, batch_size=batch_size, **kwargs), chunk_size)
+    adata.layers[key] = values.astype(np.float32, copy=False)
+    adata.uns[key] = {"params": _model_params(model, batch_size=batch_size, **kwargs)}
+    logger.info(f"added {key!r} (adata.layers)")
+    return adata if copy else None
+
+
+def gene_embeddings(
+    adata: AnnData,
+    model: CellformersModel,
+    *,
+    key_added: str | None = None,
+    copy: bool = False,
+) -> AnnData | None:
+    """The model's learned gene (token) embeddings, one row per gene of ``adata``.
+
+    Parameters
+    ----------
+    adata
+        Annotated data whose ``var_names`` are looked up in the model's gene embeddings.
+    model
+        A cellformers model.
+    key_added
+        ``adata.varm`` key. Defaults to ``"<model>_gene_embeddings"``.
+    copy
+        Return a modified copy instead of writing to ``adata``.
+
+    Returns
+    -------
+    Returns ``None`` if ``copy=False``, else the modified copy. Sets:
+
+    `adata.varm['<model>_gene_embeddings' | key_added]` : :class:`numpy.ndarray`
+        Gene embeddings; rows of genes the model does not know are NaN.
+    `adata.uns['<model>_gene_embeddings' | key_added]['params']` : :class:`dict`
+        The model used and how many genes were found.
+    """
+    adata = resolve_adata(adata)
+    adata = adata.copy() if copy else adata
+    name = _model_name(model)
+    key = key_added or f"{name}_gene_embeddings"
+    table = model.get_gene_embeddings()
+    values = table.reindex(adata.var_names).to_numpy(dtype=np.float32)
+    adata.varm[key] = values
+    n_found = int(np.isfinite(values).all(axis=1).sum())
+    adata.uns[key] = {"params": _model_params(model, n_genes_found=n_found)}
+    logger.info(f"added {key!r} (adata.varm), {n_found} of {adata.n_vars} genes found")
+    return adata if copy else None
