@@ -1,5 +1,11 @@
-"""pl."""
+"""Plotting: scanpy-style figures of cellformers results (``show`` / ``ax`` / ``return_fig`` contract)."""
 
 from __future__ import annotations
 
-__all__: list[str] = []
+from ._benchmark import benchmark
+from ._embedding import embedding
+
+__all__: list[str] = [
+    "benchmark",
+    "embedding",
+]

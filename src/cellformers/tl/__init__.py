@@ -1,5 +1,21 @@
-"""tl."""
+"""Tools: functions that compute on an AnnData and write the result back into it (scanpy's ``tl`` contract)."""
 
 from __future__ import annotations
 
-__all__: list[str] = []
+from ._baselines import baselines
+from ._benchmark import benchmark
+from ._embed import embed, gene_embeddings, impute
+from ._impute_eval import evaluate_imputation, mask_expression, train_and_impute
+from ._leiden import leiden_search
+
+__all__: list[str] = [
+    "baselines",
+    "benchmark",
+    "embed",
+    "gene_embeddings",
+    "impute",
+    "evaluate_imputation",
+    "leiden_search",
+    "mask_expression",
+    "train_and_impute",
+]
