@@ -4,85 +4,80 @@ import os
 from pathlib import Path
 
 import pytest
+import torch
+from scvi import REGISTRY_KEYS
+from scvi.data import AnnDataManager
+from scvi.module.base import LossOutput, auto_move_data
+
+from cellformers.model.base import CellformersModel
+from cellformers.module import GeneTokenModule
 
 
-def _toy_classes():
-    """A tiny linear autoencoder on the shared model plumbing, for tests of code that takes any cellformers model."""
-    import torch
-    from scvi import REGISTRY_KEYS
-    from scvi.data import AnnDataManager
-    from scvi.module.base import LossOutput, auto_move_data
+# A tiny linear autoencoder on the shared model plumbing, for tests of code that takes any cellformers model.
+class _ToyModule(GeneTokenModule):
+    def __init__(self, gene_token_ids, n_tokens, d=8):
+        super().__init__(gene_token_ids, n_tokens)
+        self.enc = torch.nn.Linear(self.n_genes, d)
+        self.dec = torch.nn.Linear(d, self.n_genes)
 
-    from cellformers.model.base import CellformersModel
-    from cellformers.module import GeneTokenModule
+    def _get_inference_input(self, tensors, **kwargs):
+        return {"x": tensors[REGISTRY_KEYS.X_KEY]}
 
-    class _ToyModule(GeneTokenModule):
-        def __init__(self, gene_token_ids, n_tokens, d=8):
-            super().__init__(gene_token_ids, n_tokens)
-            self.enc = torch.nn.Linear(self.n_genes, d)
-            self.dec = torch.nn.Linear(d, self.n_genes)
+    @auto_move_data
+    def inference(self, x):
+        x = torch.log1p(self.select_genes(x))
+        return {"z": self.enc(x), "x": x}
 
-        def _get_inference_input(self, tensors, **kwargs):
-            return {"x": tensors[REGISTRY_KEYS.X_KEY]}
+    def _get_generative_input(self, tensors, inference_outputs, **kwargs):
+        return {"z": inference_outputs["z"]}
 
-        @auto_move_data
-        def inference(self, x):
-            x = torch.log1p(self.select_genes(x))
-            return {"z": self.enc(x), "x": x}
+    def generative(self, z):
+        return {"pred": self.dec(z)}
 
-        def _get_generative_input(self, tensors, inference_outputs, **kwargs):
-            return {"z": inference_outputs["z"]}
+    def loss(self, tensors, inference_outputs, generative_outputs, **kwargs):
+        per_cell = ((generative_outputs["pred"].float() - inference_outputs["x"]) ** 2).mean(-1)
+        return LossOutput(loss=per_cell.mean(), reconstruction_loss=per_cell, extra_metrics={"mse": per_cell.mean()})
 
-        def generative(self, z):
-            return {"pred": self.dec(z)}
 
-        def loss(self, tensors, inference_outputs, generative_outputs, **kwargs):
-            per_cell = ((generative_outputs["pred"].float() - inference_outputs["x"]) ** 2).mean(-1)
-            return LossOutput(
-                loss=per_cell.mean(), reconstruction_loss=per_cell, extra_metrics={"mse": per_cell.mean()}
-            )
+class _ToyModel(CellformersModel):
+    _model_name = "toy"
 
-    class _ToyModel(CellformersModel):
-        _model_name = "toy"
+    def __init__(self, adata, vocab=None, d=8):
+        super().__init__(adata)
+        self.vocab, ids = self._resolve_vocab(adata, vocab)
+        self.module = _ToyModule(ids, len(self.vocab), d=d)
+        self._model_summary_string = "toy"
+        self.init_params_ = self._get_init_params(locals())
 
-        def __init__(self, adata, vocab=None, d=8):
-            super().__init__(adata)
-            self.vocab, ids = self._resolve_vocab(adata, vocab)
-            self.module = _ToyModule(ids, len(self.vocab), d=d)
-            self._model_summary_string = "toy"
-            self.init_params_ = self._get_init_params(locals())
+    @classmethod
+    def setup_anndata(cls, adata, layer=None, batch_key=None, labels_key=None, **kwargs):
+        setup_method_args = cls._get_setup_method_args(**locals())
+        cls._prepare_setup(adata, layer)
+        manager = AnnDataManager(
+            fields=cls._anndata_fields(layer, batch_key, labels_key), setup_method_args=setup_method_args
+        )
+        manager.register_fields(adata, **kwargs)
+        cls.register_manager(manager)
 
-        @classmethod
-        def setup_anndata(cls, adata, layer=None, batch_key=None, labels_key=None, **kwargs):
-            setup_method_args = cls._get_setup_method_args(**locals())
-            cls._prepare_setup(adata, layer)
-            manager = AnnDataManager(
-                fields=cls._anndata_fields(layer, batch_key, labels_key), setup_method_args=setup_method_args
-            )
-            manager.register_fields(adata, **kwargs)
-            cls.register_manager(manager)
+    def get_latent_representation(self, adata=None, indices=None, batch_size=None, *, precision=None):
+        return self._predict_batches(
+            lambda t: self.module.inference(t[REGISTRY_KEYS.X_KEY])["z"], adata, indices, batch_size, precision
+        )
 
-        def get_latent_representation(self, adata=None, indices=None, batch_size=None, *, precision=None):
-            return self._predict_batches(
-                lambda t: self.module.inference(t[REGISTRY_KEYS.X_KEY])["z"], adata, indices, batch_size, precision
-            )
+    def get_imputed_expression(self, adata=None, indices=None, batch_size=None, *, precision=None):
+        def fn(t):
+            pred = self.module.generative(self.module.inference(t[REGISTRY_KEYS.X_KEY])["z"])["pred"]
+            out = torch.full((pred.shape[0], self.module.n_input_vars), float("nan"))
+            out[:, self.module.input_columns] = pred.float()
+            return out
 
-        def get_imputed_expression(self, adata=None, indices=None, batch_size=None, *, precision=None):
-            def fn(t):
-                pred = self.module.generative(self.module.inference(t[REGISTRY_KEYS.X_KEY])["z"])["pred"]
-                out = torch.full((pred.shape[0], self.module.n_input_vars), float("nan"))
-                out[:, self.module.input_columns] = pred.float()
-                return out
+        return self._predict_batches(fn, adata, indices, batch_size, precision)
 
-            return self._predict_batches(fn, adata, indices, batch_size, precision)
+    def get_gene_embeddings(self):
+        import pandas as pd
 
-        def get_gene_embeddings(self):
-            import pandas as pd
-
-            names = self.adata.var_names[self.module.input_columns.numpy()]
-            return pd.DataFrame(self.module.dec.weight.detach().numpy(), index=names)
-
-    return _ToyModel
+        names = self.adata.var_names[self.module.input_columns.numpy()]
+        return pd.DataFrame(self.module.dec.weight.detach().numpy(), index=names)
 
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -139,4 +134,4 @@ def _seed():
 @pytest.fixture(scope="session")
 def toy_model_cls():
     """A tiny linear autoencoder model class built on :class:`cellformers.model.base.CellformersModel`."""
-    return _toy_classes()
+    return _ToyModel

@@ -27,6 +27,7 @@ logger.propagate = False
 from . import data, model, module, nn, pl, pp, pretrained, tl, train  # noqa: E402
 from ._exceptions import (  # noqa: E402
     CellformersError,
+    CheckpointError,
     ChecksumError,
     GeneMappingError,
     InvalidExpressionError,
@@ -37,6 +38,7 @@ from ._exceptions import (  # noqa: E402
 
 __all__ = [
     "CellformersError",
+    "CheckpointError",
     "ChecksumError",
     "GeneMappingError",
     "InvalidExpressionError",

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 __all__ = [
     "CellformersError",
+    "CheckpointError",
     "ChecksumError",
     "GeneMappingError",
     "InvalidExpressionError",
@@ -48,3 +49,7 @@ class ChecksumError(CellformersError, OSError):
 
 class UntrustedCheckpointError(CellformersError, ValueError):
     """A checkpoint names a class outside cellformers or would need unpickling arbitrary objects."""
+
+
+class CheckpointError(CellformersError, ValueError):
+    """A checkpoint directory or archive is incomplete, damaged or of an unsupported format version."""

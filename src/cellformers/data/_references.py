@@ -128,6 +128,84 @@ def _progressbar() -> bool:
     return True
 
 
+def fetch_verified(
+    url: str,
+    *,
+    sha256: str,
+    fname: str,
+    folder: str | os.PathLike,
+    what: str,
+    env_var: str | None = None,
+) -> Path:
+    """Path of ``folder / fname``, downloading ``url`` there unless a file with the pinned sha256 is already there.
+
+    pooch streams the download into a temporary file beside the target and moves it into place only when its
+    sha256 matches, so an interrupted or corrupted download never leaves a file that looks valid. A stale copy in
+    the cache that does not match is replaced (or deleted when the new download does not match either). Shared by
+    :func:`fetch_reference` and :func:`cellformers.pretrained.fetch_pretrained`.
+
+    Parameters
+    ----------
+    url
+        Where to download the file from (``http``, ``https``, ``ftp``).
+    sha256
+        Hex sha256 the file must have.
+    fname
+        File name in ``folder``.
+    folder
+        Cache folder (created when missing).
+    what
+        What the file is, for error messages (``"gene reference 'scgpt-default'"``).
+    env_var
+        Environment variable that overrides the base URL, named in error messages.
+
+    Returns
+    -------
+    Path of the verified file.
+
+    Raises
+    ------
+    ChecksumError
+        The file fetched does not match ``sha256``; nothing is left in the cache.
+    OSError
+        The file could not be downloaded (no network, HTTP error, connection closed mid-download).
+    """
+    import pooch
+
+    folder = Path(folder)
+    target = folder / fname
+    mirror_hint = (
+        f" If `{env_var}` points to a mirror, check that the mirror serves the original file." if env_var else ""
+    )
+    try:
+        path = pooch.retrieve(
+            url=url,
+            known_hash=f"sha256:{sha256}",
+            fname=fname,
+            path=folder,
+            progressbar=_progressbar(),
+        )
+    except ValueError as err:
+        if "hash" not in str(err).lower():
+            raise
+        # pooch never moves a mismatching download into place; a stale corrupted copy may still be there.
+        if target.exists() and pooch.file_hash(str(target)) != sha256:
+            target.unlink()
+        msg = (
+            f"The file downloaded for {what} from {url} does not match its pinned sha256 "
+            f"({sha256[:12]}…); it was deleted.{mirror_hint} Details: {err}"
+        )
+        raise ChecksumError(msg) from err
+    except OSError as err:  # requests' errors are OSErrors too
+        alt = f" or set `{env_var}` to a mirror that serves it" if env_var else ""
+        msg = (
+            f"Could not download {what} from {url} ({type(err).__name__}: {err}). Without internet, "
+            f"copy the file to {target} (its sha256 must be {sha256}){alt}."
+        )
+        raise OSError(msg) from err
+    return Path(path)
+
+
 def fetch_reference(name: str) -> Path:
     """Path of a named reference file, downloading it into the cache on first use.
 
@@ -152,38 +230,14 @@ def fetch_reference(name: str) -> Path:
     OSError
         The file could not be downloaded.
     """
-    import pooch
-
     card = get_reference_card(name)
-    folder = settings.cache_dir / "references"
-    target = folder / card.fname
-    url = _reference_url(card)
-    try:
-        path = pooch.retrieve(
-            url=url,
-            known_hash=f"sha256:{card.sha256}",
-            fname=card.fname,
-            path=folder,
-            progressbar=_progressbar(),
-        )
-    except ValueError as err:
-        if "hash" not in str(err).lower():
-            raise
-        # pooch never moves a mismatching download into place; a stale corrupted copy may still be there.
-        if target.exists() and pooch.file_hash(str(target)) != card.sha256:
-            target.unlink()
-        msg = (
-            f"The file downloaded for gene reference {name!r} from {url} does not match its pinned sha256 "
-            f"({card.sha256[:12]}…); it was deleted. If `{REFERENCE_URL_ENV}` points to a mirror, check that the "
-            f"mirror serves the original file. Details: {err}"
-        )
-        raise ChecksumError(msg) from err
-    except OSError as err:  # requests' errors are OSErrors too
-        msg = (
-            f"Could not download gene reference {name!r} from {url} ({type(err).__name__}: {err}). Without internet, "
-            f"copy the file to {target} (its sha256 must be {card.sha256}) or set `{REFERENCE_URL_ENV}` to a "
-            "mirror that serves it."
-        )
-        raise OSError(msg) from err
+    path = fetch_verified(
+        _reference_url(card),
+        sha256=card.sha256,
+        fname=card.fname,
+        folder=settings.cache_dir / "references",
+        what=f"gene reference {name!r}",
+        env_var=REFERENCE_URL_ENV,
+    )
     logger.debug(f"gene reference {name!r} at {path}")
-    return Path(path)
+    return path

@@ -15,6 +15,7 @@ from ..._constants import CELL_SEED_OBS_COLUMN, REGISTRY_KEYS_CF, VAR_KEYS
 from ..._exceptions import GeneMappingError
 from ..._settings import settings
 from ..._utils import autocast_context, cell_seed, check_counts, check_key, get_matrix
+from ...pretrained import PretrainedMixin
 from ...train import MaskedModelingTrainingPlan
 
 if TYPE_CHECKING:
@@ -27,7 +28,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 
-class CellformersModel(UnsupervisedTrainingMixin, BaseModelClass):
+class CellformersModel(PretrainedMixin, UnsupervisedTrainingMixin, BaseModelClass):
     """Base class of :class:`~cellformers.model.XTrimoGene`, :class:`~cellformers.model.ScFormer` and
     :class:`~cellformers.model.ScPaLM`.
 
@@ -50,12 +51,28 @@ class CellformersModel(UnsupervisedTrainingMixin, BaseModelClass):
         if layer is not None:
             check_key(adata, "layers", layer, arg="layer")
         check_counts(get_matrix(adata, layer), arg="layer", layer=layer)
+        cls._add_cell_seeds(adata)
+
+    @staticmethod
+    def _add_cell_seeds(adata: AnnData) -> None:
+        """Write the per-cell seed column (24 bits of a hash of the cell name) into ``adata.obs``."""
         seeds = np.fromiter(
             (cell_seed(str(name), salt="cell") % (1 << 24) for name in adata.obs_names),
             dtype=np.float64,
             count=adata.n_obs,
         )
         adata.obs[CELL_SEED_OBS_COLUMN] = seeds.astype(np.float32)
+
+    def _validate_anndata(self, adata: AnnData | None = None, copy_if_view: bool = True) -> AnnData:
+        """scvi-tools' validation, after adding the per-cell seed column to a new AnnData that lacks it.
+
+        Without it, a trained model could not transfer its setup to a new AnnData (e.g. a query dataset).
+        """
+        if adata is not None and CELL_SEED_OBS_COLUMN not in adata.obs.columns:
+            if adata.is_view:
+                adata = adata.copy() if copy_if_view else adata
+            self._add_cell_seeds(adata)
+        return super()._validate_anndata(adata, copy_if_view=copy_if_view)
 
     @classmethod
     def _anndata_fields(cls, layer: str | None, batch_key: str | None, labels_key: str | None) -> list:
