@@ -18,7 +18,8 @@ def adata():
 def test_mask_expression_hides_entries(adata, candidates):
     masked, mask = mask_expression(adata, mask_fraction=0.1, candidates=candidates, random_state=0)
     counts = sparse.csr_matrix(adata.X)
-    assert masked.shape == adata.shape and masked is not adata
+    assert masked.shape == adata.shape
+    assert masked is not adata
     assert list(masked.obs_names) == list(adata.obs_names)
     # masked entries are zero in the copy, every other entry is unchanged
     assert masked.X.multiply(mask).nnz == 0
@@ -94,7 +95,8 @@ def test_model_methods(adata):
     fit = train_and_impute(ScPaLM, model_kwargs=tiny, train_kwargs=train)
     df = evaluate_imputation(adata, {"scpalm": fit})
     assert np.isfinite(df.loc["scpalm", "RMSE"])
-    assert fit.model is not None and fit.model.adata.n_obs == adata.n_obs
+    assert fit.model is not None
+    assert fit.model.adata.n_obs == adata.n_obs
     # a trained model applied to the masked data (zero-shot)
     df2 = evaluate_imputation(adata, {"zero_shot": fit.model})
     assert np.isfinite(df2.loc["zero_shot", "MAE"])

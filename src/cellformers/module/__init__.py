@@ -3,7 +3,15 @@
 from __future__ import annotations
 
 from ._base import GeneTokenModule
+from ._xtrimogene import XTrimoGeneModule
+from ._scformer import ScFormerModule
+from ._scformer_perturbation import ScFormerPerturbationModule
+from ._scpalm import ScPaLMModule
 
 __all__ = [
     "GeneTokenModule",
+    "XTrimoGeneModule",
+    "ScFormerModule",
+    "ScFormerPerturbationModule",
+    "ScPaLMModule",
 ]

@@ -86,6 +86,9 @@ class TransformerBlock(nn.Module):
         Feed-forward non-linearity.
     norm_first
         Pre-norm (``True``) or post-norm as in the original Transformer and scFoundation's encoder (``False``).
+    attention_dropout_rate
+        Dropout on the attention weights; ``None`` uses ``dropout_rate``. On CPU, attention dropout forces SDPA's
+        unfused path and about triples the attention cost.
     """
 
     def __init__(
@@ -96,10 +99,12 @@ class TransformerBlock(nn.Module):
         dropout_rate: float = 0.0,
         activation: Literal["gelu", "relu"] = "gelu",
         norm_first: bool = True,
+        attention_dropout_rate: float | None = None,
     ):
         super().__init__()
         self.norm_first = norm_first
-        self.attn = MultiheadSelfAttention(d_model, n_heads, dropout_rate=dropout_rate)
+        attn_drop = dropout_rate if attention_dropout_rate is None else attention_dropout_rate
+        self.attn = MultiheadSelfAttention(d_model, n_heads, dropout_rate=attn_drop)
         self.ff = nn.Sequential(
             nn.Linear(d_model, d_ff), _ACTIVATIONS[activation](), nn.Dropout(dropout_rate), nn.Linear(d_ff, d_model)
         )
@@ -140,6 +145,8 @@ class TransformerEncoder(nn.Module):
         Apply a LayerNorm to the output (standard for pre-norm stacks, and scFoundation's encoder).
     gradient_checkpointing
         Recompute block activations in the backward pass to save memory during training.
+    attention_dropout_rate
+        Dropout on the attention weights; ``None`` uses ``dropout_rate``.
     """
 
     def __init__(
@@ -153,10 +160,12 @@ class TransformerEncoder(nn.Module):
         norm_first: bool = True,
         final_norm: bool = True,
         gradient_checkpointing: bool = False,
+        attention_dropout_rate: float | None = None,
     ):
         super().__init__()
         self.layers = nn.ModuleList(
-            TransformerBlock(d_model, n_heads, d_ff, dropout_rate, activation, norm_first) for _ in range(n_layers)
+            TransformerBlock(d_model, n_heads, d_ff, dropout_rate, activation, norm_first, attention_dropout_rate)
+            for _ in range(n_layers)
         )
         self.norm = nn.LayerNorm(d_model) if final_norm else nn.Identity()
         self.gradient_checkpointing = gradient_checkpointing

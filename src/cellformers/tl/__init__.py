@@ -7,6 +7,7 @@ from ._benchmark import benchmark
 from ._embed import embed, gene_embeddings, impute
 from ._impute_eval import evaluate_imputation, mask_expression, train_and_impute
 from ._leiden import leiden_search
+from ._transfer import transfer_labels
 
 __all__: list[str] = [
     "baselines",
@@ -18,4 +19,5 @@ __all__: list[str] = [
     "leiden_search",
     "mask_expression",
     "train_and_impute",
+    "transfer_labels",
 ]

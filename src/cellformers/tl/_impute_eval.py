@@ -4,16 +4,18 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import pandas as pd
 from scipy import sparse
 
-from .._utils import check_counts, check_key, get_matrix
+from cellformers._utils import check_counts, check_key, get_matrix
 
 if TYPE_CHECKING:
+    from collections.abc import Sequence
+
     from anndata import AnnData
 
 logger = logging.getLogger(__name__)
@@ -156,7 +158,7 @@ def _scvi(
     random_state: int = 0,
     **train_kwargs,
 ) -> np.ndarray:
-    """scVI's normalized expression (Lopez et al. 2018), ``log1p`` of the expected counts per ``target_sum``."""
+    """ScVI's normalized expression (Lopez et al. 2018), ``log1p`` of the expected counts per ``target_sum``."""
     import scvi
 
     from ._baselines import default_scvi_epochs
@@ -210,10 +212,29 @@ def train_and_impute(
     ``model.get_imputed_expression(**impute_kwargs)``. Works for every cellformers model (and any scvi-tools-style
     class with ``get_imputed_expression``). The trained model is kept as the attribute ``model`` of the function.
 
+    Parameters
+    ----------
+    model_cls
+        Model class, e.g. :class:`cellformers.model.ScPaLM`.
+    setup_kwargs
+        Keyword arguments of ``model_cls.setup_anndata``.
+    model_kwargs
+        Keyword arguments of the model constructor.
+    train_kwargs
+        Keyword arguments of ``model.train``.
+    impute_kwargs
+        Keyword arguments of ``model.get_imputed_expression``.
+
+    Returns
+    -------
+    A function of the masked AnnData returning the imputed ``(n_obs, n_vars)`` array.
+
     Examples
     --------
     >>> import cellformers as cf
-    >>> scpalm = cf.tl.train_and_impute(cf.model.ScPaLM, model_kwargs={"preset": "small"}, train_kwargs={"max_epochs": 20})
+    >>> scpalm = cf.tl.train_and_impute(
+    ...     cf.model.ScPaLM, model_kwargs={"preset": "small"}, train_kwargs={"max_epochs": 20}
+    ... )
     >>> cf.tl.evaluate_imputation(adata, {"scPaLM": scpalm, "kNN smoothing": "knn_smoothing"})
     """
 

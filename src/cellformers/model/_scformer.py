@@ -1,0 +1,470 @@
+"""scFormer: a transformer that jointly learns cell and gene embeddings from binned expression :cite:p:`Cui22`."""
+
+from __future__ import annotations
+
+import copy
+import logging
+from typing import TYPE_CHECKING, ClassVar, Literal
+
+import numpy as np
+import pandas as pd
+import torch
+from lightning.pytorch.callbacks import Callback
+from scvi.data import AnnDataManager
+from scvi.utils import setup_anndata_dsp
+
+from cellformers._exceptions import MissingKeyError
+from cellformers.module import ScFormerModule
+from cellformers.train import BatchGroupedDataSplitter
+
+from .base import CellformersModel
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+    from anndata import AnnData
+
+    from cellformers.data import GeneVocab
+
+logger = logging.getLogger(__name__)
+
+Pooling = Literal["cls", "mean", "weighted"]
+
+#: scFormer section 5: Adam, lr 1e-3, x0.9 after every epoch, no weight decay, no warmup.
+SCFORMER_PLAN_DEFAULTS = {
+    "optimizer": "Adam",
+    "lr": 1e-3,
+    "lr_scheduler": "step",
+    "step_gamma": 0.9,
+    "weight_decay": 0.0,
+    "warmup_steps": 0,
+}
+
+
+class _KeepBest(Callback):
+    """Keep the module state with the lowest monitored validation metric and restore it when training ends."""
+
+    def __init__(self, monitor: str):
+        self.monitor = monitor
+        self.best: float | None = None
+        self.state: dict | None = None
+        self.epoch: int | None = None
+
+    def on_validation_epoch_end(self, trainer, pl_module):
+        if trainer.sanity_checking:
+            return
+        value = trainer.callback_metrics.get(self.monitor)
+        if value is None:
+            return
+        value = float(value)
+        if self.best is None or value < self.best:
+            self.best, self.epoch = value, trainer.current_epoch
+            self.state = copy.deepcopy({k: v.detach().cpu() for k, v in pl_module.module.state_dict().items()})
+
+    def on_train_end(self, trainer, pl_module):
+        if self.state is not None:
+            pl_module.module.load_state_dict(self.state)
+            logger.info(f"restored the epoch-{self.epoch} weights (best {self.monitor} = {self.best:.4f})")
+
+
+class _EcsWarmup(Callback):
+    """Leave the ECS loss out of the objective for the first ``epochs`` epochs (it is still logged)."""
+
+    def __init__(self, epochs: int):
+        self.epochs = int(epochs)
+
+    def on_train_epoch_start(self, trainer, pl_module):
+        pl_module.module.ecs_active = trainer.current_epoch >= self.epochs
+
+    def on_train_end(self, trainer, pl_module):
+        pl_module.module.ecs_active = True
+
+
+class ScFormer(CellformersModel):
+    """scFormer :cite:p:`Cui22`.
+
+    Each cell is a "sentence" of gene tokens with their per-cell binned expression values (section 3.1), led by a
+    ``<cls>`` token whose output is the cell embedding (section 3.3). A transformer encoder (4 blocks of width 128
+    with 4 heads and a 128-wide feed-forward layer by default, section 5) is trained by masked gene modelling
+    (MGM), masked value prediction from the cell embedding (MVC) and elastic cell similarity (ECS); with a
+    ``batch_key`` also by an adversarial batch classifier behind gradient reversal (DAR) and domain-specific batch
+    norm on the input embedding (DSBN). See :class:`~cellformers.module.ScFormerModule` for every option.
+
+    The input length ``M`` is "the number of highly variable genes used" (eq. 1): subset the data to its HVGs
+    before the model sees it, as in section 4.1, e.g.::
+
+        sc.pp.normalize_total(tmp := adata.copy())
+        sc.pp.log1p(tmp)
+        sc.pp.highly_variable_genes(tmp, n_top_genes=1200, batch_key="batch")
+        adata = adata[:, tmp.var["highly_variable"]].copy()  # raw counts, HVGs only
+
+    With ``include_zero_genes=True`` (paper) every HVG is a token of every cell; ``max_length`` caps the number of
+    tokens (random subsets in training, per-cell seeded subsets at inference).
+
+    Parameters
+    ----------
+    adata
+        AnnData registered with :meth:`setup_anndata` (raw counts).
+    vocab
+        Gene vocabulary (:class:`~cellformers.data.GeneVocab`, a reference name such as ``"scgpt-default"``), or
+        ``None`` for the union of the data's genes (section 3.1).
+    n_layers
+        Transformer blocks.
+    d_model
+        Embedding width.
+    n_heads
+        Attention heads.
+    d_ff
+        Feed-forward width.
+    dropout_rate
+        Dropout (the paper does not give one; scGPT's integration example uses 0.2).
+    n_bins
+        Value bins including the zero bin.
+    mask_ratio
+        Fraction of values masked for MGM and MVC.
+    value_encoder
+        ``"continuous"`` (paper default ``emb_x``) or ``"categorical"``.
+    include_zero_genes
+        Include the zero-expressed input genes as tokens (``True``, paper), only the expressed ones (``False``,
+        scGPT pre-training), or the expressed ones filled up to ``max_length`` with random zero-expressed ones
+        (``"fill"``).
+    max_length
+        Maximum number of gene tokens per cell; ``None`` keeps all.
+    pooling
+        Cell embedding for the MVC/ECS/DAR heads: ``"cls"`` (paper), ``"mean"`` or ``"weighted"``.
+    use_mgm, use_mvc, use_ecs
+        Switch the task heads (Table 3 ablations).
+    use_dar, use_dsbn
+        Adversarial batch classifier and domain-specific batch norm; ``None`` turns them on when the registered
+        batch has more than one category.
+    mgm_loss
+        ``"ce"`` (paper) or ``"mse"`` (scGPT).
+    ecs_beta
+        ECS threshold.
+    ecs_weight
+        ECS loss weight.
+    external_tokens
+        Per-gene external categories (eq. 4): an ``adata.var`` column of non-negative integers (``0`` = none) or an
+        array with one entry per gene. Per-cell external tokens (perturbation flags) are handled by
+        :class:`~cellformers.model.ScFormerPerturbation`.
+    **module_kwargs
+        Other options of :class:`~cellformers.module.ScFormerModule` (``mvc_query``, ``ecs_style``,
+        ``dsbn_affine``, ``dsbn_eps``, ``dsbn_include_padding``, ``batch_conditional_decoders``,
+        ``grad_reverse_lambda``, ``dar_weight``, ``activation``, ``norm_first`` …).
+
+    Examples
+    --------
+    >>> import cellformers as cf
+    >>> adata = cf.data.synthetic_counts()
+    >>> cf.model.ScFormer.setup_anndata(adata, batch_key="batch")
+    >>> model = cf.model.ScFormer(adata)
+    >>> model.train(max_epochs=1)
+    >>> adata.obsm["X_scformer"] = model.get_latent_representation()
+    """
+
+    _model_name: ClassVar[str] = "scformer"
+    _module_cls = ScFormerModule
+    _data_splitter_cls = BatchGroupedDataSplitter
+
+    def __init__(
+        self,
+        adata: AnnData | None = None,
+        vocab: GeneVocab | str | None = None,
+        n_layers: int = 4,
+        d_model: int = 128,
+        n_heads: int = 4,
+        d_ff: int = 128,
+        dropout_rate: float = 0.1,
+        n_bins: int = 51,
+        mask_ratio: float = 0.4,
+        value_encoder: Literal["continuous", "categorical"] = "continuous",
+        include_zero_genes: bool | Literal["fill"] = True,
+        max_length: int | None = None,
+        pooling: Pooling = "cls",
+        use_mgm: bool = True,
+        use_mvc: bool = True,
+        use_ecs: bool = True,
+        use_dar: bool | None = None,
+        use_dsbn: bool | None = None,
+        mgm_loss: Literal["ce", "mse"] = "ce",
+        ecs_beta: float = 0.6,
+        ecs_weight: float = 10.0,
+        external_tokens: str | np.ndarray | Sequence[int] | None = None,
+        **module_kwargs,
+    ):
+        super().__init__(adata)
+        if adata is None:
+            msg = "`adata` is required: ScFormer builds its gene token table from the registered genes."
+            raise ValueError(msg)
+        vocab, gene_token_ids = self._resolve_vocab(adata, vocab)
+        n_batch = int(self.summary_stats.n_batch)
+        multi_batch = n_batch > 1
+        use_dar = multi_batch if use_dar is None else bool(use_dar)
+        use_dsbn = multi_batch if use_dsbn is None else bool(use_dsbn)
+        extra = dict(module_kwargs)
+        if external_tokens is not None:
+            ext = self._external_tokens(adata, external_tokens)
+            extra.setdefault("n_external", int(ext.max()) + 1)
+            extra["external_token_ids"] = ext
+        self.module = self._module_cls(
+            gene_token_ids,
+            len(vocab),
+            pad_id=vocab.pad_id,
+            cls_id=vocab.cls_id,
+            n_batch=n_batch,
+            d_model=d_model,
+            n_layers=n_layers,
+            n_heads=n_heads,
+            d_ff=d_ff,
+            dropout_rate=dropout_rate,
+            n_bins=n_bins,
+            mask_ratio=mask_ratio,
+            value_encoder=value_encoder,
+            include_zero_genes=include_zero_genes,
+            max_length=max_length,
+            pooling=pooling,
+            use_mgm=use_mgm,
+            use_mvc=use_mvc,
+            use_ecs=use_ecs,
+            use_dar=use_dar,
+            use_dsbn=use_dsbn,
+            mgm_loss=mgm_loss,
+            ecs_beta=ecs_beta,
+            ecs_weight=ecs_weight,
+            **extra,
+        )
+        self.vocab = vocab
+        m = self.module
+        heads = [n for n, on in (("MGM", use_mgm), ("MVC", use_mvc), ("ECS", use_ecs), ("DAR", use_dar)) if on]
+        n_params = sum(p.numel() for p in m.parameters())
+        self._model_summary_string = (
+            f"ScFormer model: {n_layers} blocks x {d_model} ({n_heads} heads, FFN {d_ff}), {m.n_genes} genes, "
+            f"{n_bins} bins ({mgm_loss}), heads: {'+'.join(heads) or 'none'}{', DSBN' if use_dsbn else ''}, "
+            f"mask_ratio: {mask_ratio}, zero genes: {include_zero_genes}, max_length: {max_length}, "
+            f"parameters: {n_params / 1e6:.2f}M"
+        )
+        self.init_params_ = self._get_init_params(locals())
+
+    @staticmethod
+    def _external_tokens(adata: AnnData, external_tokens) -> np.ndarray:
+        if isinstance(external_tokens, str):
+            if external_tokens not in adata.var.columns:
+                msg = f"`external_tokens={external_tokens!r}` is not a column of `adata.var`."
+                raise MissingKeyError(msg)
+            values = adata.var[external_tokens].to_numpy()
+        else:
+            values = np.asarray(external_tokens)
+        if values.shape != (adata.n_vars,) or not np.issubdtype(values.dtype, np.integer) or (values < 0).any():
+            msg = "`external_tokens` must hold one non-negative integer category per gene (0 = none)."
+            raise ValueError(msg)
+        return values.astype(np.int64)
+
+    # ------------------------------------------------------------------ setup
+    @classmethod
+    @setup_anndata_dsp.dedent
+    def setup_anndata(
+        cls,
+        adata: AnnData,
+        layer: str | None = None,
+        batch_key: str | None = None,
+        labels_key: str | None = None,
+        **kwargs,
+    ):
+        """%(summary)s.
+
+        Raw counts are required (values are binned per cell, eq. 2); a per-cell seed column is added to
+        ``adata.obs`` so binning ties, evaluation masks and subsampling are reproducible per cell.
+
+        Parameters
+        ----------
+        %(param_adata)s
+        %(param_layer)s
+        %(param_batch_key)s
+        %(param_labels_key)s
+        """
+        cls._prepare_setup(adata, layer)
+        setup_method_args = cls._get_setup_method_args(**locals())
+        anndata_fields = cls._anndata_fields(layer, batch_key, labels_key)
+        adata_manager = AnnDataManager(fields=anndata_fields, setup_method_args=setup_method_args)
+        adata_manager.register_fields(adata, **kwargs)
+        cls.register_manager(adata_manager)
+
+    # ------------------------------------------------------------------ training
+    def train(
+        self,
+        max_epochs: int | None = 30,
+        batch_size: int = 16,
+        train_size: float | None = 0.9,
+        group_by_batch: bool | None = None,
+        load_best: bool = True,
+        ecs_warmup_epochs: int = 0,
+        plan_kwargs: dict | None = None,
+        datasplitter_kwargs: dict | None = None,
+        check_val_every_n_epoch: int | None = 1,
+        **kwargs,
+    ):
+        """Train with scvi-tools' :meth:`~scvi.model.base.UnsupervisedTrainingMixin.train`, scFormer's defaults.
+
+        Section 5: 30 epochs, minibatches of 16, a 9:1 train/validation split, Adam at ``lr=1e-3`` decayed by
+        0.9 after every epoch (``SCFORMER_PLAN_DEFAULTS``, overridden by ``plan_kwargs``), and the weights
+        of the epoch with the best validation MGM loss are kept. On a CPU, minibatches of 16 are slow; larger
+        ones (64–128) train several times faster per epoch.
+
+        Parameters
+        ----------
+        max_epochs
+            Number of epochs.
+        batch_size
+            Cells per minibatch.
+        train_size
+            Fraction of cells used for training, the rest for validation.
+        group_by_batch
+            Draw each training minibatch from a single batch (as DSBN expects in scGPT). ``None``: when DSBN is on.
+        load_best
+            Restore the weights of the epoch with the lowest validation MGM loss (MVC loss without MGM) at the
+            end (section 5); ignored without a validation set.
+        ecs_warmup_epochs
+            Train without the ECS loss for this many epochs first (not in the paper). From scratch, all cell
+            embeddings start nearly parallel, and ECS at weight 10 then dominates MGM/MVC and scrambles the
+            embedding (see the ablations in ``benchmarks/scformer_integration.py``).
+        plan_kwargs
+            Passed to :class:`~cellformers.train.MaskedModelingTrainingPlan`.
+        datasplitter_kwargs
+            Passed to :class:`~cellformers.train.BatchGroupedDataSplitter`.
+        check_val_every_n_epoch
+            Validation frequency (every epoch by default, so ``history_`` holds the per-epoch validation losses).
+        **kwargs
+            Passed to :meth:`~scvi.model.base.UnsupervisedTrainingMixin.train` (``precision="bf16-mixed"``,
+            ``accelerator``, ``early_stopping`` …).
+        """
+        plan_kwargs = {**SCFORMER_PLAN_DEFAULTS, **(plan_kwargs or {})}
+        datasplitter_kwargs = dict(datasplitter_kwargs or {})
+        if group_by_batch is None:
+            group_by_batch = self.module.use_dsbn
+        datasplitter_kwargs.setdefault("group_by_batch", bool(group_by_batch))
+        callbacks = list(kwargs.pop("callbacks", None) or [])
+        if ecs_warmup_epochs > 0 and self.module.ecs is not None:
+            callbacks.append(_EcsWarmup(ecs_warmup_epochs))
+        keep = None
+        has_validation = train_size is None or train_size < 1.0
+        if load_best and has_validation and (self.module.use_mgm or self.module.use_mvc):
+            monitor = "mgm_loss_validation" if self.module.use_mgm else "mvc_loss_validation"
+            keep = _KeepBest(monitor)
+            callbacks.append(keep)
+        out = super().train(
+            max_epochs=max_epochs,
+            batch_size=batch_size,
+            train_size=train_size,
+            plan_kwargs=plan_kwargs,
+            datasplitter_kwargs=datasplitter_kwargs,
+            check_val_every_n_epoch=check_val_every_n_epoch,
+            callbacks=callbacks,
+            **kwargs,
+        )
+        if keep is not None and keep.epoch is not None:
+            self.best_epoch_ = keep.epoch
+        return out
+
+    # ------------------------------------------------------------------ getters
+    def _batch_size(self, batch_size: int | None) -> int:
+        return 32 if batch_size is None else int(batch_size)
+
+    @torch.inference_mode()
+    def get_latent_representation(
+        self,
+        adata: AnnData | None = None,
+        indices: Sequence[int] | None = None,
+        batch_size: int | None = None,
+        *,
+        precision: str | None = None,
+        pooling: Pooling | None = None,
+    ) -> np.ndarray:
+        """Cell embeddings of the unmasked cells.
+
+        Parameters
+        ----------
+        adata
+            AnnData set up like the training data; ``None`` uses the model's.
+        indices
+            Cells to embed; ``None`` for all.
+        batch_size
+            Minibatch size (default 32).
+        precision
+            ``"bf16"`` (or ``"bf16-mixed"``) for autocast, ``None``/``"32"`` for float32.
+        pooling
+            ``"cls"`` (the ``<cls>`` output, section 3.3), ``"mean"`` or ``"weighted"`` (the gene outputs, mean or
+            weighted by their binned values); ``None`` uses the model's training pooling.
+
+        Returns
+        -------
+        Array of shape ``(n_cells, d_model)``.
+        """
+        return self._predict_batches(
+            lambda t: self.module.embed(t, pooling=pooling), adata, indices, batch_size, precision
+        )
+
+    @torch.inference_mode()
+    def get_imputed_expression(
+        self,
+        adata: AnnData | None = None,
+        indices: Sequence[int] | None = None,
+        batch_size: int | None = None,
+        *,
+        precision: str | None = None,
+        source: Literal["mgm", "mvc"] = "mgm",
+        scale: Literal["log1p", "bins"] = "log1p",
+    ) -> np.ndarray:
+        """Predicted expression of every gene, on the ``log1p(x / Σx · 1e4)`` scale by default.
+
+        scFormer predicts bins, which are relative to each cell; a predicted bin is mapped back to the cell's own
+        log1p-normalised values (the mean value of the cell's genes in that bin, interpolated for empty bins), and
+        the cross-entropy heads give the expectation over their softmax. All genes of the cell are in the sequence.
+
+        Parameters
+        ----------
+        adata
+            AnnData set up like the training data; ``None`` uses the model's.
+        indices
+            Cells to impute; ``None`` for all.
+        batch_size
+            Minibatch size (default 32).
+        precision
+            ``"bf16"`` for autocast, ``None`` for float32.
+        source
+            ``"mgm"``: each gene is predicted by the MGM head while masked (``ceil(1/mask_ratio)`` passes with
+            disjoint per-cell seeded masks); ``"mvc"``: every gene is predicted from the cell embedding by MVC.
+        scale
+            ``"log1p"`` or ``"bins"`` (expected bin index).
+
+        Returns
+        -------
+        Array of shape ``(n_cells, n_vars)``; NaN in the columns of genes outside the vocabulary.
+        """
+        pred = self._predict_batches(
+            lambda t: self.module.impute(t, source=source, scale=scale), adata, indices, batch_size, precision
+        )
+        n_vars = self.module.n_input_vars
+        if pred.size == 0:
+            return np.zeros((0, n_vars), dtype=np.float32)
+        if pred.shape[1] == n_vars:
+            return pred
+        out = np.full((pred.shape[0], n_vars), np.nan, dtype=np.float32)
+        out[:, self.module.input_columns.cpu().numpy()] = pred
+        return out
+
+    def get_gene_embeddings(self) -> pd.DataFrame:
+        """Learned gene-token embeddings ``emb_g`` (after its LayerNorm) of the registered genes in the vocabulary.
+
+        These are the gene embeddings of Fig. 2c; :func:`cellformers.tl.gene_embeddings` writes them to
+        ``adata.varm``.
+
+        Returns
+        -------
+        DataFrame of shape ``(n_genes_in_vocab, d_model)`` indexed by gene name.
+        """
+        self._check_if_trained(warn=False)
+        m = self.module
+        with torch.no_grad():
+            emb = m.gene_norm(m.gene_embedding(m.input_gene_ids)).detach().float().cpu().numpy()
+        names = np.asarray(self.adata.var_names)[m.input_columns.cpu().numpy()]
+        return pd.DataFrame(emb, index=pd.Index(names, name="gene"), columns=[f"dim_{i}" for i in range(emb.shape[1])])

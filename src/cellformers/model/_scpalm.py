@@ -1,0 +1,561 @@
+"""scPaLM: single-cell language model with genetic pathway learning."""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING, ClassVar, Literal
+
+import numpy as np
+import pandas as pd
+import torch
+from scvi import REGISTRY_KEYS
+from scvi.data import AnnDataManager
+from scvi.utils import setup_anndata_dsp
+
+from cellformers._constants import REGISTRY_KEYS_CF
+from cellformers.module import ScPaLMModule
+from cellformers.nn import codebook_usage
+from cellformers.train import ScPaLMTrainingPlan
+
+from .base import CellformersModel
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+    from anndata import AnnData
+
+    from cellformers.data import GeneVocab
+
+logger = logging.getLogger(__name__)
+
+#: Architecture presets. ``"paper"`` is Table 2 of the paper (with N = 256 tokens and K = 128 codes, section B.1);
+#: ``"small"`` is a CPU-sized configuration for tests, tutorials and quick runs.
+SCPALM_PRESETS: dict[str, dict[str, int | float]] = {
+    "paper": {
+        "n_hidden": 256,
+        "n_layers": 6,
+        "n_heads": 8,
+        "n_intermediate": 1024,
+        "n_pathway_tokens": 256,
+        "n_codes": 128,
+        "dropout_rate": 0.0,
+        "n_value_hidden": 64,
+        "n_gene_embedding": 64,
+    },
+    "small": {
+        "n_hidden": 64,
+        "n_layers": 2,
+        "n_heads": 4,
+        "n_intermediate": 256,
+        "n_pathway_tokens": 64,
+        "n_codes": 128,
+        "dropout_rate": 0.0,
+        "n_value_hidden": 16,
+        "n_gene_embedding": 16,
+    },
+}
+
+
+class ScPaLM(CellformersModel):
+    """scPaLM :cite:p:`scPaLM`.
+
+    A transformer that reads the whole expression vector through a permutation-invariant embedding into ``N``
+    tokens (section 3.1), learns discrete "pathway" tokens with a vector-quantized autoencoder (stage 1, section
+    3.2), and then aggregates them into a cell token ``h_C`` with a masked second encoder/decoder and a token-level
+    contrastive loss (stage 2, section 3.3 and appendix A.1).
+
+    Parameters
+    ----------
+    adata
+        AnnData registered with :meth:`setup_anndata` (raw counts).
+    vocab
+        Gene vocabulary: a :class:`~cellformers.data.GeneVocab`, a reference name (``"scfoundation-19264"``) or
+        ``None`` to build it from ``adata.var_names``. Genes outside the vocabulary are ignored (their imputed
+        values are NaN).
+    preset
+        Architecture preset, see ``cellformers.model.SCPALM_PRESETS``: ``"paper"`` (Table 2: 6 layers, width 256, 8 heads,
+        feed-forward 1024, N = 256, K = 128) or ``"small"`` (2 layers, width 64, 4 heads, N = 64, K = 128).
+        Explicit arguments below override it.
+    n_hidden
+        Transformer and token width.
+    n_layers
+        Layers of each of the four transformers (two encoders, two decoders).
+    n_heads
+        Attention heads.
+    n_intermediate
+        Feed-forward width.
+    n_pathway_tokens
+        ``N``, tokens made by the embedding.
+    n_codes
+        ``K``, codebook size.
+    dropout_rate
+        Dropout of the transformers.
+    **module_kwargs
+        Passed to :class:`~cellformers.module.ScPaLMModule` (pooling, VQ and contrastive options, ``keep_ratio``, …).
+
+    Examples
+    --------
+    >>> import cellformers as cf
+    >>> adata = cf.data.synthetic_counts()
+    >>> cf.model.ScPaLM.setup_anndata(adata, batch_key="batch")
+    >>> model = cf.model.ScPaLM(adata, preset="small")
+    >>> model.train(max_epochs=1)  # stage 1, then stage 2
+    >>> adata.obsm["X_scpalm"] = model.get_latent_representation()
+    >>> model.get_codebook_usage()["n_used"]
+    >>> model.get_pathway_genes(n_genes=10)
+
+    Notes
+    -----
+    Training runs in two stages (appendix B.1: AdamW, lr ``1e-3`` then ``5e-4``, batch 128); ``train()`` runs both,
+    ``train(stage=1)`` / ``train(stage=2)`` one. See :meth:`train`.
+    """
+
+    _model_name: ClassVar[str] = "scpalm"
+    _module_cls = ScPaLMModule
+    _training_plan_cls = ScPaLMTrainingPlan
+
+    def __init__(
+        self,
+        adata: AnnData,
+        vocab: GeneVocab | str | dict | None = None,
+        preset: Literal["paper", "small"] = "paper",
+        n_hidden: int | None = None,
+        n_layers: int | None = None,
+        n_heads: int | None = None,
+        n_intermediate: int | None = None,
+        n_pathway_tokens: int | None = None,
+        n_codes: int | None = None,
+        dropout_rate: float | None = None,
+        **module_kwargs,
+    ):
+        super().__init__(adata)
+        if preset not in SCPALM_PRESETS:
+            msg = f"`preset` must be one of {sorted(SCPALM_PRESETS)}, got {preset!r}."
+            raise ValueError(msg)
+        config = dict(SCPALM_PRESETS[preset])
+        explicit = {
+            "n_hidden": n_hidden,
+            "n_layers": n_layers,
+            "n_heads": n_heads,
+            "n_intermediate": n_intermediate,
+            "n_pathway_tokens": n_pathway_tokens,
+            "n_codes": n_codes,
+            "dropout_rate": dropout_rate,
+        }
+        config.update({k: v for k, v in explicit.items() if v is not None})
+        # module_kwargs win over the preset (they are saved as given, so `load` rebuilds the same module)
+        config.update(module_kwargs)
+        if isinstance(vocab, dict):
+            from cellformers.data import GeneVocab
+
+            vocab = GeneVocab.from_dict(vocab)
+        gene_vocab, gene_token_ids = self._resolve_vocab(self.adata, vocab)
+        self.vocab = gene_vocab
+        self.module = self._module_cls(
+            gene_token_ids=gene_token_ids,
+            n_tokens=len(gene_vocab),
+            n_output_genes=gene_vocab.n_genes,
+            **config,
+        )
+        self.module.init_output_bias(torch.from_numpy(self._gene_means()))
+        self._model_summary_string = (
+            f"ScPaLM model with {config['n_layers']} layers per transformer, width {config['n_hidden']}, "
+            f"{config['n_heads']} heads, N={config['n_pathway_tokens']} pathway tokens, K={config['n_codes']} codes, "
+            f"{self.module.n_genes} of {self.summary_stats.n_vars} genes in the vocabulary."
+        )
+        # the resolved vocabulary is saved with the model (JSON-serialisable), so `load` rebuilds the same one
+        vocab = gene_vocab.to_dict()
+        self.init_params_ = self._get_init_params(locals())
+
+    def _gene_means(self, chunk_size: int = 4096) -> np.ndarray:
+        """Mean ``log1p(counts / library * library_size)`` of each vocabulary gene over the registered cells.
+
+        Used to initialise the decoders' per-gene output biases (the per-gene mean is then not learned from zero
+        through shared weights, which takes hundreds of optimiser steps).
+        """
+        from scipy import sparse
+
+        x = self.adata_manager.get_from_registry(REGISTRY_KEYS.X_KEY)
+        cols = self.module.input_columns.cpu().numpy()
+        total = np.zeros(cols.size)
+        scale = self.module.library_size
+        for start in range(0, x.shape[0], chunk_size):
+            block = x[start : start + chunk_size]
+            block = sparse.csr_matrix(block, dtype=np.float64)
+            lib = np.asarray(block.sum(1)).ravel()
+            block = sparse.diags(np.divide(scale, lib, out=np.zeros_like(lib), where=lib > 0)) @ block
+            block = sparse.csr_matrix(block)
+            block.data = np.log1p(block.data)
+            total += np.asarray(block[:, cols].sum(0)).ravel()
+        return (total / max(1, x.shape[0])).astype(np.float32)
+
+    # ------------------------------------------------------------------ setup
+    @classmethod
+    @setup_anndata_dsp.dedent
+    def setup_anndata(
+        cls,
+        adata: AnnData,
+        layer: str | None = None,
+        batch_key: str | None = None,
+        labels_key: str | None = None,
+        **kwargs,
+    ) -> None:
+        """%(summary)s.
+
+        Parameters
+        ----------
+        %(param_adata)s
+        %(param_layer)s
+        %(param_batch_key)s
+        %(param_labels_key)s
+        """
+        cls._prepare_setup(adata, layer)
+        setup_method_args = cls._get_setup_method_args(**locals())
+        anndata_fields = cls._anndata_fields(layer, batch_key, labels_key)
+        adata_manager = AnnDataManager(fields=anndata_fields, setup_method_args=setup_method_args)
+        adata_manager.register_fields(adata, **kwargs)
+        cls.register_manager(adata_manager)
+
+    # ------------------------------------------------------------------ training
+    def train(
+        self,
+        max_epochs: int | None = None,
+        *,
+        stage: Literal[1, 2] | None = None,
+        max_epochs_stage2: int | None = None,
+        lr: float | None = None,
+        batch_size: int = 128,
+        plan_kwargs: dict | None = None,
+        **kwargs,
+    ) -> None:
+        """Train stage 1 (pathway learning), stage 2 (cell aggregation), or both in turn.
+
+        Parameters
+        ----------
+        max_epochs
+            Epochs of the stage (of stage 1 when ``stage=None``). ``None``: scvi-tools' heuristic capped at 100.
+        stage
+            ``1``, ``2`` or ``None`` for both (stage 1, then stage 2 with the stage-1 parts frozen).
+        max_epochs_stage2
+            With ``stage=None``: epochs of stage 2 (``None``: the same as ``max_epochs``).
+        lr
+            Learning rate of every stage run by this call; ``None`` uses the paper's (``1e-3`` for stage 1,
+            ``5e-4`` for stage 2).
+        batch_size
+            Minibatch size (128 in the paper).
+        plan_kwargs
+            Passed to :class:`~cellformers.train.ScPaLMTrainingPlan` (schedule, weight decay, …).
+        **kwargs
+            Passed to :meth:`scvi.model.base.UnsupervisedTrainingMixin.train` (``accelerator``, ``precision``,
+            ``train_size``, ``early_stopping``, …) and to the Lightning trainer.
+        """
+        if stage not in (None, 1, 2):
+            msg = f"`stage` must be 1, 2 or None (both), got {stage!r}."
+            raise ValueError(msg)
+        if stage == 2 and not bool(self.module.trained_stages[0]):
+            msg = "`stage=2` needs a trained stage 1: call `train(stage=1)` (or `train()` for both) first."
+            raise ValueError(msg)
+        if max_epochs is None:
+            from scvi.model._utils import get_max_epochs_heuristic
+
+            max_epochs = min(100, get_max_epochs_heuristic(self.adata.n_obs))
+        stages = (1, 2) if stage is None else (stage,)
+        for s in stages:
+            epochs = max_epochs_stage2 if (s == 2 and stage is None and max_epochs_stage2 is not None) else max_epochs
+            pk = dict(plan_kwargs or {})
+            pk["stage"] = s
+            if lr is not None:
+                pk["lr"] = lr
+            logger.info(f"scPaLM stage {s}: {epochs} epochs")
+            previous = dict(self.history_) if isinstance(self.history_, dict) else None
+            # Lightning keeps the modules' train/eval mode at the start of `fit`; the plan enforces it again
+            self.module.set_stage(s)
+            self.module.train()
+            super().train(max_epochs=epochs, batch_size=batch_size, plan_kwargs=pk, **kwargs)
+            self._merge_history(previous)
+            self.module.trained_stages[s - 1] = True
+        self.module.set_stage(1 if stage is None else stages[-1])
+        self.module.eval()
+
+    def _merge_history(self, previous: dict | None) -> None:
+        """Keep metrics that exist in only one stage (scvi-tools keeps only the keys of the first run)."""
+        logger_ = getattr(getattr(self, "trainer", None), "logger", None)
+        new = getattr(logger_, "history", None)
+        if previous is None or not isinstance(new, dict) or not isinstance(self.history_, dict):
+            return
+        for key, value in new.items():
+            if key not in self.history_:
+                self.history_[key] = value
+
+    # ------------------------------------------------------------------ checks
+    def _require_stage(self, stage: int, what: str) -> None:
+        self._check_if_trained(warn=False)
+        if not bool(self.module.trained_stages[stage - 1]):
+            msg = f"{what} needs a trained stage {stage}: call `train(stage={stage})` (or `train()`) first."
+            raise ValueError(msg)
+
+    # ------------------------------------------------------------------ getters
+    @torch.inference_mode()
+    def get_latent_representation(
+        self,
+        adata: AnnData | None = None,
+        indices: Sequence[int] | None = None,
+        batch_size: int | None = None,
+        *,
+        representation: Literal["cell", "mean", "concat"] = "cell",
+        precision: str | None = None,
+    ) -> np.ndarray:
+        """Cell embeddings.
+
+        Parameters
+        ----------
+        adata
+            AnnData with the same genes as the registered one; ``None`` uses the registered AnnData.
+        indices
+            Cells to embed; ``None`` for all.
+        batch_size
+            Minibatch size for inference.
+        representation
+            ``"cell"``: ``h_C``, the cell token of the stage-2 encoder over all ``N`` pathway tokens (``n_hidden``
+            wide; section 3.3). ``"mean"``: the mean of the quantized pathway tokens (``n_hidden`` wide).
+            ``"concat"``: all quantized pathway tokens concatenated (``N × n_hidden`` wide, large). These are the
+            variants of Table 6; ``"mean"`` and ``"concat"`` only need stage 1.
+        precision
+            ``"bf16"`` or ``"16"`` to run under autocast.
+
+        Returns
+        -------
+        Array of shape ``(n_cells, n_hidden)`` (``(n_cells, N * n_hidden)`` for ``"concat"``).
+        """
+        if representation == "cell":
+            self._require_stage(2, "`representation='cell'`")
+            fn = lambda t: self.module.get_cell_embedding(t[REGISTRY_KEYS.X_KEY].to(self.device))
+        elif representation in ("mean", "concat"):
+            self._require_stage(1, f"`representation={representation!r}`")
+
+            def fn(t):
+                z, _ = self.module.get_pathway_tokens(t[REGISTRY_KEYS.X_KEY].to(self.device))
+                return z.mean(1) if representation == "mean" else z.flatten(1)
+        else:
+            msg = f"`representation` must be 'cell', 'mean' or 'concat', got {representation!r}."
+            raise ValueError(msg)
+        return self._predict_batches(fn, adata, indices, batch_size, precision)
+
+    @torch.inference_mode()
+    def get_imputed_expression(
+        self,
+        adata: AnnData | None = None,
+        indices: Sequence[int] | None = None,
+        batch_size: int | None = None,
+        *,
+        decoder: Literal["pathway", "cell"] = "pathway",
+        precision: str | None = None,
+    ) -> np.ndarray:
+        """Denoised / imputed expression on the ``log1p`` of counts per 10,000 scale.
+
+        Parameters
+        ----------
+        adata
+            AnnData with the same genes as the registered one; ``None`` uses the registered AnnData.
+        indices
+            Cells; ``None`` for all.
+        batch_size
+            Minibatch size for inference.
+        decoder
+            ``"pathway"``: the stage-1 reconstruction of the expression from the quantized pathway tokens.
+            ``"cell"``: the stage-2 decoder; the pathway tokens are split at random (per cell, reproducibly) into
+            groups, each group is left out once, and each gene is read from the pass where its token was left out.
+        precision
+            ``"bf16"`` or ``"16"`` to run under autocast.
+
+        Returns
+        -------
+        Array ``(n_cells, n_vars)``, clipped at 0; NaN in the columns of genes outside the vocabulary.
+        """
+        if decoder not in ("pathway", "cell"):
+            msg = f"`decoder` must be 'pathway' or 'cell', got {decoder!r}."
+            raise ValueError(msg)
+        self._require_stage(1 if decoder == "pathway" else 2, f"`decoder={decoder!r}`")
+        fn = lambda t: self.module.impute(
+            t[REGISTRY_KEYS.X_KEY].to(self.device), decoder=decoder, cell_seeds=t[REGISTRY_KEYS_CF.CELL_SEED]
+        )
+        pred = self._predict_batches(fn, adata, indices, batch_size, precision)
+        n_vars = self.module.n_input_vars
+        if pred.shape[1] == n_vars:
+            return pred
+        out = np.full((pred.shape[0], n_vars), np.nan, dtype=np.float32)
+        out[:, self.module.input_columns.cpu().numpy()] = pred
+        return out
+
+    @torch.inference_mode()
+    def get_pathway_codes(
+        self,
+        adata: AnnData | None = None,
+        indices: Sequence[int] | None = None,
+        batch_size: int | None = None,
+        *,
+        precision: str | None = None,
+    ) -> np.ndarray:
+        """Codebook index of each of the ``N`` pathway tokens of each cell.
+
+        Parameters
+        ----------
+        adata
+            AnnData with the same genes as the registered one; ``None`` uses the registered AnnData.
+        indices
+            Cells to use; ``None`` for all.
+        batch_size
+            Minibatch size for inference.
+        precision
+            ``"bf16"`` or ``"16"`` to run under autocast.
+
+        Returns
+        -------
+        Integer array ``(n_cells, N)``.
+        """
+        self._require_stage(1, "`get_pathway_codes`")
+        fn = lambda t: self.module.get_pathway_tokens(t[REGISTRY_KEYS.X_KEY].to(self.device))[1].float()
+        return self._predict_batches(fn, adata, indices, batch_size, precision).astype(np.int64)
+
+    def get_codebook_usage(
+        self,
+        adata: AnnData | None = None,
+        indices: Sequence[int] | None = None,
+        batch_size: int | None = None,
+    ) -> dict[str, float]:
+        """How many of the ``K`` codes the pathway tokens of the data use.
+
+        Parameters
+        ----------
+        adata
+            AnnData with the same genes as the registered one; ``None`` uses the registered AnnData.
+        indices
+            Cells to use; ``None`` for all.
+        batch_size
+            Minibatch size for inference.
+
+        Returns
+        -------
+        ``{"perplexity", "n_used", "n_dead", "n_codes", "fraction_used"}``: the perplexity (``exp`` of the entropy
+        of the code histogram over all tokens of all cells; ``K`` when uniform), the number of codes used at least
+        once, of unused ("dead") codes, ``K``, and ``n_used / K``.
+        """
+        codes = self.get_pathway_codes(adata, indices, batch_size)
+        counts = np.bincount(codes.ravel(), minlength=self.module.quantizer.n_codes)
+        return codebook_usage(torch.from_numpy(counts))
+
+    def get_pathway_gene_scores(
+        self,
+        adata: AnnData | None = None,
+        indices: Sequence[int] | None = None,
+        batch_size: int | None = None,
+    ) -> pd.DataFrame:
+        """Association of genes with pathway tokens (appendix A.4), as a codes × genes table.
+
+        For each cell, each code ``k`` activated by its pathway tokens adds the cell's raw count vector, scaled by
+        the frequency of ``k`` among the cell's ``N`` tokens, to row ``k``. Each column (gene) is then divided by
+        its sum, so a value is the share of the gene's (frequency-weighted) expression that goes to the code.
+
+        Parameters
+        ----------
+        adata
+            AnnData with the same genes as the registered one; ``None`` uses the registered AnnData.
+        indices
+            Cells to use; ``None`` for all.
+        batch_size
+            Minibatch size for inference.
+
+        Returns
+        -------
+        DataFrame ``(K, n_genes_in_vocab)`` indexed by code, columns = gene names; genes without counts have 0.
+        """
+        from scipy import sparse
+
+        adata_ = self._validate_anndata(adata)
+        codes = self.get_pathway_codes(adata_, indices, batch_size)
+        n_cells, n_tok = codes.shape
+        k = self.module.quantizer.n_codes
+        rows = np.repeat(np.arange(n_cells), n_tok)
+        freq = sparse.csr_matrix(
+            (np.full(codes.size, 1.0 / n_tok), (rows, codes.ravel())), shape=(n_cells, k)
+        )  # duplicates are summed: frequency of each code in each cell
+        x = self.get_anndata_manager(adata_, required=True).get_from_registry(REGISTRY_KEYS.X_KEY)
+        if indices is not None:
+            x = x[np.asarray(indices)]
+        cols = self.module.input_columns.cpu().numpy()
+        x = x[:, cols]
+        scores = freq.T @ x
+        scores = scores.toarray() if sparse.issparse(scores) else np.asarray(scores)
+        total = scores.sum(0, keepdims=True)
+        scores = np.divide(scores, total, out=np.zeros_like(scores, dtype=np.float64), where=total > 0)
+        names = np.asarray(adata_.var_names)[cols]
+        return pd.DataFrame(scores, index=pd.RangeIndex(k, name="code"), columns=names)
+
+    def get_pathway_genes(
+        self,
+        adata: AnnData | None = None,
+        n_genes: int = 10,
+        *,
+        indices: Sequence[int] | None = None,
+        batch_size: int | None = None,
+        min_cells: int = 0,
+    ) -> pd.DataFrame:
+        """The ``n_genes`` genes most associated with each pathway token (appendix A.4, section B.5).
+
+        Uses :meth:`get_pathway_gene_scores` and keeps, for each code used by the data, the genes with the highest
+        scores.
+
+        Parameters
+        ----------
+        adata
+            AnnData; ``None`` uses the registered one.
+        n_genes
+            Genes per pathway token (10 in section B.5).
+        indices
+            Cells to use; ``None`` for all.
+        batch_size
+            Minibatch size for inference.
+        min_cells
+            Only consider genes detected in at least this many cells (0: all genes, as in the paper; a small
+            threshold avoids genes seen in a single cell, whose score is trivially concentrated).
+
+        Returns
+        -------
+        DataFrame indexed by code (only codes used by the data), with columns ``gene_1 … gene_<n_genes>`` (names),
+        ``score_1 … score_<n_genes>`` and ``frequency`` (share of all tokens assigned to the code).
+        """
+        scores = self.get_pathway_gene_scores(adata, indices, batch_size)
+        codes = self.get_pathway_codes(adata, indices, batch_size)
+        freq = np.bincount(codes.ravel(), minlength=scores.shape[0]) / max(1, codes.size)
+        values = scores.to_numpy()
+        if min_cells > 0:
+            from scipy import sparse
+
+            adata_ = self._validate_anndata(adata)
+            x = self.get_anndata_manager(adata_, required=True).get_from_registry(REGISTRY_KEYS.X_KEY)
+            if indices is not None:
+                x = x[np.asarray(indices)]
+            x = x[:, self.module.input_columns.cpu().numpy()]
+            detected = np.asarray((x > 0).sum(0)).ravel() if sparse.issparse(x) else (np.asarray(x) > 0).sum(0)
+            values = np.where(detected[None, :] >= min_cells, values, -np.inf)
+        n = min(n_genes, values.shape[1])
+        used = np.flatnonzero(freq > 0)
+        top = np.argsort(-values[used], axis=1, kind="stable")[:, :n]
+        genes = scores.columns.to_numpy()[top]
+        top_scores = np.take_along_axis(values[used], top, 1)
+        data = {f"gene_{i + 1}": genes[:, i] for i in range(n)}
+        data.update({f"score_{i + 1}": top_scores[:, i] for i in range(n)})
+        data["frequency"] = freq[used]
+        return pd.DataFrame(data, index=pd.Index(used, name="code"))
+
+    def get_gene_embeddings(self) -> pd.DataFrame:
+        """The learnable gene embeddings ``E_gene`` of the embedding layer, for the registered genes in the vocab.
+
+        Returns
+        -------
+        DataFrame ``(n_genes_in_vocab, n_gene_embedding)`` indexed by gene name.
+        """
+        ids = self.module.input_gene_ids
+        weights = self.module.embedding.gene_embedding.weight.detach()[ids].cpu().float().numpy()
+        names = np.asarray(self.adata.var_names)[self.module.input_columns.cpu().numpy()]
+        return pd.DataFrame(weights, index=pd.Index(names, name="gene"))

@@ -1,0 +1,371 @@
+"""xTrimoGene: asymmetric encoder-decoder transformer for scRNA-seq :cite:p:`Gong23`."""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING, ClassVar, Literal
+
+import numpy as np
+import pandas as pd
+import torch
+from scvi import REGISTRY_KEYS
+from scvi.data import AnnDataManager
+from scvi.utils import setup_anndata_dsp
+
+from cellformers._constants import MODULE_KEYS
+from cellformers.model.base import CellformersModel
+from cellformers.module import XTrimoGeneModule
+from cellformers.module._xtrimogene import XTRIMOGENE_PRESETS
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+    from anndata import AnnData
+
+    from cellformers.data import GeneVocab
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["XTRIMOGENE_PRESETS", "XTrimoGene"]
+
+Preset = Literal["3M", "10M", "100M"]
+Pooling = Literal["max", "mean", "all"]
+
+# per-cell sufficient statistics of the masked-recovery evaluation (one row per cell)
+_STAT_COLUMNS = (
+    "n",
+    "sp",
+    "st",
+    "spp",
+    "stt",
+    "spt",
+    "n_nz",
+    "sp_nz",
+    "st_nz",
+    "spp_nz",
+    "stt_nz",
+    "spt_nz",
+    "zero_fraction",
+)
+
+
+class XTrimoGene(CellformersModel):
+    """xTrimoGene :cite:p:`Gong23`.
+
+    An asymmetric encoder-decoder transformer trained to recover masked expression values. The encoder (full
+    attention) sees only the unmasked non-zero genes of each cell (about a tenth of the genes); a light Performer
+    decoder runs over all genes and predicts the masked ones, zero or not. Expression values are embedded by
+    auto-discretization (soft assignment to 100 learned bins). See :class:`~cellformers.module.XTrimoGeneModule`
+    for the forward pass and every option.
+
+    Parameters
+    ----------
+    adata
+        AnnData registered with :meth:`setup_anndata` (raw counts).
+    vocab
+        Gene vocabulary: a :class:`~cellformers.data.GeneVocab`, a reference name (e.g. ``"scfoundation-19264"``,
+        xTrimoGene's gene list) or ``None`` to build one from ``adata.var_names``.
+    preset
+        Model size of App. Table 2: ``"3M"``, ``"10M"`` or ``"100M"`` (depth, heads and widths of encoder and
+        decoder; see :data:`~cellformers.module._xtrimogene.XTRIMOGENE_PRESETS`).
+    **module_kwargs
+        Override preset values or set other options of :class:`~cellformers.module.XTrimoGeneModule`
+        (e.g. ``encoder_dim=64``, ``mask_strategy="rate"``, ``value_embedding="round"``).
+
+    Examples
+    --------
+    >>> import cellformers as cf
+    >>> adata = cf.data.synthetic_counts()
+    >>> cf.model.XTrimoGene.setup_anndata(adata, batch_key="batch")
+    >>> model = cf.model.XTrimoGene(adata, preset="3M")
+    >>> model.train(max_epochs=1)
+    >>> adata.obsm["X_xtrimogene"] = model.get_latent_representation()
+    """
+
+    _model_name: ClassVar[str] = "xtrimogene"
+    _module_cls = XTrimoGeneModule
+
+    def __init__(
+        self,
+        adata: AnnData | None = None,
+        vocab: GeneVocab | str | None = None,
+        preset: Preset = "10M",
+        **module_kwargs,
+    ):
+        super().__init__(adata)
+        if preset not in XTRIMOGENE_PRESETS:
+            msg = f"`preset` must be one of {list(XTRIMOGENE_PRESETS)}, got {preset!r}."
+            raise ValueError(msg)
+        if adata is None:
+            msg = "`adata` is required: XTrimoGene builds its gene embedding table from the registered genes."
+            raise ValueError(msg)
+        vocab, gene_token_ids = self._resolve_vocab(adata, vocab)
+        params = {**XTRIMOGENE_PRESETS[preset], **module_kwargs}
+        self.module = self._module_cls(gene_token_ids, len(vocab), **params)
+        self.vocab = vocab
+        if params.get("value_embedding") == "equalbin":
+            self._fit_equal_bins(adata)
+        m = self.module
+        n_params = sum(p.numel() for p in m.parameters())
+        self._model_summary_string = (
+            f"XTrimoGene model ({preset} preset): encoder {len(m.encoder.layers)} x {m.encoder_dim} "
+            f"({m.encoder.layers[0].attn.n_heads} heads, full attention), Performer decoder "
+            f"{len(m.decoder.layers)} x {m.decoder_dim} ({m.decoder.layers[0].attn.n_heads} heads), "
+            f"{m.n_genes} genes, mask_strategy: {m.mask_strategy}, parameters: {n_params / 1e6:.2f}M"
+        )
+        self.init_params_ = self._get_init_params(locals())
+
+    @torch.no_grad()
+    def _fit_equal_bins(self, adata: AnnData, n_cells: int = 2000) -> None:
+        """Quantile edges of the ``"equalbin"`` value embedding from (up to ``n_cells``) registered cells."""
+        idx = np.arange(min(adata.n_obs, n_cells))
+        vals = []
+        for tensors in self._make_data_loader(adata=adata, indices=idx, batch_size=256):
+            v, _ = self.module.normalize(tensors[REGISTRY_KEYS.X_KEY])
+            vals.append(v[v > 0])
+        if vals:
+            self.module.value_embedding.fit(torch.cat(vals))
+
+    # ------------------------------------------------------------------ setup
+    @classmethod
+    @setup_anndata_dsp.dedent
+    def setup_anndata(
+        cls,
+        adata: AnnData,
+        layer: str | None = None,
+        batch_key: str | None = None,
+        labels_key: str | None = None,
+        **kwargs,
+    ):
+        """%(summary)s.
+
+        Raw counts are required (the model normalizes them itself, App. 1); a per-cell seed column is added to
+        ``adata.obs`` so evaluation masks are reproducible.
+
+        Parameters
+        ----------
+        %(param_adata)s
+        %(param_layer)s
+        %(param_batch_key)s
+        %(param_labels_key)s
+        """
+        cls._prepare_setup(adata, layer)
+        setup_method_args = cls._get_setup_method_args(**locals())
+        anndata_fields = cls._anndata_fields(layer, batch_key, labels_key)
+        adata_manager = AnnDataManager(fields=anndata_fields, setup_method_args=setup_method_args)
+        adata_manager.register_fields(adata, **kwargs)
+        cls.register_manager(adata_manager)
+
+    # ------------------------------------------------------------------ training
+    def train(self, *args, check_val_every_n_epoch: int | None = 1, **kwargs):
+        """Train with scvi-tools' :meth:`~scvi.model.base.UnsupervisedTrainingMixin.train`.
+
+        Identical, except that the validation set is evaluated after every epoch by default, so that
+        ``history["masked_mse_validation"]`` holds the per-epoch validation masked MSE (validation masks are drawn
+        from the per-cell seeds, hence the same every epoch). ``precision="bf16-mixed"`` is passed to Lightning;
+        ``plan_kwargs`` reach :class:`~cellformers.train.MaskedModelingTrainingPlan` (``lr``, ``warmup_steps``, ...).
+        """
+        return super().train(*args, check_val_every_n_epoch=check_val_every_n_epoch, **kwargs)
+
+    # ------------------------------------------------------------------ getters
+    def _inference(self, tensors: dict[str, torch.Tensor], **kwargs) -> dict[str, torch.Tensor]:
+        return self.module.inference(**self.module._get_inference_input(tensors), **kwargs)
+
+    @torch.inference_mode()
+    def get_latent_representation(
+        self,
+        adata: AnnData | None = None,
+        indices: Sequence[int] | None = None,
+        batch_size: int | None = None,
+        *,
+        precision: str | None = None,
+        pooling: Pooling = "max",
+    ) -> np.ndarray:
+        """Cell embeddings from the encoder alone (the decoder is not run).
+
+        All non-zero genes of each cell go through the encoder (no masking); the gene tokens are pooled with padding
+        excluded (App. 4: max pooling).
+
+        Parameters
+        ----------
+        adata
+            AnnData set up like the training data; ``None`` uses the model's.
+        indices
+            Cells to embed; ``None`` for all.
+        batch_size
+            Minibatch size (default 128).
+        precision
+            ``"bf16"`` (or ``"bf16-mixed"``) for autocast, ``None``/``"32"`` for float32.
+        pooling
+            ``"max"`` (App. 4), ``"mean"``, or ``"all"``: ``[S, T,] max, mean`` concatenated (scFoundation).
+
+        Returns
+        -------
+        Array of shape ``(n_cells, encoder_dim)`` (``"all"``: 2 or 4 times wider).
+        """
+        return self._predict_batches(
+            lambda t: self._inference(t, apply_mask=False, pooling=pooling)[MODULE_KEYS.CELL_EMBEDDING],
+            adata,
+            indices,
+            batch_size,
+            precision,
+        )
+
+    @torch.inference_mode()
+    def get_imputed_expression(
+        self,
+        adata: AnnData | None = None,
+        indices: Sequence[int] | None = None,
+        batch_size: int | None = None,
+        *,
+        precision: str | None = None,
+    ) -> np.ndarray:
+        """Decoder predictions for every gene, on the ``log1p(x / Σx · 1e4)`` scale.
+
+        The encoder sees every non-zero gene (nothing masked); the decoder predicts all genes, zero-valued ones
+        included, which is the imputation.
+
+        Parameters
+        ----------
+        adata
+            AnnData set up like the training data; ``None`` uses the model's.
+        indices
+            Cells to impute; ``None`` for all.
+        batch_size
+            Minibatch size (default 128).
+        precision
+            ``"bf16"`` for autocast, ``None`` for float32.
+
+        Returns
+        -------
+        Array of shape ``(n_cells, n_vars)``; NaN in the columns of genes outside the vocabulary.
+        """
+
+        def fn(tensors):
+            inf = self._inference(tensors, apply_mask=False)
+            gen = self.module.generative(**self.module._get_generative_input(tensors, inf))
+            return gen[MODULE_KEYS.PREDICTION]
+
+        pred = self._predict_batches(fn, adata, indices, batch_size, precision)
+        n_vars = self.module.n_input_vars
+        if pred.ndim != 2 or pred.shape[1] == n_vars:
+            return pred.reshape(-1, n_vars) if pred.size == 0 else pred
+        out = np.full((pred.shape[0], n_vars), np.nan, dtype=np.float32)
+        out[:, self.module.input_columns.cpu().numpy()] = pred
+        return out
+
+    def get_gene_embeddings(self) -> pd.DataFrame:
+        """Learned (context-free) gene embeddings of the registered genes that are in the vocabulary.
+
+        Returns
+        -------
+        DataFrame of shape ``(n_genes_in_vocab, encoder_dim)`` indexed by gene name.
+        """
+        self._check_if_trained(warn=False)
+        m = self.module
+        with torch.no_grad():
+            emb = m.gene_embedding.weight[m.input_gene_ids].detach().float().cpu().numpy()
+        names = np.asarray(self.adata.var_names)[m.input_columns.cpu().numpy()]
+        return pd.DataFrame(emb, index=pd.Index(names, name="gene"), columns=[f"dim_{i}" for i in range(emb.shape[1])])
+
+    @torch.inference_mode()
+    def evaluate_masked_recovery(
+        self,
+        adata: AnnData | None = None,
+        indices: Sequence[int] | None = None,
+        batch_size: int | None = None,
+        *,
+        mask_ratio: float | None = None,
+        n_groups: int = 4,
+        precision: str | None = None,
+    ) -> pd.DataFrame:
+        """Pearson correlation between predicted and true values on masked positions (section 5.3, Fig. 3A).
+
+        Masks are drawn per cell from its seed (:func:`~cellformers._utils.counter_uniform`), so the result does not
+        depend on batch size or cell order and is reproducible. Correlations pool all masked positions of a group's
+        cells: overall, per sparsity group (quantile bins of the cells' fraction of zero genes) and, when
+        ``labels_key`` was registered, per cell type.
+
+        Parameters
+        ----------
+        adata
+            AnnData set up like the training data; ``None`` uses the model's.
+        indices
+            Cells to evaluate (e.g. held-out cells); ``None`` for all.
+        batch_size
+            Minibatch size (default 128).
+        mask_ratio
+            Fraction of non-zero genes masked; ``None`` uses the model's ``mask_ratio``.
+        n_groups
+            Number of sparsity groups.
+        precision
+            ``"bf16"`` for autocast, ``None`` for float32.
+
+        Returns
+        -------
+        DataFrame with one row per group and columns ``group_type`` (``"all"``, ``"sparsity"``, ``"cell_type"``),
+        ``group``, ``n_cells``, ``sparsity`` (mean zero fraction), ``n_masked``, ``pearson`` (all masked
+        positions), ``mse``, ``n_masked_nonzero`` and ``pearson_nonzero`` (masked non-zero positions only).
+        """
+
+        def fn(tensors):
+            inf = self._inference(tensors, apply_mask=True, mask_ratio=mask_ratio)
+            gen = self.module.generative(**self.module._get_generative_input(tensors, inf))
+            p = gen[MODULE_KEYS.PREDICTION].double()
+            t = inf[MODULE_KEYS.TARGET].double()
+            m = inf[MODULE_KEYS.MASK].double()
+            nz = m * (t > 0)
+            zero_frac = (t <= 0).double().mean(-1)
+            cols = []
+            for w in (m, nz):
+                cols += [w.sum(-1), (w * p).sum(-1), (w * t).sum(-1)]
+                cols += [(w * p * p).sum(-1), (w * t * t).sum(-1), (w * p * t).sum(-1)]
+            return torch.stack([*cols, zero_frac], -1)
+
+        stats = self._predict_batches(fn, adata, indices, batch_size, precision)
+        df = pd.DataFrame(stats.astype(np.float64), columns=list(_STAT_COLUMNS))
+        adata = self._validate_anndata(adata)
+        obs_idx = np.arange(adata.n_obs) if indices is None else np.asarray(indices)
+        rows = [_recovery_row("all", "all", df)]
+        if len(df) and n_groups > 0:
+            q = pd.qcut(df["zero_fraction"], q=n_groups, duplicates="drop")
+            for interval in q.cat.categories:
+                sel = df[q == interval]
+                label = f"{interval.left:.3f}-{interval.right:.3f}"
+                rows.append(_recovery_row("sparsity", label, sel))
+        labels_key = self.adata_manager.registry["setup_args"].get("labels_key")
+        if labels_key is not None:
+            labels = adata.obs[labels_key].to_numpy()[obs_idx]
+            for lab in pd.unique(labels):
+                rows.append(_recovery_row("cell_type", str(lab), df[labels == lab]))
+        return pd.DataFrame(rows)
+
+
+def _pearson(n, sp, st, spp, stt, spt) -> float:
+    if n < 2:
+        return float("nan")
+    cov = spt - sp * st / n
+    vp = spp - sp * sp / n
+    vt = stt - st * st / n
+    if vp <= 0 or vt <= 0:
+        return float("nan")
+    return float(cov / np.sqrt(vp * vt))
+
+
+def _recovery_row(group_type: str, group: str, df: pd.DataFrame) -> dict:
+    s = df.sum(numeric_only=True)
+    n = s.get("n", 0.0)
+    mse = (s.get("spp", 0.0) - 2 * s.get("spt", 0.0) + s.get("stt", 0.0)) / n if n > 0 else float("nan")
+    return {
+        "group_type": group_type,
+        "group": group,
+        "n_cells": len(df),
+        "sparsity": float(df["zero_fraction"].mean()) if len(df) else float("nan"),
+        "n_masked": int(n),
+        "pearson": _pearson(n, s["sp"], s["st"], s["spp"], s["stt"], s["spt"]) if len(df) else float("nan"),
+        "mse": float(mse),
+        "n_masked_nonzero": int(s.get("n_nz", 0.0)),
+        "pearson_nonzero": _pearson(s["n_nz"], s["sp_nz"], s["st_nz"], s["spp_nz"], s["stt_nz"], s["spt_nz"])
+        if len(df)
+        else float("nan"),
+    }

@@ -1,0 +1,538 @@
+"""xTrimoGene's asymmetric encoder-decoder :cite:p:`Gong23` as an scvi-tools module."""
+
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING, Literal
+
+import torch
+import torch.nn.functional as F
+from scvi import REGISTRY_KEYS
+from scvi.module.base import LossOutput, auto_move_data
+from torch import nn
+
+from cellformers._constants import MODULE_KEYS, REGISTRY_KEYS_CF
+from cellformers._utils import counter_uniform
+from cellformers.module._base import GeneTokenModule
+from cellformers.nn import Performer, TransformerEncoder, make_value_embedding
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+    import numpy as np
+    from torch import Tensor
+
+#: App. Table 2 of :cite:p:`Gong23` (depth, heads, width of encoder and decoder). The paper does not give the
+#: feed-forward widths: ``4 x width`` for the 10M model reproduces its 9.8M parameters of Table 1 exactly; the 3M
+#: model uses ``2 x width`` and the 100M decoder ``2 x width`` (encoder ``4 x width`` = scFoundation's 3,072) so that
+#: the parameter counts with 19,264 genes land within 15% of the names (3.3M, 9.9M, 113M).
+XTRIMOGENE_PRESETS: dict[str, dict[str, int]] = {
+    "3M": {
+        "encoder_layers": 4,
+        "encoder_heads": 2,
+        "encoder_dim": 128,
+        "encoder_ff": 256,
+        "decoder_layers": 2,
+        "decoder_heads": 2,
+        "decoder_dim": 128,
+        "decoder_ff": 256,
+    },
+    "10M": {
+        "encoder_layers": 4,
+        "encoder_heads": 8,
+        "encoder_dim": 256,
+        "encoder_ff": 1024,
+        "decoder_layers": 2,
+        "decoder_heads": 4,
+        "decoder_dim": 256,
+        "decoder_ff": 1024,
+    },
+    "100M": {
+        "encoder_layers": 12,
+        "encoder_heads": 12,
+        "encoder_dim": 768,
+        "encoder_ff": 3072,
+        "decoder_layers": 6,
+        "decoder_heads": 8,
+        "decoder_dim": 512,
+        "decoder_ff": 1024,
+    },
+}
+
+#: Salts of the counter-based generator for evaluation masks (independent streams).
+_SALT_SELECT, _SALT_REPLACE, _SALT_RANDOM = 7101, 7102, 7103
+
+INPUT_VALUES = "input_values"
+HIDDEN = "hidden"
+ENCODER_INDEX = "encoder_index"
+
+
+class XTrimoGeneModule(GeneTokenModule):
+    """Asymmetric encoder-decoder of xTrimoGene :cite:p:`Gong23`.
+
+    One forward pass (Fig. 1):
+
+    1. counts -> ``log1p(x / Σx · 1e4)`` (App. 1; the sum runs over all registered genes);
+    2. masking of zero and non-zero positions (section 4.2, App. 6);
+    3. the unmasked non-zero genes of each cell are packed to the left (loop-free stable gather) and padded;
+    4. value embedding (auto-discretization) + gene embedding, summed (eq. 1);
+    5. full-attention transformer encoder on the packed tokens (eq. 2);
+    6. encoder outputs scattered back to their genes, masked positions get the ``[MASK]`` embedding and zero-valued
+       positions the zero embedding; combined with the gene embeddings and projected (eq. 3);
+    7. Performer decoder over all genes, shared linear head (eq. 4);
+    8. MSE on the masked positions (eq. 5).
+
+    Parameters
+    ----------
+    gene_token_ids
+        Vocabulary token id of each registered gene (``-1``: not in the vocabulary, ignored).
+    n_tokens
+        Vocabulary size (rows of the gene embedding table).
+    encoder_layers, encoder_heads, encoder_dim, encoder_ff
+        Encoder depth, heads, width and feed-forward width (``None``: ``4 * encoder_dim``).
+    decoder_layers, decoder_heads, decoder_dim, decoder_ff
+        Performer decoder depth, heads, width and feed-forward width (``None``: ``4 * decoder_dim``).
+    dropout_rate
+        Dropout in encoder and decoder (the paper does not state one).
+    encoder_norm_first
+        Pre-norm encoder blocks (default). ``False`` gives post-norm blocks as scFoundation's
+        ``nn.TransformerEncoderLayer``; the paper only says "traditional multi-head attention transformer".
+    encoder_activation
+        Encoder feed-forward non-linearity (``"relu"`` in scFoundation).
+    value_embedding
+        ``"autobin"`` (auto-discretization, section 3.3) or the hard binnings of Fig. 2A: ``"round"``, ``"upbin"``,
+        ``"equalbin"``.
+    n_bins
+        Number of bins of the value embedding (100).
+    bin_alpha
+        Mixture factor α of the auto-discretization.
+    zero_embedding
+        ``"learned"``: zero-valued genes enter the decoder as one learned vector (the paper's ``I_zero``);
+        ``"value"``: as the value embedding of 0 (scFoundation embeds the whole expression vector).
+    decoder_input
+        ``"concat"``: ``W_p [token ⊕ gene embedding] + b_p`` (eq. 3 and the text of section 3.2); ``"add"``:
+        ``W_p (token + gene embedding) + b_p`` (scFoundation).
+    nb_features
+        Random features per decoder head (``None``: ``int(d_head · ln d_head)``).
+    feature_redraw_interval
+        Redraw the Performer projections every this many training steps.
+    mask_strategy
+        ``"balanced"``: per cell, mask ``mask_ratio`` of the non-zero genes and ``balanced_zero_ratio`` times as many
+        zero genes (a near-equal number; App. 6 Table 1: 600 non-zero and 540 zero positions of 20,000);
+        ``"rate"``: mask each non-zero gene with probability ``mask_ratio`` and each zero gene with probability
+        ``zero_mask_rate`` (scFoundation's 30% / 3%).
+    mask_ratio
+        Fraction of non-zero genes masked (30% is the optimum of App. Fig. 3).
+    balanced_zero_ratio
+        Masked zeros per masked non-zero with ``mask_strategy="balanced"`` (540 / 600 = 0.9).
+    zero_mask_rate
+        Masking probability of zero genes with ``mask_strategy="rate"``.
+    mask_replacement
+        Probabilities ``([MASK], random value, unchanged)`` for the masked positions (App. Fig. 5). ``(1, 0, 0)``
+        hides every masked value from the encoder (Fig. 1). With BERT-style ``(0.8, 0.1, 0.1)`` (scFoundation),
+        positions given a random value (drawn from the cell's own non-zero values) or left unchanged are visible to
+        the encoder when non-zero but still count in the loss.
+    max_encoder_length
+        Cap on the number of genes per cell the encoder sees; ``None`` = no cap. Above the cap the most highly
+        expressed genes are kept, and the others enter the decoder through their value embedding (so bulk-like
+        input cannot run out of memory).
+    read_depth_tokens
+        Add scFoundation's two read-depth tokens to the encoder: ``S = log10(Σ counts)`` (source) and ``T`` (target
+        depth, equal to ``S`` here since no read-depth downsampling is done during training, or ``target_depth`` at
+        inference). Both go through the value embedding plus their own learned identity vectors.
+    target_sum
+        Library size of the normalization (1e4).
+    gradient_checkpointing
+        Recompute encoder/decoder activations in the backward pass to save memory.
+    """
+
+    def __init__(
+        self,
+        gene_token_ids: Sequence[int] | np.ndarray,
+        n_tokens: int,
+        *,
+        encoder_layers: int = 4,
+        encoder_heads: int = 8,
+        encoder_dim: int = 256,
+        encoder_ff: int | None = None,
+        decoder_layers: int = 2,
+        decoder_heads: int = 4,
+        decoder_dim: int = 256,
+        decoder_ff: int | None = None,
+        dropout_rate: float = 0.0,
+        encoder_norm_first: bool = True,
+        encoder_activation: Literal["gelu", "relu"] = "gelu",
+        value_embedding: Literal["autobin", "round", "upbin", "equalbin"] = "autobin",
+        n_bins: int = 100,
+        bin_alpha: float = 1.0,
+        zero_embedding: Literal["learned", "value"] = "learned",
+        decoder_input: Literal["concat", "add"] = "concat",
+        nb_features: int | None = None,
+        feature_redraw_interval: int | None = 1000,
+        mask_strategy: Literal["balanced", "rate"] = "balanced",
+        mask_ratio: float = 0.3,
+        balanced_zero_ratio: float = 0.9,
+        zero_mask_rate: float = 0.03,
+        mask_replacement: Sequence[float] = (1.0, 0.0, 0.0),
+        max_encoder_length: int | None = None,
+        read_depth_tokens: bool = False,
+        target_sum: float = 1e4,
+        gradient_checkpointing: bool = False,
+    ):
+        super().__init__(gene_token_ids, n_tokens)
+        _check_choice("mask_strategy", mask_strategy, ("balanced", "rate"))
+        _check_choice("zero_embedding", zero_embedding, ("learned", "value"))
+        _check_choice("decoder_input", decoder_input, ("concat", "add"))
+        _check_choice("encoder_activation", encoder_activation, ("gelu", "relu"))
+        if not 0.0 <= mask_ratio <= 1.0:
+            msg = f"`mask_ratio` must be in [0, 1], got {mask_ratio}."
+            raise ValueError(msg)
+        rep = tuple(float(p) for p in mask_replacement)
+        if len(rep) != 3 or min(rep) < 0 or not math.isclose(sum(rep), 1.0, abs_tol=1e-6):
+            msg = f"`mask_replacement` must be three non-negative probabilities summing to 1, got {mask_replacement}."
+            raise ValueError(msg)
+        if max_encoder_length is not None and max_encoder_length < 1:
+            msg = f"`max_encoder_length` must be a positive integer or None, got {max_encoder_length}."
+            raise ValueError(msg)
+        self.encoder_dim = encoder_dim
+        self.decoder_dim = decoder_dim
+        self.mask_strategy = mask_strategy
+        self.mask_ratio = float(mask_ratio)
+        self.balanced_zero_ratio = float(balanced_zero_ratio)
+        self.zero_mask_rate = float(zero_mask_rate)
+        self.mask_replacement = rep
+        self.max_encoder_length = max_encoder_length
+        self.read_depth_tokens = read_depth_tokens
+        self.n_special = 2 if read_depth_tokens else 0
+        self.target_sum = float(target_sum)
+        self.zero_embedding_kind = zero_embedding
+        self.decoder_input = decoder_input
+
+        kwargs = {"alpha": bin_alpha} if value_embedding == "autobin" else {}
+        self.value_embedding = make_value_embedding(value_embedding, encoder_dim, n_bins, **kwargs)
+        self.gene_embedding = nn.Embedding(n_tokens, encoder_dim)
+        if read_depth_tokens:
+            self.depth_embedding = nn.Embedding(2, encoder_dim)
+        self.encoder = TransformerEncoder(
+            encoder_dim,
+            encoder_layers,
+            encoder_heads,
+            encoder_ff or 4 * encoder_dim,
+            dropout_rate=dropout_rate,
+            activation=encoder_activation,
+            norm_first=encoder_norm_first,
+            final_norm=True,
+            gradient_checkpointing=gradient_checkpointing,
+        )
+        if zero_embedding == "learned":
+            self.zero_embedding = nn.Parameter(torch.randn(encoder_dim))
+        n_proj_in = 2 * encoder_dim if decoder_input == "concat" else encoder_dim
+        self.decoder_proj = nn.Linear(n_proj_in, decoder_dim)
+        self.decoder = Performer(
+            decoder_dim,
+            decoder_layers,
+            decoder_heads,
+            decoder_ff or 4 * decoder_dim,
+            dropout_rate=dropout_rate,
+            nb_features=nb_features,
+            feature_redraw_interval=feature_redraw_interval,
+            final_norm=True,
+            gradient_checkpointing=gradient_checkpointing,
+        )
+        self.head = nn.Linear(decoder_dim, 1)
+
+    # ------------------------------------------------------------------ data preparation
+    def normalize(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """Raw counts ``(batch, n_vars)`` -> ``log1p(x / Σx · target_sum)`` of the vocabulary genes and the library size.
+
+        Returns
+        -------
+        ``values`` ``(batch, n_genes)`` (float32) and ``library`` ``(batch,)`` (sum over all registered genes).
+        """
+        x = x.float()
+        library = x.sum(-1)
+        values = torch.log1p(self.select_genes(x) / library.clamp_min(1.0).unsqueeze(-1) * self.target_sum)
+        return values, library
+
+    def _uniforms(self, cell_seed: Tensor | None, shape: tuple[int, int], salt: int, device) -> Tensor:
+        """Training: torch's RNG. Evaluation: counter-based per-cell numbers (independent of batch composition)."""
+        if self.training or cell_seed is None:
+            return torch.rand(shape, device=device)
+        return counter_uniform(cell_seed.reshape(-1), shape[1], salt=salt).to(device)
+
+    def make_mask(
+        self,
+        values: Tensor,
+        cell_seed: Tensor | None = None,
+        mask_ratio: float | None = None,
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """Choose the positions to predict and what the encoder sees there.
+
+        Parameters
+        ----------
+        values
+            Normalized expression ``(batch, n_genes)``.
+        cell_seed
+            Per-cell seeds ``(batch, 1)``; used in evaluation mode so masks are reproducible per cell.
+        mask_ratio
+            Overrides the module's ``mask_ratio``.
+
+        Returns
+        -------
+        ``mask`` (positions in the loss), ``hidden`` (positions shown as ``[MASK]``, a subset of ``mask``) and the
+        input values (random replacements applied), all ``(batch, n_genes)``.
+        """
+        b, g = values.shape
+        device = values.device
+        ratio = self.mask_ratio if mask_ratio is None else float(mask_ratio)
+        nonzero = values > 0
+        u = self._uniforms(cell_seed, (b, g), _SALT_SELECT, device)
+        if self.mask_strategy == "balanced":
+            nnz = nonzero.sum(-1)
+            k_nz = torch.round(ratio * nnz.float()).long()
+            k_z = torch.minimum(torch.round(self.balanced_zero_ratio * k_nz.float()).long(), g - nnz)
+            # rank positions inside each group by u: non-zeros get ranks 0..nnz-1, zeros nnz..g-1
+            order = (u + (~nonzero).float()).argsort(dim=-1)
+            rank = torch.empty_like(order).scatter_(-1, order, torch.arange(g, device=device).expand(b, g))
+            mask = torch.where(nonzero, rank < k_nz[:, None], (rank - nnz[:, None]) < k_z[:, None])
+        else:
+            p = torch.where(nonzero, ratio, self.zero_mask_rate)
+            mask = u < p
+        p_mask, p_random, _ = self.mask_replacement
+        if p_mask >= 1.0:
+            return mask, mask, values
+        r = self._uniforms(cell_seed, (b, g), _SALT_REPLACE, device)
+        hidden = mask & (r < p_mask)
+        randomized = mask & (r >= p_mask) & (r < p_mask + p_random)
+        input_values = values
+        if randomized.any():
+            # a random non-zero value of the same cell (values sorted descending: non-zeros first)
+            nnz = nonzero.sum(-1, keepdim=True)
+            sorted_vals = values.sort(dim=-1, descending=True).values
+            u3 = self._uniforms(cell_seed, (b, g), _SALT_RANDOM, device)
+            pick = (u3 * nnz).long().clamp(max=g - 1)
+            input_values = torch.where(randomized, sorted_vals.gather(-1, pick), values)
+        return mask, hidden, input_values
+
+    def pack(self, keep: Tensor, values: Tensor) -> tuple[Tensor, Tensor]:
+        """Left-pack the kept genes of each cell, loop-free.
+
+        Kept genes come first in gene order (a stable gather through ``topk`` on ``2·keep - index / n_genes``),
+        followed by padding. With ``max_encoder_length`` and more kept genes than that, the most highly expressed
+        kept genes are chosen instead.
+
+        Parameters
+        ----------
+        keep
+            Boolean ``(batch, n_genes)``.
+        values
+            Values ``(batch, n_genes)`` (used only to rank genes above ``max_encoder_length``).
+
+        Returns
+        -------
+        ``index`` ``(batch, length)`` gene positions (padding slots point at ``n_genes``) and ``padding_mask``
+        ``(batch, length)``.
+        """
+        b, g = keep.shape
+        device = keep.device
+        n_keep = keep.sum(-1)
+        length = max(int(n_keep.max().item()) if b else 0, 1)
+        if self.max_encoder_length is not None and length > self.max_encoder_length:
+            length = self.max_encoder_length
+            score = torch.where(keep, values.float(), torch.full_like(values, -1.0, dtype=torch.float32))
+            index = score.topk(length, dim=-1).indices
+            padding = ~keep.gather(-1, index)
+        else:
+            pos = torch.arange(g, device=device, dtype=torch.float32) / max(g, 1)
+            score = keep.float() * 2.0 - pos
+            index = score.topk(min(length, g), dim=-1).indices
+            padding = torch.arange(index.shape[-1], device=device)[None, :] >= n_keep[:, None]
+        index = index.masked_fill(padding, g)
+        return index, padding
+
+    # ------------------------------------------------------------------ scvi-tools interface
+    def _get_inference_input(self, tensors: dict[str, Tensor], **kwargs) -> dict[str, Tensor | None]:
+        return {
+            "x": tensors[REGISTRY_KEYS.X_KEY],
+            "cell_seed": tensors.get(REGISTRY_KEYS_CF.CELL_SEED),
+        }
+
+    @auto_move_data
+    def inference(
+        self,
+        x: Tensor,
+        cell_seed: Tensor | None = None,
+        apply_mask: bool = True,
+        mask_ratio: float | None = None,
+        pooling: Literal["max", "mean", "all"] = "max",
+        target_depth: float | None = None,
+    ) -> dict[str, Tensor]:
+        """Encode the unmasked non-zero genes.
+
+        Parameters
+        ----------
+        x
+            Raw counts ``(batch, n_vars)``.
+        cell_seed
+            Per-cell seeds ``(batch, 1)`` for reproducible evaluation masks.
+        apply_mask
+            Mask positions for prediction (training, masked-recovery evaluation). ``False`` encodes every non-zero
+            gene (embeddings, imputation).
+        mask_ratio
+            Overrides the module's ``mask_ratio``.
+        pooling
+            Cell embedding from the encoder tokens: ``"max"`` (App. 4), ``"mean"`` or ``"all"`` (concatenation of
+            max and mean, preceded by the S and T tokens with ``read_depth_tokens``; scFoundation's pooling).
+        target_depth
+            With ``read_depth_tokens``: ``T = log10(target_depth)`` instead of ``T = S``.
+
+        Returns
+        -------
+        Dictionary with the encoder tokens ``(batch, length, encoder_dim)``, their padding mask, the cell embedding,
+        the gene position of each token, the loss mask, the hidden positions, the decoder's input values and the
+        targets (normalized values, ``(batch, n_genes)``).
+        """
+        values, library = self.normalize(x)
+        if apply_mask:
+            mask, hidden, input_values = self.make_mask(values, cell_seed, mask_ratio)
+        else:
+            mask = torch.zeros_like(values, dtype=torch.bool)
+            hidden, input_values = mask, values
+        keep = (input_values > 0) & ~hidden
+        index, padding = self.pack(keep, input_values)
+        g = values.shape[-1]
+        safe = index.clamp(max=g - 1)
+        enc_values = input_values.gather(-1, safe)
+        gene_ids = self.input_gene_ids[safe]
+        tokens = self.value_embedding(enc_values, padding_mask=padding) + self.gene_embedding(gene_ids)
+        if self.read_depth_tokens:
+            s = torch.log10(library.clamp_min(1.0))
+            t = s if target_depth is None else torch.full_like(s, math.log10(max(float(target_depth), 1.0)))
+            depth = self.value_embedding(torch.stack([s, t], -1)) + self.depth_embedding.weight.to(tokens.dtype)
+            tokens = torch.cat([depth.to(tokens.dtype), tokens], dim=1)
+            padding = F.pad(padding, (self.n_special, 0), value=False)
+        h = self.encoder(tokens, padding)
+        return {
+            MODULE_KEYS.TOKEN_EMBEDDING: h,
+            MODULE_KEYS.PADDING_MASK: padding,
+            MODULE_KEYS.CELL_EMBEDDING: self.pool(h, padding, pooling),
+            ENCODER_INDEX: index,
+            MODULE_KEYS.MASK: mask,
+            HIDDEN: hidden,
+            INPUT_VALUES: input_values,
+            MODULE_KEYS.TARGET: values,
+        }
+
+    def pool(self, h: Tensor, padding_mask: Tensor, pooling: Literal["max", "mean", "all"] = "max") -> Tensor:
+        """Cell embedding from encoder tokens, padding excluded; cells without any gene token get zeros.
+
+        Parameters
+        ----------
+        h
+            Encoder output ``(batch, length, encoder_dim)`` (read-depth tokens first when enabled).
+        padding_mask
+            ``(batch, length)``, ``True`` at padding.
+        pooling
+            ``"max"``, ``"mean"`` or ``"all"`` (``[S, T,] max, mean`` concatenated).
+
+        Returns
+        -------
+        Float32 tensor ``(batch, d)`` with ``d = encoder_dim`` (``max``/``mean``) or ``(2 + n_special) · encoder_dim``.
+        """
+        _check_choice("pooling", pooling, ("max", "mean", "all"))
+        h = h.float()
+        genes, pad = h[:, self.n_special :], padding_mask[:, self.n_special :]
+        valid = ~pad
+        any_valid = valid.any(-1, keepdim=True)
+        out = []
+        if pooling in ("max", "all"):
+            mx = genes.masked_fill(pad.unsqueeze(-1), float("-inf")).amax(1)
+            out.append(torch.where(any_valid, mx, torch.zeros_like(mx)))
+        if pooling in ("mean", "all"):
+            w = valid.unsqueeze(-1).float()
+            out.append((genes * w).sum(1) / w.sum(1).clamp_min(1.0))
+        if pooling == "all" and self.n_special:
+            out = [h[:, 0], h[:, 1], *out]
+        return out[0] if len(out) == 1 else torch.cat(out, dim=-1)
+
+    def _get_generative_input(self, tensors: dict[str, Tensor], inference_outputs: dict[str, Tensor], **kwargs):
+        return {
+            "token_embedding": inference_outputs[MODULE_KEYS.TOKEN_EMBEDDING],
+            "encoder_index": inference_outputs[ENCODER_INDEX],
+            "hidden": inference_outputs[HIDDEN],
+            "input_values": inference_outputs[INPUT_VALUES],
+        }
+
+    def decoder_tokens(self, token_embedding: Tensor, encoder_index: Tensor, hidden: Tensor, input_values: Tensor):
+        """Assemble the decoder input ``I_full`` (eq. 3), shape ``(batch, n_genes, decoder_dim)``."""
+        b, g = input_values.shape
+        h = token_embedding[:, self.n_special :]
+        dtype = h.dtype
+        if self.zero_embedding_kind == "learned":
+            zero = self.zero_embedding
+        else:
+            zero = self.value_embedding(torch.zeros(1, device=h.device))[0]
+        base = torch.where(
+            hidden.unsqueeze(-1), self.value_embedding.emb_mask.to(dtype), zero.to(dtype)
+        )  # (b, g, d): [MASK] or zero embedding
+        # non-zero genes not seen by the encoder (above max_encoder_length) enter through their value embedding
+        in_encoder = torch.zeros(b, g + 1, dtype=torch.bool, device=h.device).scatter_(-1, encoder_index, True)
+        unseen = (input_values > 0) & ~hidden & ~in_encoder[:, :g]
+        if unseen.any():
+            base = torch.where(unseen.unsqueeze(-1), self.value_embedding(input_values).to(dtype), base)
+        base = torch.cat([base, base.new_zeros(b, 1, base.shape[-1])], dim=1)
+        idx = encoder_index.unsqueeze(-1).expand(-1, -1, h.shape[-1])
+        full = base.scatter(1, idx, h)[:, :g]
+        genes = self.gene_embedding(self.input_gene_ids)
+        w, bias = self.decoder_proj.weight, self.decoder_proj.bias
+        if self.decoder_input == "concat":
+            d = self.encoder_dim
+            # W_p [token ⊕ gene] = W_tok token + W_gene gene: the gene half is computed once for the batch
+            return F.linear(full, w[:, :d]) + F.linear(genes, w[:, d:], bias).unsqueeze(0)
+        return F.linear(full + genes.unsqueeze(0).to(full.dtype), w, bias)
+
+    @auto_move_data
+    def generative(
+        self, token_embedding: Tensor, encoder_index: Tensor, hidden: Tensor, input_values: Tensor
+    ) -> dict[str, Tensor]:
+        """Decode all genes.
+
+        Returns
+        -------
+        ``{"prediction": (batch, n_genes)}``, float32 predictions of the normalized expression.
+        """
+        z = self.decoder_tokens(token_embedding, encoder_index, hidden, input_values)
+        z = self.decoder(z)
+        pred = self.head(z).squeeze(-1).float()
+        return {MODULE_KEYS.PREDICTION: pred}
+
+    def loss(
+        self,
+        tensors: dict[str, Tensor],
+        inference_outputs: dict[str, Tensor],
+        generative_outputs: dict[str, Tensor],
+        **kwargs,
+    ) -> LossOutput:
+        """Mean squared error on the masked positions (eq. 5); per-cell means as ``reconstruction_loss``."""
+        pred = generative_outputs[MODULE_KEYS.PREDICTION].float()
+        target = inference_outputs[MODULE_KEYS.TARGET]
+        mask = inference_outputs[MODULE_KEYS.MASK]
+        se = (pred - target).pow(2) * mask
+        n_cell = mask.sum(-1)
+        per_cell = se.sum(-1) / n_cell.clamp_min(1)
+        loss = se.sum() / mask.sum().clamp_min(1)
+        nz = mask & (target > 0)
+        z = mask & (target <= 0)
+        extra = {
+            "masked_mse": loss.detach(),
+            "masked_mse_nonzero": (se * nz).sum().detach() / nz.sum().clamp_min(1),
+            "masked_mse_zero": (se * z).sum().detach() / z.sum().clamp_min(1),
+            "encoder_length": (~inference_outputs[MODULE_KEYS.PADDING_MASK]).sum(-1).float().mean().detach(),
+        }
+        return LossOutput(loss=loss, reconstruction_loss=per_cell, extra_metrics=extra)
+
+
+def _check_choice(name: str, value, choices: tuple) -> None:
+    if value not in choices:
+        msg = f"`{name}` must be one of {list(choices)}, got {value!r}."
+        raise ValueError(msg)

@@ -1,0 +1,158 @@
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from cellformers import NotCountsError
+from cellformers.data import GeneVocab, synthetic_counts
+from cellformers.model import SCPALM_PRESETS, ScPaLM
+
+TINY = {
+    "preset": "small",
+    "n_hidden": 16,
+    "n_layers": 1,
+    "n_heads": 2,
+    "n_intermediate": 32,
+    "n_pathway_tokens": 8,
+    "n_codes": 16,
+    "n_value_hidden": 8,
+    "n_gene_embedding": 8,
+    "queue_size": 128,
+    "n_pseudo_labels": 3,
+    "refit_interval": 2,
+}
+TRAIN = {"accelerator": "cpu", "enable_progress_bar": False, "enable_model_summary": False, "batch_size": 64}
+
+
+@pytest.fixture(scope="module")
+def trained():
+    adata = synthetic_counts(n_cells=200, n_genes=60, random_state=0)
+    ScPaLM.setup_anndata(adata, batch_key="batch")
+    model = ScPaLM(adata, **TINY)
+    model.train(max_epochs=1, **TRAIN)
+    return adata, model
+
+
+def test_presets():
+    assert SCPALM_PRESETS["paper"] == {
+        "n_hidden": 256,
+        "n_layers": 6,
+        "n_heads": 8,
+        "n_intermediate": 1024,
+        "n_pathway_tokens": 256,
+        "n_codes": 128,
+        "dropout_rate": 0.0,
+        "n_value_hidden": 64,
+        "n_gene_embedding": 64,
+    }
+    adata = synthetic_counts(n_cells=20, n_genes=30)
+    ScPaLM.setup_anndata(adata)
+    model = ScPaLM(adata)
+    assert model.module.n_pathway_tokens == 256
+    assert model.module.quantizer.n_codes == 128
+    assert len(model.module.encoder.layers) == 6
+    assert model.module.n_hidden == 256
+    assert "N=256" in model._model_summary_string
+
+
+def test_train_both_stages_and_history(trained):
+    _, model = trained
+    assert model.is_trained_
+    assert model.module.trained_stages.tolist() == [True, True]
+    for key in ("mse_train", "vq_loss_train", "perplexity_train", "masked_mse_train", "contrastive_loss_train"):
+        assert key in model.history_, key
+
+
+def test_getters(trained):
+    adata, model = trained
+    d = model.module.n_hidden
+    assert model.get_latent_representation().shape == (200, d)
+    assert model.get_latent_representation(representation="mean").shape == (200, d)
+    assert model.get_latent_representation(representation="concat", indices=[0, 1]).shape == (2, 8 * d)
+    imputed = model.get_imputed_expression()
+    assert imputed.shape == adata.shape
+    assert np.isfinite(imputed).all()
+    assert (imputed >= 0).all()
+    assert model.get_imputed_expression(decoder="cell", indices=np.arange(5)).shape == (5, adata.n_vars)
+    codes = model.get_pathway_codes()
+    assert codes.shape == (200, 8)
+    assert codes.max() < 16
+    usage = model.get_codebook_usage()
+    assert usage["n_codes"] == 16
+    assert 1 <= usage["n_used"] <= 16
+    assert usage["perplexity"] >= 1
+    assert usage["n_used"] == len(np.unique(codes))
+    scores = model.get_pathway_gene_scores()
+    assert scores.shape == (16, 60)
+    detected = np.asarray((adata.X > 0).sum(0)).ravel() > 0
+    np.testing.assert_allclose(scores.to_numpy().sum(0)[detected], 1.0, rtol=1e-6)  # column-normalised (A.4)
+    genes = model.get_pathway_genes(n_genes=4)
+    assert list(genes.columns[:4]) == ["gene_1", "gene_2", "gene_3", "gene_4"]
+    assert set(genes.index) == set(np.unique(codes))
+    assert genes["frequency"].sum() == pytest.approx(1.0)
+    assert set(genes["gene_1"]) <= set(adata.var_names)
+    emb = model.get_gene_embeddings()
+    assert emb.shape == (60, 8)
+    assert list(emb.index) == list(adata.var_names)
+    with pytest.raises(ValueError, match="representation"):
+        model.get_latent_representation(representation="max")
+
+
+def test_embeddings_do_not_depend_on_batch_size(trained):
+    _, model = trained
+    idx = np.arange(40)
+    a = model.get_latent_representation(indices=idx, batch_size=7)
+    b = model.get_latent_representation(indices=idx, batch_size=40)
+    np.testing.assert_allclose(a, b, atol=1e-4, rtol=1e-4)
+    a = model.get_imputed_expression(indices=idx, decoder="cell", batch_size=7)
+    b = model.get_imputed_expression(indices=idx, decoder="cell", batch_size=40)
+    np.testing.assert_allclose(a, b, atol=1e-4, rtol=1e-4)
+
+
+def test_save_load_round_trip(trained, tmp_path):
+    adata, model = trained
+    model.save(tmp_path / "scpalm", overwrite=True)
+    loaded = ScPaLM.load(tmp_path / "scpalm", adata=adata)
+    np.testing.assert_allclose(loaded.get_latent_representation(), model.get_latent_representation(), atol=1e-6)
+    np.testing.assert_allclose(loaded.get_imputed_expression(), model.get_imputed_expression(), atol=1e-6)
+    assert loaded.module.trained_stages.tolist() == [True, True]
+    assert loaded.vocab == model.vocab
+
+
+def test_stage_by_stage_and_order():
+    adata = synthetic_counts(n_cells=100, n_genes=30)
+    ScPaLM.setup_anndata(adata)
+    model = ScPaLM(adata, **TINY)
+    with pytest.raises(ValueError, match="stage 1"):
+        model.train(max_epochs=1, stage=2, **TRAIN)
+    model.train(max_epochs=1, stage=1, **TRAIN)
+    assert model.get_latent_representation(representation="mean").shape == (100, 16)
+    with pytest.raises(ValueError, match="stage 2"):
+        model.get_latent_representation()
+    stage1 = model.get_latent_representation(representation="mean")
+    model.train(max_epochs=1, stage=2, **TRAIN)
+    # stage 2 leaves the pathway tokens untouched
+    np.testing.assert_allclose(model.get_latent_representation(representation="mean"), stage1, atol=1e-6)
+    with pytest.raises(ValueError, match="stage"):
+        model.train(max_epochs=1, stage=3, **TRAIN)
+
+
+def test_vocab_subset_gives_nan_columns():
+    adata = synthetic_counts(n_cells=60, n_genes=30)
+    ScPaLM.setup_anndata(adata)
+    vocab = GeneVocab(list(adata.var_names[:20]) + ["NOT_IN_DATA"])
+    model = ScPaLM(adata, vocab=vocab, **TINY)
+    model.train(max_epochs=1, stage=1, **TRAIN)
+    imputed = model.get_imputed_expression()
+    assert np.isnan(imputed[:, 20:]).all()
+    assert np.isfinite(imputed[:, :20]).all()
+
+
+def test_rejects_log_normalized_data():
+    import scanpy as sc
+
+    adata = synthetic_counts(n_cells=40, n_genes=30)
+    sc.pp.normalize_total(adata)
+    sc.pp.log1p(adata)
+    with pytest.raises(NotCountsError):
+        ScPaLM.setup_anndata(adata)

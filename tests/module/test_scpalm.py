@@ -1,0 +1,135 @@
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from scvi import REGISTRY_KEYS
+
+from cellformers._constants import REGISTRY_KEYS_CF
+from cellformers.module import ScPaLMModule
+
+N_VARS = 40
+
+
+def _module(**kwargs):
+    ids = np.arange(N_VARS)
+    ids[3] = -1  # one gene outside the vocabulary
+    cfg = {
+        "n_hidden": 16,
+        "n_layers": 1,
+        "n_heads": 2,
+        "n_intermediate": 32,
+        "n_pathway_tokens": 8,
+        "n_codes": 16,
+        "n_value_hidden": 8,
+        "n_gene_embedding": 8,
+        "queue_size": 64,
+        "n_pseudo_labels": 2,
+        "refit_interval": 1,
+    }
+    cfg.update(kwargs)
+    return ScPaLMModule(ids, n_tokens=N_VARS + 3, n_output_genes=N_VARS, **cfg)
+
+
+def _tensors(n=12, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.poisson(torch.rand(n, N_VARS, generator=g) * 3)
+    return {REGISTRY_KEYS.X_KEY: x, REGISTRY_KEYS_CF.CELL_SEED: torch.arange(n, dtype=torch.float32)[:, None]}
+
+
+def test_stage1_forward_and_loss():
+    torch.manual_seed(0)
+    m = _module()
+    t = _tensors()
+    inf, gen, loss = m(t)
+    assert inf["z_q"].shape == (12, 8, 16)
+    assert inf["codes"].shape == (12, 8)
+    assert gen["prediction"].shape == (12, N_VARS - 1)
+    assert loss.reconstruction_loss["reconstruction_loss"].shape == (12,)
+    assert {"mse", "vq_loss", "perplexity", "codes_used"} <= set(loss.extra_metrics)
+    loss.loss.backward()
+    assert m.embedding.value_projection.weight.grad is not None
+    assert m.cell_encoder.layers[0].attn.qkv.weight.grad is None  # stage-2 parts frozen in stage 1
+
+
+def test_output_reshaping_follows_algorithm_1():
+    m = _module(n_pathway_tokens=8)
+    # s = ceil(40 / 8) = 5 genes per token; gene with token id t is owned by token t // 5
+    assert m.genes_per_token == 5
+    keep = torch.tensor([[0, 2, 4, 6]])
+    left = m.left_out_genes(keep)[0]
+    expected = torch.tensor([(t // 5) in (1, 3, 5, 7) for t in m.input_gene_ids.tolist()])
+    assert torch.equal(left, expected)
+    out = torch.arange(8 * 5, dtype=torch.float32).reshape(1, 8, 5)
+    torch.testing.assert_close(m._to_genes(out)[0], m.input_gene_ids.float())
+
+
+def test_stage2_freezes_stage1_and_trains_cell_parts():
+    torch.manual_seed(0)
+    m = _module()
+    m.trained_stages[0] = True
+    m.set_stage(2)
+    m.train()
+    assert not m.quantizer.training
+    assert not m.encoder.training
+    assert m.cell_encoder.training
+    frozen = {k: v.clone() for k, v in m.state_dict().items() if k.startswith(("embedding", "encoder", "quantizer"))}
+    opt = torch.optim.AdamW([p for p in m.parameters() if p.requires_grad], lr=1e-2)
+    for i in range(3):
+        inf, gen, loss = m(_tensors(seed=i))
+        assert "masked_mse" in loss.extra_metrics
+        assert "contrastive_loss" in loss.extra_metrics
+        assert inf["keep"].shape == (12, m.n_keep)
+        assert torch.all(inf["keep"].diff(dim=1) > 0)  # random subset with increasing indices
+        loss.loss.backward()
+        opt.step()
+        opt.zero_grad()
+    for k, v in frozen.items():
+        assert torch.equal(v, m.state_dict()[k]), k
+    assert m.cell_token.requires_grad
+    assert not m.pos_encoder.requires_grad
+    assert int(m.contrastive_loss.n_calls) == 3
+
+
+def test_stage2_loss_only_on_left_out_region():
+    torch.manual_seed(0)
+    m = _module(contrastive=False)
+    m.set_stage(2)
+    t = _tensors()
+    inf, gen, loss = m(t)
+    mask = m.left_out_genes(inf["keep"])
+    sq = (gen["prediction"] - inf["x_norm"]) ** 2
+    torch.testing.assert_close(loss.reconstruction_loss["reconstruction_loss"], (sq * mask).sum(1) / mask.sum(1))
+
+
+def test_inference_helpers():
+    torch.manual_seed(0)
+    m = _module().eval()
+    x = _tensors()[REGISTRY_KEYS.X_KEY]
+    assert m.get_cell_embedding(x).shape == (12, 16)
+    z, codes = m.get_pathway_tokens(x)
+    assert z.shape == (12, 8, 16)
+    assert codes.dtype == torch.long
+    seeds = torch.arange(12.0)
+    for decoder in ("pathway", "cell"):
+        out = m.impute(x, decoder=decoder, cell_seeds=seeds)
+        assert out.shape == (12, N_VARS - 1)
+        assert (out >= 0).all()
+    # seeded "cell" imputation does not depend on the batch composition
+    torch.testing.assert_close(m.impute(x, "cell", seeds)[3:5], m.impute(x[3:5], "cell", seeds[3:5]))
+
+
+def test_bad_arguments():
+    with pytest.raises(ValueError, match="keep_ratio"):
+        _module(keep_ratio=1.0)
+    with pytest.raises(ValueError, match="stage"):
+        _module().set_stage(3)
+
+
+def test_without_quantizer_ablation():
+    torch.manual_seed(0)
+    m = _module(quantize=False)
+    inf, _, loss = m(_tensors())
+    torch.testing.assert_close(inf["z_q"], inf["z_e"])
+    assert float(loss.extra_metrics["vq_loss"]) == 0.0
+    assert inf["codes"].shape == (12, 8)

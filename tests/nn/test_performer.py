@@ -1,0 +1,93 @@
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from cellformers.nn import Performer, PerformerAttention
+from cellformers.nn._performer import gaussian_orthogonal_random_matrix, linear_attention, softmax_kernel_features
+
+
+def test_shapes():
+    dec = Performer(d_model=16, n_layers=2, n_heads=4, d_ff=32)
+    x = torch.randn(3, 50, 16)
+    assert dec(x).shape == (3, 50, 16)
+    assert dec.layers[0].attn.nb_features == int(4 * math.log(4))
+
+
+def test_orthogonal_blocks():
+    w = gaussian_orthogonal_random_matrix(20, 8, scaling="sqrt_d")
+    assert w.shape == (20, 8)
+    block = w[:8] / math.sqrt(8)
+    torch.testing.assert_close(block @ block.T, torch.eye(8), atol=1e-5, rtol=1e-5)
+
+
+def test_favor_approximates_softmax_attention():
+    torch.manual_seed(0)
+    b, h, n, d = 1, 2, 128, 8
+    # moderate query/key norms: the variance of positive random features grows with exp(|q|² + |k|²)
+    q, k, v = 0.6 * torch.randn(b, h, n, d), 0.6 * torch.randn(b, h, n, d), torch.randn(b, h, n, d)
+    exact = torch.softmax(q @ k.transpose(-1, -2) / math.sqrt(d), -1) @ v
+    uniform_err = (v.mean(-2, keepdim=True) - exact).abs().mean()
+    errs = []
+    for m in (8, 4096):
+        p = gaussian_orthogonal_random_matrix(m, d)
+        approx = linear_attention(
+            softmax_kernel_features(q, p, is_query=True), softmax_kernel_features(k, p, is_query=False), v
+        )
+        errs.append((approx - exact).abs().mean())
+    assert errs[1] < 0.5 * errs[0]
+    assert errs[1] < 0.5 * uniform_err
+
+
+def test_padding_keys_are_ignored_and_batch_independent():
+    torch.manual_seed(0)
+    attn = PerformerAttention(16, 2, nb_features=32).eval()
+    x = torch.randn(2, 6, 16)
+    pad = torch.zeros(2, 6, dtype=torch.bool)
+    pad[0, 4:] = True
+    y = attn(x, pad)
+    x2 = x.clone()
+    x2[0, 4:] = 100.0
+    torch.testing.assert_close(attn(x2, pad)[0, :4], y[0, :4])
+    # same result alone as in a batch (the key stabiliser is per cell)
+    torch.testing.assert_close(attn(x[1:], pad[1:])[0], y[1], atol=1e-5, rtol=1e-5)
+    assert torch.isfinite(attn(x, torch.ones(2, 6, dtype=torch.bool))).all()
+
+
+def test_feature_redraw_only_in_training():
+    torch.manual_seed(0)
+    dec = Performer(d_model=8, n_layers=1, n_heads=2, d_ff=16, feature_redraw_interval=2)
+    p0 = dec.layers[0].attn.projection.clone()
+    x = torch.randn(1, 5, 8)
+    dec.eval()
+    for _ in range(5):
+        dec(x)
+    torch.testing.assert_close(dec.layers[0].attn.projection, p0)
+    dec.train()
+    dec(x)
+    dec(x)
+    torch.testing.assert_close(dec.layers[0].attn.projection, p0)
+    dec(x)
+    assert not torch.allclose(dec.layers[0].attn.projection, p0)
+
+
+def test_bf16_autocast_finite_and_checkpointing():
+    torch.manual_seed(0)
+    a = Performer(d_model=8, n_layers=2, n_heads=2, d_ff=16, feature_redraw_interval=0)
+    b = Performer(d_model=8, n_layers=2, n_heads=2, d_ff=16, feature_redraw_interval=0, gradient_checkpointing=True)
+    b.load_state_dict(a.state_dict())
+    x = torch.randn(2, 30, 8)
+    a(x).sum().backward()
+    b(x).sum().backward()
+    for pa, pb in zip(a.parameters(), b.parameters(), strict=True):
+        torch.testing.assert_close(pa.grad, pb.grad)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = a(x)
+    assert torch.isfinite(y).all()
+
+
+def test_heads_must_divide_width():
+    with pytest.raises(ValueError, match="divisible"):
+        PerformerAttention(10, 3)
