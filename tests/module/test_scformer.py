@@ -196,7 +196,8 @@ def test_fill_zero_genes_keeps_expressed_genes_first(tensors):
     m = make(include_zero_genes="fill", max_length=30).eval()
     inf = m.inference(**m._get_inference_input(tensors), mask_ratio=0.0)
     target, idx = inf[MODULE_KEYS.TARGET], inf[SCFORMER_KEYS.GENE_INDEX]
-    assert idx.shape[1] == 30 and (idx >= 0).all()
+    assert idx.shape[1] == 30
+    assert (idx >= 0).all()
     values = m.encode_values(tensors[REGISTRY_KEYS.X_KEY], tensors[REGISTRY_KEYS_CF.CELL_SEED].reshape(-1))
     n_expr = (values > 0).sum(1)
     # every cell keeps min(30, n_expressed) expressed genes and fills the rest with zeros

@@ -152,6 +152,21 @@ class ScFormer(CellformersModel):
         ``dsbn_affine``, ``dsbn_eps``, ``dsbn_include_padding``, ``batch_conditional_decoders``,
         ``grad_reverse_lambda``, ``dar_weight``, ``activation``, ``norm_first`` …).
 
+    Notes
+    -----
+    Defaults follow the paper; where the paper is silent they follow scGPT (post-norm blocks, ReLU, 51 bins,
+    scGPT's LayerNorms in the embeddings). Options for every documented difference between the paper and scGPT's
+    code: ``mgm_loss="mse"``, ``ecs_style="scgpt"``, ``mvc_query``/``mvc_detach_query``, ``dsbn_affine=False``,
+    ``dsbn_eps=6.1e-5``, ``dsbn_include_padding=True``, ``batch_conditional_decoders=True``,
+    ``include_zero_genes=False`` and ``max_length`` (scGPT's pre-training input), ``pooling`` (scGPT's
+    ``cell_emb_style``) and ``value_encoder="categorical"``.
+
+    Training from scratch on a CPU, two observations from ``benchmarks/scformer_integration.py``: with all HVGs as
+    tokens an epoch is slow (attention over ~1,200 tokens), so the benchmarks use expressed genes only with
+    ``max_length=128``; and the ECS loss at the paper's weight 10 dominates the objective while the cell embeddings
+    are still nearly parallel (pairwise cosine ~0.99 at initialisation) and scrambles them in short trainings.
+    ``train(ecs_warmup_epochs=...)``, ``ecs_weight`` and ``ecs_center`` are the knobs for that.
+
     Examples
     --------
     >>> import cellformers as cf

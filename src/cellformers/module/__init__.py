@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 from ._base import GeneTokenModule
-from ._xtrimogene import XTrimoGeneModule
 from ._scformer import ScFormerModule
 from ._scformer_perturbation import ScFormerPerturbationModule
 from ._scpalm import ScPaLMModule
+from ._xtrimogene import XTrimoGeneModule
 
 __all__ = [
     "GeneTokenModule",

@@ -250,7 +250,9 @@ class ScFormerModule(GeneTokenModule):
         self.gene_embedding = nn.Embedding(n_tokens, d_model, padding_idx=self.pad_id)
         self.gene_norm = nn.LayerNorm(d_model)
         if value_encoder == "continuous":
-            scale = value_scale if value_scale is not None else (1.0 / (self.n_bins - 1) if value_mode == "binned" else 1.0)
+            scale = (
+                value_scale if value_scale is not None else (1.0 / (self.n_bins - 1) if value_mode == "binned" else 1.0)
+            )
             self.value_encoder = ContinuousValueEncoder(d_model, dropout_rate=dropout_rate, scale=scale)
         else:
             self.value_encoder = CategoricalValueEncoder(self.n_bins, d_model, dropout_rate=dropout_rate)
