@@ -5,12 +5,11 @@ from __future__ import annotations
 from ._scformer import ScFormer
 from ._scformer_perturbation import ScFormerPerturbation
 from ._scpalm import SCPALM_PRESETS, ScPaLM
-from ._xtrimogene import XTRIMOGENE_PRESETS, XTrimoGene
+from ._xtrimogene import XTrimoGene
 from .base import CellformersModel
 
 __all__ = [
     "CellformersModel",
-    "XTRIMOGENE_PRESETS",
     "XTrimoGene",
     "SCPALM_PRESETS",
     "ScFormer",

@@ -539,7 +539,7 @@ class ScFormerPerturbation(CellformersModel):
             Restrict truth and control cells to this cell type.
         de_genes
             Top DE genes per perturbation (e.g. :func:`cellformers.data.gears_de_genes`); missing ones are the
-            ``n_de_genes`` genes with the largest |Welch t| between the perturbation's cells and the controls.
+            ``n_de_genes`` genes with the largest absolute Welch t statistic between the perturbation's cells and the controls.
         n_de_genes
             Number of DE genes.
         n_control_cells
