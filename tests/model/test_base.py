@@ -61,3 +61,22 @@ def test_vocab_with_unmapped_genes(adata, toy_model_cls):
     assert model.module.n_genes == 20
     with pytest.raises(GeneMappingError):
         _ToyModel(adata, vocab=GeneVocab(["NOT_A_GENE"]))
+
+
+def test_second_train_call_runs_in_training_mode(adata, toy_model_cls):
+    from lightning.pytorch.callbacks import Callback
+
+    seen = []
+
+    class _Mode(Callback):
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+            seen.append(pl_module.module.training)
+
+    toy_model_cls.setup_anndata(adata)
+    model = toy_model_cls(adata)
+    kw = {"max_epochs": 1, "batch_size": 64, "enable_progress_bar": False}
+    model.train(**kw)
+    model.get_latent_representation()
+    model.module.eval()
+    model.train(**kw, callbacks=[_Mode()])
+    assert seen and all(seen)

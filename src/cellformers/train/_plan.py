@@ -79,6 +79,11 @@ class MaskedModelingTrainingPlan(TrainingPlan):
         self.min_lr_ratio = min_lr_ratio
         self.step_gamma = step_gamma
 
+    def on_train_start(self) -> None:
+        """Put the module in training mode: after inference (``module.eval()``) a second ``train`` call would
+        otherwise run without dropout and with frozen batch-norm statistics."""
+        self.module.train()
+
     def _optimizer_creator_fn(self, optimizer_cls):
         return lambda params: optimizer_cls(
             params, lr=self.lr, eps=self.eps, weight_decay=self.weight_decay, betas=self.betas
