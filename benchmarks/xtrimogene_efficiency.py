@@ -199,12 +199,20 @@ def count_flops(name: str, counts: np.ndarray, device: str) -> dict:
 
 
 # ----------------------------------------------------------------------------- timing worker
-def _rss_mb() -> float:
-    with open("/proc/self/status") as fh:
-        for line in fh:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    return float("nan")
+def _status_mb(field: str) -> float:
+    """``VmRSS`` (current) or ``VmHWM`` (peak) of this process in MB, from ``/proc/self/status``.
+
+    ``VmHWM`` belongs to the address space, which ``exec`` replaces, so unlike ``ru_maxrss`` (kept across ``exec``
+    on Linux) it does not inherit the parent's peak.
+    """
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 if field == "VmHWM" else float("nan")
 
 
 def worker(name: str, precision: str, repeats: int, length: int | None, threads: int | None) -> dict:
@@ -222,7 +230,7 @@ def worker(name: str, precision: str, repeats: int, length: int | None, threads:
     x = torch.from_numpy(counts)[None]
     values, mask = masked_inputs(x, model)
     model.train()
-    rss_before = _rss_mb()
+    rss_before = _status_mb("VmRSS")
     times = []
     for _ in range(repeats + (1 if repeats > 1 else 0)):
         t0 = time.perf_counter()
@@ -234,7 +242,7 @@ def worker(name: str, precision: str, repeats: int, length: int | None, threads:
         times.append(time.perf_counter() - t0)
     if repeats > 1:
         times = times[1:]  # first step warms up allocators and kernels
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    peak = _status_mb("VmHWM")
     return {
         "model": name,
         "precision": precision,

@@ -49,7 +49,7 @@ def test_latent_representation(trained, pooling, width):
     assert z.shape == (adata.n_obs, width)
     assert np.isfinite(z).all()
     # batch size does not change the embedding; indices select cells
-    z2 = model.get_latent_representation(pooling=pooling, batch_size=7)
+    z2 = model.get_latent_representation(pooling=pooling, batch_size=50)
     np.testing.assert_allclose(z, z2, atol=1e-5)
     z3 = model.get_latent_representation(indices=[3, 5], pooling=pooling)
     np.testing.assert_allclose(z3, z[[3, 5]], atol=1e-5)

@@ -180,6 +180,7 @@ class XTrimoGene(CellformersModel):
         *,
         precision: str | None = None,
         pooling: Pooling = "max",
+        target_depth: float | None = None,
     ) -> np.ndarray:
         """Cell embeddings from the encoder alone (the decoder is not run).
 
@@ -198,13 +199,17 @@ class XTrimoGene(CellformersModel):
             ``"bf16"`` (or ``"bf16-mixed"``) for autocast, ``None``/``"32"`` for float32.
         pooling
             ``"max"`` (App. 4), ``"mean"``, or ``"all"``: ``[S, T,] max, mean`` concatenated (scFoundation).
+        target_depth
+            Only with ``read_depth_tokens=True``: total count used for the ``T`` token (``None``: the cell's own).
 
         Returns
         -------
         Array of shape ``(n_cells, encoder_dim)`` (``"all"``: 2 or 4 times wider).
         """
         return self._predict_batches(
-            lambda t: self._inference(t, apply_mask=False, pooling=pooling)[MODULE_KEYS.CELL_EMBEDDING],
+            lambda t: self._inference(t, apply_mask=False, pooling=pooling, target_depth=target_depth)[
+                MODULE_KEYS.CELL_EMBEDDING
+            ],
             adata,
             indices,
             batch_size,
