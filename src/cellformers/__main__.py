@@ -1,4 +1,4 @@
-"""Command line: ``python -m cellformers demo``."""
+"""Command line: ``python -m cellformers demo`` and ``python -m cellformers pretrain``."""
 
 from __future__ import annotations
 
@@ -27,6 +27,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     demo.add_argument("--quick", action="store_true", help="fewer epochs (for smoke tests)")
 
+    from ._pretrain import add_pretrain_parser, run_pretrain_command
+
+    add_pretrain_parser(sub)
+
     args = parser.parse_args(argv)
     if args.command == "demo":
         from ._demo import run_demo
@@ -39,6 +43,8 @@ def main(argv: list[str] | None = None) -> int:
             models=args.models,
             quick=args.quick,
         )
+    elif args.command == "pretrain":
+        return run_pretrain_command(args)
     return 0
 
 

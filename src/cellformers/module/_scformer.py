@@ -152,6 +152,9 @@ class ScFormerModule(GeneTokenModule):
         Static external category of each input column (e.g. a pathway id), or ``None``.
     target_sum
         Library size for ``value_mode="log1p"`` and for converting predictions to the log1p scale.
+    cls_value
+        Input value of the ``<cls>`` token. scGPT's ``tokenize_batch`` (training, fine-tuning) uses ``0``; its
+        ``embed_data`` gives ``<cls>`` the pad value ``-2``.
     """
 
     def __init__(
@@ -199,6 +202,7 @@ class ScFormerModule(GeneTokenModule):
         n_external: int = 0,
         external_token_ids: Sequence[int] | np.ndarray | None = None,
         target_sum: float = 1e4,
+        cls_value: float = 0.0,
     ):
         super().__init__(gene_token_ids, n_tokens)
         _check_choice("value_mode", value_mode, ("binned", "log1p"))
@@ -244,6 +248,7 @@ class ScFormerModule(GeneTokenModule):
         self.dar_weight = float(dar_weight)
         self.batch_conditional_decoders = bool(batch_conditional_decoders)
         self.target_sum = float(target_sum)
+        self.cls_value = float(cls_value)
         self.n_out = self.n_bins if mgm_loss == "ce" else 1
 
         # ---- input embedding (eq. 5)
@@ -489,7 +494,7 @@ class ScFormerModule(GeneTokenModule):
         tok = torch.cat([torch.full((b, 1), self.cls_id, device=tok.device, dtype=tok.dtype), tok], 1)
         padding = torch.cat([torch.zeros(b, 1, dtype=torch.bool, device=tok.device), ~valid], 1)
         vis = torch.where(masked, torch.zeros_like(target), target)
-        in_values = torch.cat([torch.zeros(b, 1, device=tok.device, dtype=vis.dtype), vis], 1)
+        in_values = torch.cat([torch.full((b, 1), self.cls_value, device=tok.device, dtype=vis.dtype), vis], 1)
         in_mask = torch.cat([torch.zeros(b, 1, dtype=torch.bool, device=tok.device), masked], 1)
 
         gene_emb = self.gene_norm(self.gene_embedding(tok))
@@ -622,6 +627,13 @@ class ScFormerModule(GeneTokenModule):
         return LossOutput(loss=total, reconstruction_loss=per_cell.detach(), extra_metrics=extra)
 
     # ------------------------------------------------------------------ inference helpers
+    def cell_embedding(self, tensors: dict[str, Tensor]) -> Tensor:
+        """Differentiable cell embedding of unmasked cells ``(B, d)``: the ``<cls>`` output (the module's pooling).
+
+        Fine-tuning heads are trained on it (scFormer's cell-type classifier reads the ``<cls>`` embedding).
+        """
+        return self.inference(**self._get_inference_input(tensors), mask_ratio=0.0)[MODULE_KEYS.CELL_EMBEDDING]
+
     @torch.inference_mode()
     def embed(self, tensors: dict[str, Tensor], pooling: Pooling | None = None) -> Tensor:
         """Cell embeddings of unmasked cells ``(B, d)`` (evaluation mode expected)."""

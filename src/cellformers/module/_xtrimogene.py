@@ -116,6 +116,9 @@ class XTrimoGeneModule(GeneTokenModule):
         Random features per decoder head (``None``: ``int(d_head · ln d_head)``).
     feature_redraw_interval
         Redraw the Performer projections every this many training steps.
+    decoder_key_stabilizer
+        Maximum subtracted in the exponent of the Performer's key features: per cell and head (``"head"``) or per
+        cell over all heads (``"cell"``, what scFoundation computes for one cell).
     mask_strategy
         ``"balanced"``: per cell, mask ``mask_ratio`` of the non-zero genes and ``balanced_zero_ratio`` times as many
         zero genes (a near-equal number; App. 6 Table 1: 600 non-zero and 540 zero positions of 20,000);
@@ -140,6 +143,13 @@ class XTrimoGeneModule(GeneTokenModule):
         Add scFoundation's two read-depth tokens to the encoder: ``S = log10(Σ counts)`` (source) and ``T`` (target
         depth, equal to ``S`` here since no read-depth downsampling is done during training, or ``target_depth`` at
         inference). Both go through the value embedding plus their own learned identity vectors.
+    decoder_depth_tokens
+        With ``read_depth_tokens``: the encoder outputs of ``S`` and ``T`` (plus their identity vectors) also enter the
+        decoder, which then runs over ``n_genes + 2`` tokens (scFoundation's decoder sees the whole 19,266-long
+        input); only the gene positions are predicted. ``False`` (default): the decoder sees the genes only.
+    head_norm
+        A LayerNorm between the decoder (which ends with its own LayerNorm) and the output head: scFoundation's
+        ``norm`` before ``to_final``. Needed to reproduce converted scFoundation checkpoints.
     target_sum
         Library size of the normalization (1e4).
     gradient_checkpointing
@@ -169,6 +179,7 @@ class XTrimoGeneModule(GeneTokenModule):
         decoder_input: Literal["concat", "add"] = "concat",
         nb_features: int | None = None,
         feature_redraw_interval: int | None = 1000,
+        decoder_key_stabilizer: Literal["head", "cell"] = "head",
         mask_strategy: Literal["balanced", "rate"] = "balanced",
         mask_ratio: float = 0.3,
         balanced_zero_ratio: float = 0.9,
@@ -176,6 +187,8 @@ class XTrimoGeneModule(GeneTokenModule):
         mask_replacement: Sequence[float] = (1.0, 0.0, 0.0),
         max_encoder_length: int | None = None,
         read_depth_tokens: bool = False,
+        decoder_depth_tokens: bool = False,
+        head_norm: bool = False,
         target_sum: float = 1e4,
         gradient_checkpointing: bool = False,
     ):
@@ -194,6 +207,9 @@ class XTrimoGeneModule(GeneTokenModule):
         if max_encoder_length is not None and max_encoder_length < 1:
             msg = f"`max_encoder_length` must be a positive integer or None, got {max_encoder_length}."
             raise ValueError(msg)
+        if decoder_depth_tokens and not read_depth_tokens:
+            msg = "`decoder_depth_tokens=True` needs `read_depth_tokens=True` (there are no depth tokens otherwise)."
+            raise ValueError(msg)
         self.encoder_dim = encoder_dim
         self.decoder_dim = decoder_dim
         self.mask_strategy = mask_strategy
@@ -204,6 +220,7 @@ class XTrimoGeneModule(GeneTokenModule):
         self.max_encoder_length = max_encoder_length
         self.read_depth_tokens = read_depth_tokens
         self.n_special = 2 if read_depth_tokens else 0
+        self.decoder_depth_tokens = bool(decoder_depth_tokens)
         self.target_sum = float(target_sum)
         self.zero_embedding_kind = zero_embedding
         self.decoder_input = decoder_input
@@ -238,7 +255,9 @@ class XTrimoGeneModule(GeneTokenModule):
             feature_redraw_interval=feature_redraw_interval,
             final_norm=True,
             gradient_checkpointing=gradient_checkpointing,
+            key_stabilizer=decoder_key_stabilizer,
         )
+        self.head_norm = nn.LayerNorm(decoder_dim) if head_norm else None
         self.head = nn.Linear(decoder_dim, 1)
 
     # ------------------------------------------------------------------ data preparation
@@ -314,7 +333,7 @@ class XTrimoGeneModule(GeneTokenModule):
             input_values = torch.where(randomized, sorted_vals.gather(-1, pick), values)
         return mask, hidden, input_values
 
-    def pack(self, keep: Tensor, values: Tensor) -> tuple[Tensor, Tensor]:
+    def pack(self, keep: Tensor, values: Tensor, max_length: int | None = None) -> tuple[Tensor, Tensor]:
         """Left-pack the kept genes of each cell, loop-free.
 
         Kept genes come first in gene order (a stable gather through ``topk`` on ``2·keep - index / n_genes``),
@@ -327,6 +346,8 @@ class XTrimoGeneModule(GeneTokenModule):
             Boolean ``(batch, n_genes)``.
         values
             Values ``(batch, n_genes)`` (used only to rank genes above ``max_encoder_length``).
+        max_length
+            Overrides the module's ``max_encoder_length`` for this call.
 
         Returns
         -------
@@ -337,8 +358,9 @@ class XTrimoGeneModule(GeneTokenModule):
         device = keep.device
         n_keep = keep.sum(-1)
         length = max(int(n_keep.max().item()) if b else 0, 1)
-        if self.max_encoder_length is not None and length > self.max_encoder_length:
-            length = self.max_encoder_length
+        cap = self.max_encoder_length if max_length is None else int(max_length)
+        if cap is not None and length > cap:
+            length = cap
             score = torch.where(keep, values.float(), torch.full_like(values, -1.0, dtype=torch.float32))
             index = score.topk(length, dim=-1).indices
             padding = ~keep.gather(-1, index)
@@ -366,6 +388,7 @@ class XTrimoGeneModule(GeneTokenModule):
         mask_ratio: float | None = None,
         pooling: Literal["max", "mean", "all"] = "max",
         target_depth: float | None = None,
+        max_encoder_length: int | None = None,
     ) -> dict[str, Tensor]:
         """Encode the unmasked non-zero genes.
 
@@ -385,6 +408,9 @@ class XTrimoGeneModule(GeneTokenModule):
             max and mean, preceded by the S and T tokens with ``read_depth_tokens``; scFoundation's pooling).
         target_depth
             With ``read_depth_tokens``: ``T = log10(target_depth)`` instead of ``T = S``.
+        max_encoder_length
+            Overrides the module's ``max_encoder_length`` for this call (e.g. to embed bulk samples with a model
+            trained without a cap); ``None`` keeps the module's.
 
         Returns
         -------
@@ -399,7 +425,10 @@ class XTrimoGeneModule(GeneTokenModule):
             mask = torch.zeros_like(values, dtype=torch.bool)
             hidden, input_values = mask, values
         keep = (input_values > 0) & ~hidden
-        index, padding = self.pack(keep, input_values)
+        if max_encoder_length is not None and max_encoder_length < 1:
+            msg = f"`max_encoder_length` must be a positive integer or None, got {max_encoder_length}."
+            raise ValueError(msg)
+        index, padding = self.pack(keep, input_values, max_encoder_length)
         g = values.shape[-1]
         safe = index.clamp(max=g - 1)
         enc_values = input_values.gather(-1, safe)
@@ -422,6 +451,35 @@ class XTrimoGeneModule(GeneTokenModule):
             INPUT_VALUES: input_values,
             MODULE_KEYS.TARGET: values,
         }
+
+    def cell_embedding(
+        self,
+        tensors: dict[str, Tensor],
+        pooling: Literal["max", "mean", "all"] = "max",
+        max_encoder_length: int | None = None,
+    ) -> Tensor:
+        """Differentiable cell embedding: max-pooled encoder outputs over every non-zero gene (App. 4 and 8.1).
+
+        Parameters
+        ----------
+        tensors
+            Registered minibatch tensors.
+        pooling
+            As in :meth:`inference`.
+        max_encoder_length
+            As in :meth:`inference`.
+
+        Returns
+        -------
+        Float32 tensor ``(batch, d)``.
+        """
+        out = self.inference(
+            **self._get_inference_input(tensors),
+            apply_mask=False,
+            pooling=pooling,
+            max_encoder_length=max_encoder_length,
+        )
+        return out[MODULE_KEYS.CELL_EMBEDDING]
 
     def pool(self, h: Tensor, padding_mask: Tensor, pooling: Literal["max", "mean", "all"] = "max") -> Tensor:
         """Cell embedding from encoder tokens, padding excluded; cells without any gene token get zeros.
@@ -464,7 +522,11 @@ class XTrimoGeneModule(GeneTokenModule):
         }
 
     def decoder_tokens(self, token_embedding: Tensor, encoder_index: Tensor, hidden: Tensor, input_values: Tensor):
-        """Assemble the decoder input ``I_full`` (eq. 3), shape ``(batch, n_genes, decoder_dim)``."""
+        """Assemble the decoder input ``I_full`` (eq. 3), shape ``(batch, n_genes, decoder_dim)``.
+
+        With ``decoder_depth_tokens`` the ``S`` and ``T`` tokens follow the genes:
+        ``(batch, n_genes + 2, decoder_dim)``.
+        """
         b, g = input_values.shape
         h = token_embedding[:, self.n_special :]
         dtype = h.dtype
@@ -484,6 +546,9 @@ class XTrimoGeneModule(GeneTokenModule):
         idx = encoder_index.unsqueeze(-1).expand(-1, -1, h.shape[-1])
         full = base.scatter(1, idx, h)[:, :g]
         genes = self.gene_embedding(self.input_gene_ids)
+        if self.decoder_depth_tokens:
+            full = torch.cat([full, token_embedding[:, : self.n_special]], dim=1)
+            genes = torch.cat([genes, self.depth_embedding.weight.to(genes.dtype)], dim=0)
         w, bias = self.decoder_proj.weight, self.decoder_proj.bias
         if self.decoder_input == "concat":
             d = self.encoder_dim
@@ -503,7 +568,9 @@ class XTrimoGeneModule(GeneTokenModule):
         """
         z = self.decoder_tokens(token_embedding, encoder_index, hidden, input_values)
         z = self.decoder(z)
-        pred = self.head(z).squeeze(-1).float()
+        if self.head_norm is not None:
+            z = self.head_norm(z)
+        pred = self.head(z[:, : input_values.shape[-1]]).squeeze(-1).float()
         return {MODULE_KEYS.PREDICTION: pred}
 
     def loss(

@@ -75,12 +75,14 @@ def softmax_kernel_features(
     is_query: bool,
     padding_mask: Tensor | None = None,
     eps: float = 1e-4,
+    key_stabilizer: Literal["head", "cell"] = "head",
 ) -> Tensor:
     """Positive random features ``φ(x) = exp(w·x' - |x'|²/2) / sqrt(m)`` with ``x' = x · d^(-1/4)``.
 
     A stabilising maximum is subtracted before the exponential: per query row (it cancels in the normalisation), and
     per (cell, head) over all non-padded keys and features (a common factor, so results do not depend on the other
-    cells of the batch).
+    cells of the batch), or per cell over all heads with ``key_stabilizer="cell"``. The key stabilizer is not a pure
+    common factor: it sets the scale of the features against ``eps``.
 
     Parameters
     ----------
@@ -94,6 +96,10 @@ def softmax_kernel_features(
         Boolean ``(batch, length)``, ``True`` at padding (keys only).
     eps
         Added to the features for numerical stability.
+    key_stabilizer
+        Maximum subtracted from the keys' exponent: per cell and head (``"head"``), or per cell over all heads
+        (``"cell"``: what performer_pytorch, and so scFoundation, computes for one cell at a time; it takes the
+        maximum over the whole minibatch).
 
     Returns
     -------
@@ -111,7 +117,8 @@ def softmax_kernel_features(
         masked = data_dash
         if padding_mask is not None:
             masked = data_dash.masked_fill(padding_mask[:, None, :, None], float("-inf"))
-        stab = masked.amax(dim=(-1, -2), keepdim=True).detach()
+        dims = (-1, -2) if key_stabilizer == "head" else (-1, -2, -3)
+        stab = masked.amax(dim=dims, keepdim=True).detach()
         stab = torch.where(torch.isfinite(stab), stab, torch.zeros_like(stab))
     log_ratio = -0.5 * math.log(m)
     feats = torch.exp(data_dash - (diag + stab - log_ratio)) + eps * m**-0.5
@@ -157,10 +164,23 @@ class PerformerAttention(nn.Module):
         scFoundation: 266 for ``d_head = 64``).
     bias
         Whether the projections have a bias.
+    key_stabilizer
+        How the key features are stabilized (see ``softmax_kernel_features``).
     """
 
-    def __init__(self, d_model: int, n_heads: int, nb_features: int | None = None, bias: bool = True):
+    def __init__(
+        self,
+        d_model: int,
+        n_heads: int,
+        nb_features: int | None = None,
+        bias: bool = True,
+        key_stabilizer: Literal["head", "cell"] = "head",
+    ):
         super().__init__()
+        if key_stabilizer not in ("head", "cell"):
+            msg = f"`key_stabilizer` must be 'head' or 'cell', got {key_stabilizer!r}."
+            raise ValueError(msg)
+        self.key_stabilizer = key_stabilizer
         if d_model % n_heads != 0:
             msg = f"`d_model` ({d_model}) must be divisible by `n_heads` ({n_heads})."
             raise ValueError(msg)
@@ -200,7 +220,9 @@ class PerformerAttention(nn.Module):
         with _no_autocast(x.device.type):
             proj = self.projection.float()
             qf = softmax_kernel_features(q.float(), proj, is_query=True)
-            kf = softmax_kernel_features(k.float(), proj, is_query=False, padding_mask=padding_mask)
+            kf = softmax_kernel_features(
+                k.float(), proj, is_query=False, padding_mask=padding_mask, key_stabilizer=self.key_stabilizer
+            )
             y = linear_attention(qf, kf, v.float())
         y = y.to(x.dtype)
         return self.out(y.transpose(1, 2).reshape(b, n, d))
@@ -223,6 +245,8 @@ class PerformerBlock(nn.Module):
         Random features per head (see :class:`PerformerAttention`).
     activation
         Feed-forward non-linearity.
+    key_stabilizer
+        How the key features are stabilized (see ``softmax_kernel_features``).
     """
 
     def __init__(
@@ -233,9 +257,10 @@ class PerformerBlock(nn.Module):
         dropout_rate: float = 0.0,
         nb_features: int | None = None,
         activation: Literal["gelu", "relu"] = "gelu",
+        key_stabilizer: Literal["head", "cell"] = "head",
     ):
         super().__init__()
-        self.attn = PerformerAttention(d_model, n_heads, nb_features)
+        self.attn = PerformerAttention(d_model, n_heads, nb_features, key_stabilizer=key_stabilizer)
         self.ff = nn.Sequential(
             nn.Linear(d_model, d_ff), _ACTIVATIONS[activation](), nn.Dropout(dropout_rate), nn.Linear(d_ff, d_model)
         )
@@ -276,6 +301,8 @@ class Performer(nn.Module):
         Apply a LayerNorm to the output.
     gradient_checkpointing
         Recompute block activations in the backward pass to save memory.
+    key_stabilizer
+        How the key features are stabilized (see ``softmax_kernel_features``).
     """
 
     def __init__(
@@ -290,10 +317,12 @@ class Performer(nn.Module):
         activation: Literal["gelu", "relu"] = "gelu",
         final_norm: bool = True,
         gradient_checkpointing: bool = False,
+        key_stabilizer: Literal["head", "cell"] = "head",
     ):
         super().__init__()
         self.layers = nn.ModuleList(
-            PerformerBlock(d_model, n_heads, d_ff, dropout_rate, nb_features, activation) for _ in range(n_layers)
+            PerformerBlock(d_model, n_heads, d_ff, dropout_rate, nb_features, activation, key_stabilizer)
+            for _ in range(n_layers)
         )
         self.norm = nn.LayerNorm(d_model) if final_norm else nn.Identity()
         self.feature_redraw_interval = feature_redraw_interval or 0

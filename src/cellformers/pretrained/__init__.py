@@ -4,7 +4,8 @@ A checkpoint is a directory written by ``model.save_pretrained(path)`` (``config
 ``vocab.json``, ``checksums.json``) and read by ``Model.from_pretrained(name_or_path_or_url, adata)``.
 :func:`pack_checkpoint` makes the one archive a :class:`PretrainedCard` points at; :func:`register_pretrained`
 gives a local or private checkpoint a name. The built-in registry is empty until a checkpoint with a verifiable
-public URL and sha256 exists.
+public URL and sha256 exists. :func:`convert_scfoundation` and :func:`convert_scgpt` turn the public scFoundation and
+scGPT weights into :class:`~cellformers.model.XTrimoGene` and :class:`~cellformers.model.ScFormer` models.
 """
 
 from __future__ import annotations
@@ -18,6 +19,8 @@ from ._checkpoint import (
     safe_torch_load,
     save_pretrained,
 )
+from ._convert_scfoundation import SCFOUNDATION_KEYS, SCFOUNDATION_OPTIONS, convert_scfoundation
+from ._convert_scgpt import SCGPT_OPTIONS, convert_scgpt
 from ._format import CheckpointError, verify_checkpoint
 from ._registry import (
     PRETRAINED_URL_ENV,
@@ -34,9 +37,14 @@ __all__ = [
     "MODEL_CLASSES",
     "PRETRAINED_URL_ENV",
     "REGISTRY",
+    "SCFOUNDATION_KEYS",
+    "SCFOUNDATION_OPTIONS",
+    "SCGPT_OPTIONS",
     "CheckpointError",
     "PretrainedCard",
     "PretrainedMixin",
+    "convert_scfoundation",
+    "convert_scgpt",
     "extract_checkpoint",
     "fetch_pretrained",
     "get_pretrained_card",
