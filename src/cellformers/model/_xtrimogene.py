@@ -84,6 +84,8 @@ class XTrimoGene(CellformersModel):
 
     _model_name: ClassVar[str] = "xtrimogene"
     _module_cls = XTrimoGeneModule
+    # the encoder length is the number of expressed genes: batch cells of similar length for inference
+    _sort_inference_by_length: ClassVar[bool] = True
 
     def __init__(
         self,
@@ -149,7 +151,7 @@ class XTrimoGene(CellformersModel):
         %(param_batch_key)s
         %(param_labels_key)s
         """
-        cls._prepare_setup(adata, layer)
+        cls._prepare_setup(adata, layer, batch_key=batch_key, labels_key=labels_key)
         setup_method_args = cls._get_setup_method_args(**locals())
         anndata_fields = cls._anndata_fields(layer, batch_key, labels_key)
         adata_manager = AnnDataManager(fields=anndata_fields, setup_method_args=setup_method_args)
@@ -181,11 +183,19 @@ class XTrimoGene(CellformersModel):
         precision: str | None = None,
         pooling: Pooling = "max",
         target_depth: float | None = None,
+        max_encoder_length: int | None = None,
     ) -> np.ndarray:
         """Cell embeddings from the encoder alone (the decoder is not run).
 
         All non-zero genes of each cell go through the encoder (no masking); the gene tokens are pooled with padding
         excluded (App. 4: max pooling).
+
+        Bulk RNA-seq (section 5.4.3) has almost every gene non-zero, so a sample is ~19,000 encoder tokens against
+        a few hundred to a few thousand for a cell, and full attention costs ``O(length²)`` time (and memory where
+        no fused attention kernel applies). ``max_encoder_length`` caps the encoder input at the most highly
+        expressed genes of each sample: cost ``O(cap²)``, at the price of ignoring the weakest genes in the
+        embedding (they are the least informative and the least reliably measured; a cap of 2,000-4,000 keeps
+        the length within what the encoder saw in pre-training on single cells).
 
         Parameters
         ----------
@@ -201,15 +211,22 @@ class XTrimoGene(CellformersModel):
             ``"max"`` (App. 4), ``"mean"``, or ``"all"``: ``[S, T,] max, mean`` concatenated (scFoundation).
         target_depth
             Only with ``read_depth_tokens=True``: total count used for the ``T`` token (``None``: the cell's own).
+        max_encoder_length
+            Keep at most this many (the most highly expressed) non-zero genes per cell in the encoder; ``None``
+            uses the module's ``max_encoder_length`` (no cap by default).
 
         Returns
         -------
         Array of shape ``(n_cells, encoder_dim)`` (``"all"``: 2 or 4 times wider).
         """
         return self._predict_batches(
-            lambda t: self._inference(t, apply_mask=False, pooling=pooling, target_depth=target_depth)[
-                MODULE_KEYS.CELL_EMBEDDING
-            ],
+            lambda t: self._inference(
+                t,
+                apply_mask=False,
+                pooling=pooling,
+                target_depth=target_depth,
+                max_encoder_length=max_encoder_length,
+            )[MODULE_KEYS.CELL_EMBEDDING],
             adata,
             indices,
             batch_size,
@@ -224,11 +241,17 @@ class XTrimoGene(CellformersModel):
         batch_size: int | None = None,
         *,
         precision: str | None = None,
+        mode: Literal["masked", "visible"] = "masked",
+        n_passes: int | None = None,
     ) -> np.ndarray:
         """Decoder predictions for every gene, on the ``log1p(x / Σx · 1e4)`` scale.
 
-        The encoder sees every non-zero gene (nothing masked); the decoder predicts all genes, zero-valued ones
-        included, which is the imputation.
+        By default (``mode="masked"``) every gene is predicted at a position the decoder saw as ``[MASK]``, the
+        positions the training loss covers: all zero-count genes are masked together (the encoder never sees them),
+        the non-zero genes in ``n_passes`` groups (see :meth:`~cellformers.module.XTrimoGeneModule.impute`).
+        ``mode="visible"`` runs one pass with nothing masked and reads the decoder where it was shown the gene;
+        with the paper's ``mask_replacement=(1, 0, 0)`` those positions never enter the loss, so that output is
+        untrained.
 
         Parameters
         ----------
@@ -240,6 +263,10 @@ class XTrimoGene(CellformersModel):
             Minibatch size (default 128).
         precision
             ``"bf16"`` for autocast, ``None`` for float32.
+        mode
+            ``"masked"`` or ``"visible"`` (see above).
+        n_passes
+            Decoder passes of ``"masked"``; ``None``: ``ceil(1 / mask_ratio)``.
 
         Returns
         -------
@@ -247,9 +274,8 @@ class XTrimoGene(CellformersModel):
         """
 
         def fn(tensors):
-            inf = self._inference(tensors, apply_mask=False)
-            gen = self.module.generative(**self.module._get_generative_input(tensors, inf))
-            return gen[MODULE_KEYS.PREDICTION]
+            inputs = self.module._get_inference_input(tensors)
+            return self.module.impute(inputs["x"], inputs["cell_seed"], mode=mode, n_passes=n_passes)
 
         pred = self._predict_batches(fn, adata, indices, batch_size, precision)
         n_vars = self.module.n_input_vars

@@ -60,7 +60,7 @@ XTRIMOGENE_PRESETS: dict[str, dict[str, int]] = {
 }
 
 #: Salts of the counter-based generator for evaluation masks (independent streams).
-_SALT_SELECT, _SALT_REPLACE, _SALT_RANDOM = 7101, 7102, 7103
+_SALT_SELECT, _SALT_REPLACE, _SALT_RANDOM, _SALT_IMPUTE = 7101, 7102, 7103, 7104
 
 INPUT_VALUES = "input_values"
 HIDDEN = "hidden"
@@ -389,6 +389,7 @@ class XTrimoGeneModule(GeneTokenModule):
         pooling: Literal["max", "mean", "all"] = "max",
         target_depth: float | None = None,
         max_encoder_length: int | None = None,
+        hidden: Tensor | None = None,
     ) -> dict[str, Tensor]:
         """Encode the unmasked non-zero genes.
 
@@ -411,6 +412,9 @@ class XTrimoGeneModule(GeneTokenModule):
         max_encoder_length
             Overrides the module's ``max_encoder_length`` for this call (e.g. to embed bulk samples with a model
             trained without a cap); ``None`` keeps the module's.
+        hidden
+            Boolean ``(batch, n_genes)``: positions to show as ``[MASK]`` and score, instead of a mask drawn by
+            :meth:`make_mask` (masked imputation); takes precedence over ``apply_mask``.
 
         Returns
         -------
@@ -419,7 +423,13 @@ class XTrimoGeneModule(GeneTokenModule):
         targets (normalized values, ``(batch, n_genes)``).
         """
         values, library = self.normalize(x)
-        if apply_mask:
+        if hidden is not None:
+            if hidden.shape != values.shape:
+                msg = f"`hidden` must have shape {tuple(values.shape)}, got {tuple(hidden.shape)}."
+                raise ValueError(msg)
+            mask = hidden = hidden.to(device=values.device, dtype=torch.bool)
+            input_values = values
+        elif apply_mask:
             mask, hidden, input_values = self.make_mask(values, cell_seed, mask_ratio)
         else:
             mask = torch.zeros_like(values, dtype=torch.bool)
@@ -512,6 +522,52 @@ class XTrimoGeneModule(GeneTokenModule):
         if pooling == "all" and self.n_special:
             out = [h[:, 0], h[:, 1], *out]
         return out[0] if len(out) == 1 else torch.cat(out, dim=-1)
+
+    @torch.no_grad()
+    def impute(
+        self,
+        x: Tensor,
+        cell_seed: Tensor | None = None,
+        mode: Literal["masked", "visible"] = "masked",
+        n_passes: int | None = None,
+    ) -> Tensor:
+        """Predicted normalized expression of every gene, ``(batch, n_genes)``.
+
+        ``"masked"``: each gene is read where the decoder saw it as ``[MASK]``, the only positions the training
+        loss (eq. 5) covers. Zero-count genes are masked in every pass (the encoder never sees them, so this leaves
+        the encoder input unchanged) and their predictions are averaged over the passes; the non-zero genes are
+        split into ``n_passes`` groups by per-cell draws, and pass ``k`` hides group ``k`` from the encoder.
+        ``None``: ``ceil(1 / mask_ratio)`` passes, so the encoder sees about as much of the cell as in training.
+        ``"visible"``: one pass with nothing masked, reading the decoder at the positions it was shown (trained only
+        when ``mask_replacement`` keeps some masked positions visible).
+        """
+        if mode not in ("masked", "visible"):
+            msg = f"`mode` must be 'masked' or 'visible', got {mode!r}."
+            raise ValueError(msg)
+        if mode == "visible":
+            inf = self.inference(x, cell_seed, apply_mask=False)
+            return self.generative(**self._get_generative_input({}, inf))[MODULE_KEYS.PREDICTION]
+        if n_passes is None:
+            n_passes = max(1, math.ceil(1.0 / max(self.mask_ratio, 1e-6)))
+        if int(n_passes) < 1:
+            msg = f"`n_passes` must be a positive integer or None, got {n_passes!r}."
+            raise ValueError(msg)
+        n_passes = int(n_passes)
+        values, _ = self.normalize(x)
+        nonzero = values > 0
+        b, g = values.shape
+        if cell_seed is None:
+            u = torch.rand((b, g), device=values.device)
+        else:
+            u = counter_uniform(cell_seed.reshape(-1), g, salt=_SALT_IMPUTE).to(values.device)
+        group = (u * n_passes).long().clamp(max=n_passes - 1)
+        out = torch.zeros_like(values)
+        for k in range(n_passes):
+            hidden = ~nonzero | (group == k)
+            inf = self.inference(x, cell_seed, hidden=hidden)
+            pred = self.generative(**self._get_generative_input({}, inf))[MODULE_KEYS.PREDICTION].float()
+            out += torch.where(nonzero, pred * (group == k), pred / n_passes)
+        return out
 
     def _get_generative_input(self, tensors: dict[str, Tensor], inference_outputs: dict[str, Tensor], **kwargs):
         return {
