@@ -7,13 +7,15 @@ STAMPS := .make
 DEMO_OUT ?= demo_output
 PYTEST_ARGS ?=
 
-.PHONY: help install install-test install-doc demo test test-all docs lint format clean
+.PHONY: help install install-test install-doc demo test test-all docs docs-check tutorials lint format clean
 
 help:
 	@echo "make demo      install, then pretrain/embed/cluster/benchmark on a bundled dataset -> $(DEMO_OUT)/report.md"
 	@echo "make test      install test extras and run the default test suite"
 	@echo "make test-all  also run slow, optional and docs tests"
 	@echo "make docs      build the Sphinx site with warnings as errors"
+	@echo "make docs-check build the docs, then check them in headless Chromium (needs Debian's chromium)"
+	@echo "make tutorials re-execute the notebooks in tutorials/ (TUTORIALS=02_xtrimogene for one)"
 	@echo "make lint      ruff check + format check"
 
 $(STAMPS)/pip:
@@ -52,6 +54,13 @@ test-all: install-test install-doc
 
 docs: install-doc
 	$(PYTHON) -m sphinx -W --keep-going -b html docs docs/_build/html
+
+docs-check: docs
+	$(PYTHON) docs/check_browser.py
+
+TUTORIALS ?=
+tutorials: install-doc
+	$(PYTHON) tutorials/run.py $(TUTORIALS)
 
 lint:
 	$(PYTHON) -m ruff check src tests benchmarks
