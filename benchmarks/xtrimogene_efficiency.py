@@ -31,7 +31,6 @@ import argparse
 import json
 import os
 import platform
-import resource
 import subprocess
 import sys
 import time
@@ -42,10 +41,13 @@ import torch
 from torch import nn
 
 HERE = Path(__file__).resolve().parent
-REPO = HERE.parent
-SHARED = Path(os.environ.get("CELLFORMERS_SHARED", REPO.parent / "shared"))
-GENE_LIST = SHARED / "data" / "genes" / "scfoundation_OS_scRNA_gene_index.19264.tsv"
-PBMC = SHARED / "data" / "pbmc3k_processed.h5ad"
+if str(HERE) not in sys.path:
+    sys.path.insert(0, str(HERE))
+
+from _common import DATA, PBMC3K, cpu_sdpa_formulas, status_mb  # noqa: E402
+
+GENE_LIST = DATA / "genes" / "scfoundation_OS_scRNA_gene_index.19264.tsv"
+PBMC = PBMC3K
 N_GENES = 19264
 MODELS = ("Transformer", "Performer", "xTrimoGene")
 PAPER_TABLE1 = {
@@ -160,26 +162,6 @@ def masked_inputs(counts: torch.Tensor, model):
 
 
 # ----------------------------------------------------------------------------- flops
-def _cpu_sdpa_formulas():
-    from torch.utils.flop_counter import sdpa_backward_flop_count, sdpa_flop_count
-
-    aten = torch.ops.aten
-
-    # arguments arrive as shapes (FlopCounterMode converts tensors)
-    def fwd(query, key, value, *args, out_shape=None, **kwargs):
-        return sdpa_flop_count(query, key, value)
-
-    def bwd(grad_out, query, key, value, *args, out_shape=None, **kwargs):
-        return sdpa_backward_flop_count(grad_out, query, key, value)
-
-    mapping = {}
-    if hasattr(aten, "_scaled_dot_product_flash_attention_for_cpu"):
-        mapping[aten._scaled_dot_product_flash_attention_for_cpu] = fwd
-    if hasattr(aten, "_scaled_dot_product_flash_attention_for_cpu_backward"):
-        mapping[aten._scaled_dot_product_flash_attention_for_cpu_backward] = bwd
-    return mapping
-
-
 def count_flops(name: str, counts: np.ndarray, device: str) -> dict:
     """FLOPs of one forward + backward pass for one sample (``device="meta"`` avoids computing)."""
     from torch.utils.flop_counter import FlopCounterMode
@@ -190,7 +172,7 @@ def count_flops(name: str, counts: np.ndarray, device: str) -> dict:
     if device == "meta":
         model = model.to("meta")
         x, values, mask = x.to("meta"), values.to("meta"), mask.to("meta")
-    mode = FlopCounterMode(display=False, custom_mapping=_cpu_sdpa_formulas())
+    mode = FlopCounterMode(display=False, custom_mapping=cpu_sdpa_formulas())
     with mode:
         loss = loss_fn(x, values, mask)
         loss.backward()
@@ -199,22 +181,6 @@ def count_flops(name: str, counts: np.ndarray, device: str) -> dict:
 
 
 # ----------------------------------------------------------------------------- timing worker
-def _status_mb(field: str) -> float:
-    """``VmRSS`` (current) or ``VmHWM`` (peak) of this process in MB, from ``/proc/self/status``.
-
-    ``VmHWM`` belongs to the address space, which ``exec`` replaces, so unlike ``ru_maxrss`` (kept across ``exec``
-    on Linux) it does not inherit the parent's peak.
-    """
-    try:
-        with open("/proc/self/status") as fh:
-            for line in fh:
-                if line.startswith(field + ":"):
-                    return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 if field == "VmHWM" else float("nan")
-
-
 def worker(name: str, precision: str, repeats: int, length: int | None, threads: int | None) -> dict:
     if threads:
         torch.set_num_threads(threads)
@@ -230,7 +196,7 @@ def worker(name: str, precision: str, repeats: int, length: int | None, threads:
     x = torch.from_numpy(counts)[None]
     values, mask = masked_inputs(x, model)
     model.train()
-    rss_before = _status_mb("VmRSS")
+    rss_before = status_mb("VmRSS")
     times = []
     for _ in range(repeats + (1 if repeats > 1 else 0)):
         t0 = time.perf_counter()
@@ -242,7 +208,7 @@ def worker(name: str, precision: str, repeats: int, length: int | None, threads:
         times.append(time.perf_counter() - t0)
     if repeats > 1:
         times = times[1:]  # first step warms up allocators and kernels
-    peak = _status_mb("VmHWM")
+    peak = status_mb("VmHWM")
     return {
         "model": name,
         "precision": precision,

@@ -52,6 +52,7 @@ extensions = [
     "sphinx_autodoc_typehints",  # after napoleon: it fills the types of napoleon's `:param:` fields
     "sphinx.ext.mathjax",
     "cellformers_docs",  # docs/_ext: API pages from `__all__`, tutorials, reference resolution
+    "cellformers_tables",  # docs/_ext: benchmark and preset tables generated at build time
 ]
 
 templates_path = ["_templates"]

@@ -24,3 +24,6 @@ def test_demo_writes_report(tmp_path, models):
     if models == "all":
         for name in ("xtrimogene", "scformer", "scpalm"):
             assert f"| X_{name} |" in text
+        assert "## Cell-type annotation" in text
+        assert "| xtrimogene (head on frozen encoder) |" in text
+        assert "| logreg_pca (X_pca_hvg) |" in text

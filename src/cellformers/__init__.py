@@ -33,6 +33,7 @@ from ._exceptions import (  # noqa: E402
     InvalidExpressionError,
     MissingKeyError,
     NotCountsError,
+    UnknownCategoryError,
     UntrustedCheckpointError,
 )
 
@@ -44,6 +45,7 @@ __all__ = [
     "InvalidExpressionError",
     "MissingKeyError",
     "NotCountsError",
+    "UnknownCategoryError",
     "UntrustedCheckpointError",
     "data",
     "model",

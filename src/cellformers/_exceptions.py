@@ -15,6 +15,7 @@ __all__ = [
     "InvalidExpressionError",
     "MissingKeyError",
     "NotCountsError",
+    "UnknownCategoryError",
     "UntrustedCheckpointError",
 ]
 
@@ -41,6 +42,10 @@ class MissingKeyError(CellformersError, KeyError):
     def __str__(self) -> str:
         # KeyError quotes its message; show it as written.
         return str(self.args[0]) if self.args else ""
+
+
+class UnknownCategoryError(CellformersError, ValueError):
+    """A categorical covariate (e.g. the ``batch_key`` column) holds categories the model was not set up with."""
 
 
 class ChecksumError(CellformersError, OSError):

@@ -16,7 +16,8 @@ def test_counter_uniform_depends_only_on_seed_and_position():
 
 def test_counter_uniform_is_uniform():
     u = counter_uniform(torch.arange(20), 20000)
-    assert u.min() >= 0 and u.max() < 1
+    assert u.min() >= 0
+    assert u.max() < 1
     assert abs(float(u.mean()) - 0.5) < 0.01
     hist = torch.histc(u, bins=10, min=0, max=1) / u.numel()
     assert torch.all((hist - 0.1).abs() < 0.01)

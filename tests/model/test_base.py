@@ -79,4 +79,5 @@ def test_second_train_call_runs_in_training_mode(adata, toy_model_cls):
     model.get_latent_representation()
     model.module.eval()
     model.train(**kw, callbacks=[_Mode()])
-    assert seen and all(seen)
+    assert seen
+    assert all(seen)

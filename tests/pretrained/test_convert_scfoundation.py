@@ -263,7 +263,7 @@ def test_matches_reference_forward(adata, tmp_path):
     ref_cell, ref_pred = _reference(s, adata.X)
     emb = model.get_latent_representation(pooling="all", batch_size=4)  # batched, with padding
     np.testing.assert_allclose(emb, ref_cell, rtol=1e-4, atol=1e-5)
-    pred = model.get_imputed_expression(batch_size=4)
+    pred = model.get_imputed_expression(batch_size=4, mode="visible")
     np.testing.assert_allclose(pred, ref_pred, rtol=1e-4, atol=1e-5)
     # T = log10(target_depth) is tgthighres t<v>
     ref_cell_t4, _ = _reference(s, adata.X, tgt=4.0)
@@ -279,7 +279,7 @@ def test_weight_sets_flat_layout_and_checkpoint(adata, tmp_path):
     _, ref_pred = _reference(_state(1), adata.X)
     aligned = adata[:, ::-1].copy()  # another gene order: reordered to the checkpoint's
     reloaded = XTrimoGene.from_pretrained(tmp_path / "gene", aligned, accelerator="cpu")
-    np.testing.assert_allclose(reloaded.get_imputed_expression(), ref_pred, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(reloaded.get_imputed_expression(mode="visible"), ref_pred, rtol=1e-4, atol=1e-5)
     # the flat layout of load.py::convertconfig (config + model_state_dict), passed in memory
     flat = {"config": _config(), "model_state_dict": _state(2)}
     rde = convert_scfoundation(flat, adata, key=None, vocab=VOCAB)

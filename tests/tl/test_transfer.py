@@ -28,7 +28,9 @@ def test_transfer_recovers_labels_with_confidence():
     assert isinstance(pred.dtype, pd.CategoricalDtype)
     assert (pred.astype(str).to_numpy() == truth).mean() > 0.98
     conf = query.obs["cell_type_transferred_confidence"].to_numpy()
-    assert conf.min() >= 0 and conf.max() <= 1 and np.median(conf) > 0.9
+    assert conf.min() >= 0
+    assert conf.max() <= 1
+    assert np.median(conf) > 0.9
 
 
 def test_ambiguous_cells_get_low_confidence():

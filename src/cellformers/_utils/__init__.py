@@ -7,8 +7,9 @@ from ._anndata import (
     get_matrix,
     iter_row_chunks,
     resolve_adata,
+    row_nnz,
     to_dense_rows,
 )
-from ._validation import check_block_values, check_counts, check_expression_values, looks_like_counts
 from ._random import cell_generator, cell_seed, counter_uniform
 from ._torch import autocast_context
+from ._validation import check_block_values, check_counts, check_expression_values, looks_like_counts

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Literal
 import numpy as np
 from scipy import sparse
 
-from .._exceptions import MissingKeyError
+from cellformers._exceptions import MissingKeyError
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -96,3 +96,20 @@ def iter_row_chunks(
             yield start, stop, (to_dense_rows(block) if dense else sparse.csr_matrix(block))
         else:
             yield start, stop, np.asarray(block, dtype=np.float32)
+
+
+def row_nnz(X, *, chunk_size: int = 4096) -> np.ndarray:
+    """Number of stored non-zero values in each row of ``X``, without loading ``X`` whole.
+
+    For CSR matrices, in memory or backed, only the row pointers are read; dense and CSC matrices are scanned in
+    row chunks. Explicitly stored zeros of a sparse matrix count as stored values.
+    """
+    if sparse.issparse(X):
+        return np.asarray(X.getnnz(axis=1), dtype=np.int64)
+    group = getattr(X, "group", None)
+    if getattr(X, "format", None) == "csr" and group is not None:  # anndata's backed CSR dataset
+        return np.diff(np.asarray(group["indptr"][...], dtype=np.int64))
+    out = np.empty(X.shape[0], dtype=np.int64)
+    for start, stop, block in iter_row_chunks(X, chunk_size=chunk_size):
+        out[start:stop] = block.getnnz(axis=1) if sparse.issparse(block) else np.count_nonzero(block, axis=1)
+    return out

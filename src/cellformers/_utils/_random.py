@@ -6,7 +6,7 @@ import hashlib
 
 import numpy as np
 
-from .._settings import settings
+from cellformers._settings import settings
 
 
 def cell_seed(cell_name: str, *, seed: int | None = None, salt: str = "") -> int:

@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 from scipy import sparse
 
-from .._exceptions import InvalidExpressionError, NotCountsError
+from cellformers._exceptions import InvalidExpressionError, NotCountsError
+
 from ._anndata import iter_row_chunks
 
 # Counts recovered from float32 log-normalized files deviate from integers by up to ~1e-3 relative

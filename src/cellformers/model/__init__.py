@@ -6,10 +6,11 @@ from ._scformer import ScFormer
 from ._scformer_perturbation import ScFormerPerturbation
 from ._scpalm import SCPALM_PRESETS, ScPaLM
 from ._xtrimogene import XTrimoGene
-from .base import CellformersModel
+from .base import CellformersModel, CellTypeAnnotator
 
 __all__ = [
     "CellformersModel",
+    "CellTypeAnnotator",
     "XTrimoGene",
     "SCPALM_PRESETS",
     "ScFormer",

@@ -61,6 +61,13 @@ class _KeepBest(Callback):
             self.best, self.epoch = value, trainer.current_epoch
             self.state = copy.deepcopy({k: v.detach().cpu() for k, v in pl_module.module.state_dict().items()})
 
+    def state_dict(self) -> dict:
+        """Kept in Lightning checkpoints, so a resumed run restores the best epoch of the whole run."""
+        return {"best": self.best, "epoch": self.epoch, "state": self.state}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        self.best, self.epoch, self.state = state_dict["best"], state_dict["epoch"], state_dict["state"]
+
     def on_train_end(self, trainer, pl_module):
         if self.state is not None:
             pl_module.module.load_state_dict(self.state)
@@ -297,7 +304,7 @@ class ScFormer(CellformersModel):
         %(param_batch_key)s
         %(param_labels_key)s
         """
-        cls._prepare_setup(adata, layer)
+        cls._prepare_setup(adata, layer, batch_key=batch_key, labels_key=labels_key)
         setup_method_args = cls._get_setup_method_args(**locals())
         anndata_fields = cls._anndata_fields(layer, batch_key, labels_key)
         adata_manager = AnnDataManager(fields=anndata_fields, setup_method_args=setup_method_args)
@@ -383,6 +390,11 @@ class ScFormer(CellformersModel):
     # ------------------------------------------------------------------ getters
     def _batch_size(self, batch_size: int | None) -> int:
         return 32 if batch_size is None else int(batch_size)
+
+    @property
+    def _sort_inference_by_length(self) -> bool:
+        # with expressed genes only, the sequence length is the number of expressed genes
+        return self.module.include_zero_genes is False
 
     @torch.inference_mode()
     def get_latent_representation(

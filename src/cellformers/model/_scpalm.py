@@ -209,7 +209,7 @@ class ScPaLM(CellformersModel):
         %(param_batch_key)s
         %(param_labels_key)s
         """
-        cls._prepare_setup(adata, layer)
+        cls._prepare_setup(adata, layer, batch_key=batch_key, labels_key=labels_key)
         setup_method_args = cls._get_setup_method_args(**locals())
         anndata_fields = cls._anndata_fields(layer, batch_key, labels_key)
         adata_manager = AnnDataManager(fields=anndata_fields, setup_method_args=setup_method_args)
@@ -288,6 +288,10 @@ class ScPaLM(CellformersModel):
                 self.history_[key] = value
 
     # ------------------------------------------------------------------ checks
+    def _check_annotation_ready(self) -> None:
+        """Fine-tuning reads ``h_C``, the output of the stage-2 encoder."""
+        self._require_stage(2, "Fine-tuning a cell-type classifier (on h_C)")
+
     def _require_stage(self, stage: int, what: str) -> None:
         self._check_if_trained(warn=False)
         if not bool(self.module.trained_stages[stage - 1]):

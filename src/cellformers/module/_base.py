@@ -52,6 +52,16 @@ class GeneTokenModule(BaseModuleClass):
         """Number of input genes the module sees (columns that map to the vocabulary)."""
         return int(self.input_columns.numel())
 
+    def cell_embedding(self, tensors: dict[str, Tensor]) -> Tensor:
+        """Differentiable cell embedding ``(batch, d)`` of a minibatch of registered tensors (nothing masked).
+
+        The hook fine-tuning heads are trained on (:meth:`~cellformers.model.CellformersModel.train_annotator`):
+        unlike the models' ``get_latent_representation`` it runs outside ``torch.inference_mode``, so gradients can
+        reach the backbone. Subclasses override it.
+        """
+        msg = f"{type(self).__name__} does not define `cell_embedding`, so it cannot be fine-tuned with a head."
+        raise NotImplementedError(msg)
+
     def select_genes(self, x: Tensor) -> Tensor:
         """Keep the vocabulary-mapped columns of ``x`` (``(batch, n_vars)`` -> ``(batch, n_genes)``)."""
         if x.shape[-1] != self.n_input_vars:

@@ -432,6 +432,15 @@ class ScPaLMModule(GeneTokenModule):
         _, vq = self.encode_pathways(self.normalize(x))
         return vq.quantized, vq.indices
 
+    def cell_embedding(self, tensors: dict[str, Tensor]) -> Tensor:
+        """Differentiable ``h_C`` over all pathway tokens ``(batch, d)``, for fine-tuning heads.
+
+        Gradients reach the stage-2 encoder and, through the quantizer's straight-through estimator, the stage-1
+        encoder and embedding (for parameters that require gradients).
+        """
+        _, vq = self.encode_pathways(self.normalize(tensors[REGISTRY_KEYS.X_KEY].to(self.cell_token.device)))
+        return self.encode_cell(vq.quantized)[:, 0]
+
     @torch.no_grad()
     def get_cell_embedding(self, x: Tensor) -> Tensor:
         """``h_C`` of the stage-2 encoder over all pathway tokens, ``(batch, d)``."""

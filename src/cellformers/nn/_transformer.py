@@ -172,6 +172,10 @@ class TransformerEncoder(nn.Module):
 
     def forward(self, x: Tensor, padding_mask: Tensor | None = None) -> Tensor:
         """``(batch, length, d_model)`` -> same shape. ``padding_mask``: ``(batch, length)``, ``True`` = padding."""
+        if padding_mask is not None and not bool(padding_mask.any()):
+            # nothing padded: attention without a mask runs faster fused kernels (on GPUs, flash attention
+            # takes no mask at all)
+            padding_mask = None
         for layer in self.layers:
             if self.gradient_checkpointing and self.training and torch.is_grad_enabled():
                 x = torch.utils.checkpoint.checkpoint(layer, x, padding_mask, use_reentrant=False)

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 
 from cellformers._docs import doc_dsp
 from cellformers._settings import settings
-from cellformers._utils import get_matrix
+from cellformers._utils import get_matrix, resolve_adata
 from cellformers.data._binning import bin_expression
 
 if TYPE_CHECKING:
@@ -67,6 +67,7 @@ def bin_values(
     >>> int(adata.layers["X_binned"].max())
     50
     """
+    adata = resolve_adata(adata)
     adata = adata.copy() if copy else adata
     X = get_matrix(adata, layer)
     where = "adata.X" if layer is None else f"adata.layers[{layer!r}]"

@@ -12,7 +12,7 @@ from cellformers._constants import UNS_KEYS, VAR_KEYS
 from cellformers._docs import doc_dsp
 from cellformers._exceptions import GeneMappingError
 from cellformers._settings import settings
-from cellformers._utils import check_key
+from cellformers._utils import check_key, resolve_adata
 from cellformers.data._vocab import GeneVocab, looks_like_ensembl
 
 if TYPE_CHECKING:
@@ -89,6 +89,7 @@ def map_genes(
     >>> adata.uns["cellformers_gene_mapping"]["coverage"]  # doctest: +SKIP
     1.0
     """
+    adata = resolve_adata(adata)
     if isinstance(vocab, str):
         vocab = GeneVocab.load(vocab)
     elif not isinstance(vocab, GeneVocab):

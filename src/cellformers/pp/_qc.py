@@ -12,7 +12,7 @@ from scipy import sparse
 from cellformers._docs import doc_dsp
 from cellformers._exceptions import InvalidExpressionError
 from cellformers._settings import settings
-from cellformers._utils import check_block_values, get_matrix, iter_row_chunks, looks_like_counts
+from cellformers._utils import check_block_values, get_matrix, iter_row_chunks, looks_like_counts, resolve_adata
 from cellformers._utils import check_counts as _check_counts
 from cellformers._utils._validation import integer_tolerance
 
@@ -50,7 +50,7 @@ def check_counts(adata: AnnData, layer: str | None = None) -> None:
     layer
         Layer to check; ``None`` checks ``adata.X``.
     """
-    _check_counts(get_matrix(adata, layer), layer=layer)
+    _check_counts(get_matrix(resolve_adata(adata), layer), layer=layer)
 
 
 @doc_dsp.dedent
@@ -98,6 +98,7 @@ def filter_cells_by_genes(
     if isinstance(min_genes, bool) or not isinstance(min_genes, int | np.integer) or min_genes < 0:
         msg = f"`min_genes` must be a non-negative integer, got {min_genes!r}."
         raise ValueError(msg)
+    data, adata = adata, resolve_adata(adata)
     X = get_matrix(adata, layer)
     where = _where(layer)
     n_expr = np.zeros(adata.n_obs, dtype=np.int64)
@@ -122,6 +123,8 @@ def filter_cells_by_genes(
     else:
         adata._inplace_subset_obs(keep)
     adata.obs[key_added] = n_expr[keep]
+    if data is not adata and not copy:  # a MuData whose "rna" modality was subset: align its other attributes
+        data.update()
     return adata if copy else None
 
 
@@ -211,6 +214,7 @@ def counts_from_normalized(
     >>> bool(np.allclose(adata.layers["counts"].toarray(), adata.layers["counts"].toarray().round()))
     True
     """
+    adata = resolve_adata(adata)
     X = get_matrix(adata, layer)
     where = _where(layer)
     n_detect = min(_N_DETECT, adata.n_obs)

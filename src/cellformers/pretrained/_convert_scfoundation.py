@@ -134,7 +134,7 @@ def convert_scfoundation(
     With these options the converted model computes scFoundation's forward pass. The cell embedding of
     ``model.get_latent_representation(pooling="all")`` is scFoundation's ``get_embedding.py --pool_type all``
     (``[S, T, max, mean]``, 4 × 768), padding excluded so cells can be batched; ``T = S`` (the default) is
-    ``--tgthighres f1`` and ``target_depth=10**v`` is ``--tgthighres t<v>``. ``get_imputed_expression`` is the
+    ``--tgthighres f1`` and ``target_depth=10**v`` is ``--tgthighres t<v>``. ``get_imputed_expression(mode="visible")`` is the
     decoder output of ``--output_type gene_expression``. Values are normalized as by ``--pre_normalized F``
     (``log1p(x / Σx · 1e4)``, the sum over the model's 19,264 genes once the data are aligned to them). The one
     difference is in the Performer: the stabilizer of the key features is taken per cell and head rather than over

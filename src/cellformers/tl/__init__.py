@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from ._annotate import annotate, annotation_baselines
 from ._baselines import baselines
 from ._benchmark import benchmark
 from ._embed import embed, gene_embeddings, impute
@@ -10,6 +11,8 @@ from ._leiden import leiden_search
 from ._transfer import transfer_labels
 
 __all__: list[str] = [
+    "annotate",
+    "annotation_baselines",
     "baselines",
     "benchmark",
     "embed",

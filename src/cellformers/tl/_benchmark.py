@@ -13,7 +13,7 @@ import pandas as pd
 from cellformers._docs import doc_dsp
 from cellformers._exceptions import MissingKeyError
 from cellformers._settings import settings
-from cellformers._utils import check_key
+from cellformers._utils import check_key, resolve_adata
 
 from . import _metrics as M
 from ._leiden import _DEFAULT_N_RESOLUTIONS, _dichotomy, _get_rep, _knn_graph, _nmi_sweep, _obs_labels
@@ -245,6 +245,7 @@ def benchmark(
     cellformers.tl.leiden_search : the two resolution searches.
     cellformers.tl.baselines : HVG-PCA, scVI and Harmony embeddings to compare against.
     """
+    adata = resolve_adata(adata)
     keys = _as_key_list(embeddings)
     for k in keys:
         check_key(adata, "obsm", k, arg="embeddings")

@@ -2,19 +2,20 @@
 
 from __future__ import annotations
 
+import inspect
 import logging
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .._utils import resolve_adata
+from cellformers._utils import resolve_adata
 
 if TYPE_CHECKING:
     from collections.abc import Callable
 
     from anndata import AnnData
 
-    from ..model.base import CellformersModel
+    from cellformers.model.base import CellformersModel
 
 logger = logging.getLogger(__name__)
 
@@ -38,9 +39,24 @@ def _model_params(model: CellformersModel, **extra: Any) -> dict[str, Any]:
     return params
 
 
-def _chunked(
-    adata: AnnData, fn: Callable[[AnnData], np.ndarray], chunk_size: int | None
-) -> np.ndarray:
+def _default_options(method: Callable, model: CellformersModel, kwargs: dict[str, Any]) -> dict[str, Any]:
+    """The pooling / representation a getter uses when the caller does not choose one (recorded in ``uns``).
+
+    A default of ``None`` in the signature means "the module's own setting" (e.g. scFormer's training pooling).
+    """
+    out = {}
+    params = inspect.signature(method).parameters
+    for name in ("pooling", "representation"):
+        if name in params and name not in kwargs:
+            value = params[name].default
+            if value is None:
+                value = getattr(getattr(model, "module", None), name, None)
+            if isinstance(value, str):
+                out[name] = value
+    return out
+
+
+def _chunked(adata: AnnData, fn: Callable[[AnnData], np.ndarray], chunk_size: int | None) -> np.ndarray:
     """Apply ``fn`` to row chunks of ``adata`` (loaded to memory one at a time) and stack the results.
 
     Chunks are independent copies, so registering them with the model never writes into the caller's object, and a
@@ -96,7 +112,8 @@ def embed(
     `adata.obsm['X_<model>' | key_added]` : :class:`numpy.ndarray` (dtype ``float32``)
         The cell embeddings.
     `adata.uns['<model>' | key_added]['params']` : :class:`dict`
-        The model class, checkpoint name or training summary, and the options used.
+        The model class, checkpoint name or training summary, and the options used (the pooling, or scPaLM's
+        ``representation``, also when left at its default).
 
     Examples
     --------
@@ -111,7 +128,8 @@ def embed(
     logger.info(f"computing {type(model).__name__} embedding")
     emb = _chunked(adata, lambda sub: model.get_latent_representation(sub, batch_size=batch_size, **kwargs), chunk_size)
     adata.obsm[key] = emb.astype(np.float32, copy=False)
-    adata.uns[key_added or name] = {"params": _model_params(model, batch_size=batch_size, **kwargs)}
+    options = {**_default_options(model.get_latent_representation, model, kwargs), **kwargs}
+    adata.uns[key_added or name] = {"params": _model_params(model, batch_size=batch_size, **options)}
     logger.info(f"added {key!r} (adata.obsm)")
     return adata if copy else None
 

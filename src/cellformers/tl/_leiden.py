@@ -13,8 +13,9 @@ from natsort import natsorted
 from scipy import sparse
 
 from cellformers._docs import doc_dsp
+from cellformers._exceptions import InvalidExpressionError
 from cellformers._settings import settings
-from cellformers._utils import check_key
+from cellformers._utils import check_key, resolve_adata
 
 from ._metrics import normalized_mutual_info
 
@@ -43,17 +44,22 @@ def _get_rep(adata: AnnData, use_rep: str, *, arg: str = "use_rep") -> np.ndarra
         msg = f"`{arg}={use_rep!r}`: adata.obsm[{use_rep!r}] must be a cells × dimensions matrix, got shape {X.shape}."
         raise ValueError(msg)
     if not np.isfinite(X).all():
-        msg = f"`{arg}={use_rep!r}`: adata.obsm[{use_rep!r}] contains NaN or infinite values."
-        raise ValueError(msg)
+        msg = (
+            f"`{arg}={use_rep!r}`: adata.obsm[{use_rep!r}] contains NaN or infinite values. Recompute the embedding "
+            "(from raw counts without NaN), or leave out the cells whose rows are not finite."
+        )
+        raise InvalidExpressionError(msg)
     return X
 
 
 def _knn_graph(X: np.ndarray, *, n_neighbors: int, random_state: int) -> sparse.csr_matrix:
     """UMAP-weighted kNN connectivities of ``X``, computed by :func:`scanpy.pp.neighbors` on a throwaway AnnData.
 
-    The caller's ``AnnData`` never sees this graph, so its ``uns['neighbors']`` / ``obsp`` are left alone.
+    The caller's ``AnnData`` never sees this graph, so its ``uns['neighbors']`` / ``obsp`` are left alone. Nor does
+    torch's thread count change: pynndescent sets numba's, which goes through the OpenMP runtime torch shares.
     """
     import scanpy as sc
+    import torch
     from anndata import AnnData
 
     n = X.shape[0]
@@ -62,9 +68,13 @@ def _knn_graph(X: np.ndarray, *, n_neighbors: int, random_state: int) -> sparse.
         raise ValueError(msg)
     k = min(n_neighbors, n - 1)
     tmp = AnnData(obs=pd.DataFrame(index=pd.RangeIndex(n).astype(str)), obsm={"X_rep": X})
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)
-        sc.pp.neighbors(tmp, n_neighbors=k, use_rep="X_rep", random_state=random_state)
+    n_threads = torch.get_num_threads()
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)
+            sc.pp.neighbors(tmp, n_neighbors=k, use_rep="X_rep", random_state=random_state)
+    finally:
+        torch.set_num_threads(n_threads)
     return sparse.csr_matrix(tmp.obsp["connectivities"])
 
 
@@ -274,6 +284,7 @@ def leiden_search(
     if (n_clusters is None) == (labels_key is None):
         msg = "Pass exactly one of `n_clusters=` (dichotomy on resolution) and `labels_key=` (NMI sweep)."
         raise ValueError(msg)
+    adata = resolve_adata(adata)
     X = _get_rep(adata, use_rep, arg="use_rep")
     n_obs = X.shape[0]
     if n_clusters is not None:

@@ -9,8 +9,8 @@ import numpy as np
 import pandas as pd
 from natsort import natsorted
 
-from .._exceptions import InvalidExpressionError
-from .._utils import check_key, resolve_adata
+from cellformers._exceptions import InvalidExpressionError
+from cellformers._utils import check_key, resolve_adata
 
 if TYPE_CHECKING:
     from anndata import AnnData

@@ -80,8 +80,11 @@ class MaskedModelingTrainingPlan(TrainingPlan):
         self.step_gamma = step_gamma
 
     def on_train_start(self) -> None:
-        """Put the module in training mode: after inference (``module.eval()``) a second ``train`` call would
-        otherwise run without dropout and with frozen batch-norm statistics."""
+        """Put the module in training mode.
+
+        After inference (``module.eval()``) a second ``train`` call would otherwise run without dropout and with
+        frozen batch-norm statistics.
+        """
         self.module.train()
 
     def _optimizer_creator_fn(self, optimizer_cls):
@@ -122,7 +125,9 @@ class MaskedModelingTrainingPlan(TrainingPlan):
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, self._lr_lambda())
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
-    @torch.inference_mode()
+    # no_grad, not inference_mode: with DDP (`sync_dist`), Lightning reduces the logged values in place at the end
+    # of the epoch, outside inference mode, which fails on inference tensors
+    @torch.no_grad()
     def compute_and_log_metrics(self, loss_output: LossOutput, metrics, mode: str):
         """Log the mean per-cell loss and every scalar in ``extra_metrics`` as ``<name>_<mode>``."""
         n = loss_output.n_obs_minibatch

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from ._annotation import AnnotationMixin, CellTypeAnnotator
 from ._base import CellformersModel
 
-__all__ = ["CellformersModel"]
+__all__ = ["AnnotationMixin", "CellTypeAnnotator", "CellformersModel"]

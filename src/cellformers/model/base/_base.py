@@ -3,55 +3,94 @@
 from __future__ import annotations
 
 import logging
+import os
+import warnings
 from typing import TYPE_CHECKING, ClassVar
 
 import numpy as np
+import pandas as pd
 import torch
 from scvi import REGISTRY_KEYS
 from scvi.data.fields import CategoricalObsField, LayerField, NumericalObsField
 from scvi.model.base import BaseModelClass, UnsupervisedTrainingMixin
 
-from ..._constants import CELL_SEED_OBS_COLUMN, REGISTRY_KEYS_CF, VAR_KEYS
-from ..._exceptions import GeneMappingError
-from ..._settings import settings
-from ..._utils import autocast_context, cell_seed, check_counts, check_key, get_matrix
-from ...pretrained import PretrainedMixin
-from ...train import MaskedModelingTrainingPlan
+from cellformers._constants import CELL_SEED_OBS_COLUMN, REGISTRY_KEYS_CF, VAR_KEYS
+from cellformers._exceptions import GeneMappingError, MissingKeyError, NotCountsError, UnknownCategoryError
+from cellformers._settings import settings
+from cellformers._utils import autocast_context, cell_seed, check_counts, check_key, get_matrix, resolve_adata, row_nnz
+from cellformers.pretrained import PretrainedMixin
+from cellformers.train import MaskedModelingTrainingPlan
+
+from ._annotation import AnnotationMixin
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
 
     from anndata import AnnData
 
-    from ...data import GeneVocab
+    from cellformers.data import GeneVocab
 
 logger = logging.getLogger(__name__)
 
 
-class CellformersModel(PretrainedMixin, UnsupervisedTrainingMixin, BaseModelClass):
-    """Base class of :class:`~cellformers.model.XTrimoGene`, :class:`~cellformers.model.ScFormer` and
-    :class:`~cellformers.model.ScPaLM`.
+class CellformersModel(AnnotationMixin, PretrainedMixin, UnsupervisedTrainingMixin, BaseModelClass):
+    """Base class of the three models (:class:`~cellformers.model.XTrimoGene`, ScFormer, ScPaLM).
 
     It adds to scvi-tools' model base: the shared ``setup_anndata`` fields (raw counts, batch, labels, a per-cell
-    seed), the gene vocabulary and the token id of each input gene, and a batched inference loop with optional
-    autocast.
+    seed), the gene vocabulary and the token id of each input gene, a batched inference loop with optional
+    autocast, and cell-type annotation by fine-tuning (:meth:`train_annotator`, :meth:`predict_cell_types`).
     """
 
     _model_name: ClassVar[str] = "cellformers"
     _training_plan_cls = MaskedModelingTrainingPlan
+    # inference batches cells of similar length together (models that encode the expressed genes only)
+    _sort_inference_by_length: ClassVar[bool] = False
 
     # ------------------------------------------------------------------ setup
     @classmethod
-    def _prepare_setup(cls, adata: AnnData, layer: str | None) -> None:
+    def _prepare_setup(cls, adata: AnnData, layer: str | None, **obs_keys: str | None) -> None:
         """Validate the expression layer (raw counts, finite, non-negative) and add the per-cell seed column.
 
-        Subclasses call this first in their ``setup_anndata``. Nothing is written to ``adata`` unless the checks
-        pass.
+        Subclasses call this first in their ``setup_anndata``, with their ``adata.obs`` keys as keyword arguments
+        (``batch_key=batch_key, labels_key=labels_key``), so a missing column is reported before anything is
+        written to ``adata``: nothing is, unless every check passes.
         """
+        from anndata import AnnData
+
+        if not isinstance(adata, AnnData):
+            hint = (
+                " For a MuData, set up its RNA modality and build the model on it: "
+                f"`{cls.__name__}.setup_anndata(mdata['rna'])`, `{cls.__name__}(mdata['rna'])`."
+                if hasattr(adata, "mod")
+                else ""
+            )
+            msg = f"`adata` must be an AnnData, got a {type(adata).__name__}.{hint}"
+            raise TypeError(msg)
         if layer is not None:
             check_key(adata, "layers", layer, arg="layer")
+        for arg, key in obs_keys.items():
+            if key is not None:
+                check_key(adata, "obs", key, arg=arg)
         check_counts(get_matrix(adata, layer), arg="layer", layer=layer)
         cls._add_cell_seeds(adata)
+
+    @staticmethod
+    def _get_setup_method_args(**setup_locals) -> dict:
+        """scvi-tools' record of the ``setup_anndata`` arguments, after checking the ``adata.obs`` keys among them.
+
+        ``batch_key`` and ``labels_key`` must be columns of ``adata.obs``; a setup that calls this first (as
+        scvi-tools asks) then fails before it writes anything. Categories no cell has are warned about: scvi-tools
+        registers them, so they would count as batches (or labels) of the model.
+        """
+        from anndata import AnnData
+
+        adata = setup_locals.get("adata")
+        for arg in ("batch_key", "labels_key"):
+            key = setup_locals.get(arg)
+            if isinstance(key, str) and isinstance(adata, AnnData):
+                check_key(adata, "obs", key, arg=arg)
+                _warn_unused_categories(adata.obs[key], key, arg)
+        return BaseModelClass._get_setup_method_args(**setup_locals)
 
     @staticmethod
     def _add_cell_seeds(adata: AnnData) -> None:
@@ -64,15 +103,94 @@ class CellformersModel(PretrainedMixin, UnsupervisedTrainingMixin, BaseModelClas
         adata.obs[CELL_SEED_OBS_COLUMN] = seeds.astype(np.float32)
 
     def _validate_anndata(self, adata: AnnData | None = None, copy_if_view: bool = True) -> AnnData:
-        """scvi-tools' validation, after adding the per-cell seed column to a new AnnData that lacks it.
+        """scvi-tools' validation of the data passed to a getter, after checking a new AnnData against the setup.
 
-        Without it, a trained model could not transfer its setup to a new AnnData (e.g. a query dataset).
+        A MuData stands for its ``"rna"`` modality. An AnnData the model has not seen must have the model's genes
+        in its order, raw counts where the model reads them, and the registered ``adata.obs`` covariates with
+        known categories; otherwise a :class:`~cellformers.CellformersError` says what to fix, and ``adata`` is left
+        unchanged. The per-cell seed column is then added (without it a trained model could not transfer its setup
+        to a new AnnData, e.g. a query dataset).
         """
+        if adata is not None:
+            adata = resolve_adata(adata)
+            if self.get_anndata_manager(adata) is None:
+                self._check_new_anndata(adata)
+        added = False
         if adata is not None and CELL_SEED_OBS_COLUMN not in adata.obs.columns:
             if adata.is_view:
                 adata = adata.copy() if copy_if_view else adata
             self._add_cell_seeds(adata)
-        return super()._validate_anndata(adata, copy_if_view=copy_if_view)
+            added = True
+        try:
+            return super()._validate_anndata(adata, copy_if_view=copy_if_view)
+        except BaseException:
+            if added:
+                adata.obs.drop(columns=[CELL_SEED_OBS_COLUMN], inplace=True, errors="ignore")
+            raise
+
+    def _check_new_anndata(self, adata: AnnData) -> None:
+        """Raise a clear error when ``adata`` does not match the model's genes, counts layer or covariates."""
+        registry = self.registry_
+        setup_args = registry.get("setup_args", {})
+        name = type(self).__name__
+        genes = pd.Index(np.asarray(self.get_var_names()).astype(str))
+        var_names = pd.Index(np.asarray(adata.var_names).astype(str))
+        if not var_names.equals(genes):
+            n_common = int(var_names.isin(genes).sum())
+            msg = (
+                f"`adata` has other genes than the {name} model ({adata.n_vars} genes, {n_common} of them among the "
+                f"model's {genes.size}{', in another order' if n_common == genes.size == adata.n_vars else ''}). "
+                "Align it first: `adata = cellformers.pp.align_to_reference(adata, model.get_var_names())`."
+            )
+            raise GeneMappingError(msg)
+        layer = setup_args.get("layer")
+        where = "adata.X" if layer is None else f"adata.layers[{layer!r}]"
+        if layer is not None and layer not in adata.layers:
+            msg = (
+                f"The {name} model reads raw counts from {where}, which `adata` does not have (layers: "
+                f"{list(adata.layers) or 'none'}). Put this data's raw counts there."
+            )
+            raise MissingKeyError(msg)
+        try:
+            check_counts(get_matrix(adata, layer), arg="layer", layer=layer)
+        except NotCountsError as err:
+            msg = (
+                f"`adata` does not hold raw counts in {where}, where the {name} model reads them (it has non-integer "
+                "values: normalized or log-transformed?). Put this data's raw counts there, e.g. from "
+                "`adata.raw.X` or a counts layer, or recover them with `cellformers.pp.counts_from_normalized`."
+            )
+            raise NotCountsError(msg) from err
+        for field in registry.get("field_registries", {}).values():
+            state = field.get("state_registry", {})
+            column = state.get("original_key")
+            if "categorical_mapping" not in state or column is None or str(column).startswith("_scvi_"):
+                continue
+            arg = next(
+                (
+                    f"{k}={v!r}"
+                    for k, v in setup_args.items()
+                    if k.endswith("_key") and isinstance(v, str) and v == column
+                ),
+                None,
+            )
+            what = f"`adata.obs[{column!r}]`" + (f" (`{arg}` of the model's setup)" if arg else "")
+            if column not in adata.obs.columns:
+                msg = (
+                    f"The {name} model was set up with the covariate {what}, which `adata` does not have. Add that "
+                    "column with categories the model knows."
+                )
+                raise MissingKeyError(msg)
+            mapping = pd.Index(np.asarray(state["categorical_mapping"]).astype(object))
+            values = pd.Index(pd.unique(adata.obs[column].astype(object)))
+            unknown = values.difference(mapping)
+            if unknown.size:
+                known = mapping[:10].tolist()
+                msg = (
+                    f"{what} holds categories the {name} model was not trained with ({unknown[:10].tolist()}); it "
+                    f"knows {known}{' …' if mapping.size > 10 else ''}. Relabel those cells with a known category "
+                    "(e.g. the most similar batch), or train a model that includes them."
+                )
+                raise UnknownCategoryError(msg)
 
     @classmethod
     def _anndata_fields(cls, layer: str | None, batch_key: str | None, labels_key: str | None) -> list:
@@ -93,7 +211,7 @@ class CellformersModel(PretrainedMixin, UnsupervisedTrainingMixin, BaseModelClas
         reference name, ``adata.var['cellformers_token_id']`` from :func:`cellformers.pp.map_genes` is used when
         present (it resolves Ensembl ids and case), else the var names are looked up directly.
         """
-        from ...data import GeneVocab
+        from cellformers.data import GeneVocab
 
         if vocab is None:
             vocab = GeneVocab.from_adata(adata)
@@ -113,6 +231,15 @@ class CellformersModel(PretrainedMixin, UnsupervisedTrainingMixin, BaseModelClas
                 raise GeneMappingError(msg)
         else:
             ids = vocab.lookup(adata.var_names)
+        repeated = (ids >= 0) & pd.Series(ids).duplicated().to_numpy()
+        if repeated.any():
+            msg = (
+                f"{int(repeated.sum())} genes of `adata` map to a token another gene already has (repeated names, "
+                f"e.g. {adata.var_names[repeated][:5].tolist()}); only the first of each is used as model input. "
+                "Run `adata.var_names_make_unique()` or sum the repeated genes to silence this."
+            )
+            warnings.warn(msg, UserWarning, stacklevel=settings.warnings_stacklevel)
+            ids = np.where(repeated, -1, ids)
         n_mapped = int((ids >= 0).sum())
         if n_mapped == 0:
             msg = (
@@ -124,9 +251,127 @@ class CellformersModel(PretrainedMixin, UnsupervisedTrainingMixin, BaseModelClas
             logger.info(f"{n_mapped} of {ids.size} genes are in the vocabulary; the others are ignored")
         return vocab, ids
 
+    # ------------------------------------------------------------------ training
+    def train(self, *args, checkpoint_dir: str | os.PathLike | None = None, resume: bool = False, **kwargs):
+        """scvi-tools' :meth:`~scvi.model.base.UnsupervisedTrainingMixin.train`, optionally checkpointed and resumable.
+
+        Parameters
+        ----------
+        *args
+            Passed on (``max_epochs``, …).
+        checkpoint_dir
+            Directory receiving a Lightning checkpoint, ``last.ckpt`` (``last-stage<k>.ckpt`` for scPaLM's stages),
+            after every epoch: weights, optimiser and schedule state, epoch, callback states. Each file is written
+            under a temporary name and renamed, so a crash never leaves a truncated checkpoint. With a checkpoint
+            directory, the randomness of each epoch (shuffling, masks, dropout) is seeded from ``(run seed, epoch)``
+            and the run seed is kept in the checkpoint, so resuming gives the same result as not stopping.
+        resume
+            Continue from the checkpoint in ``checkpoint_dir`` when there is one (else start from the beginning).
+            Pass the same data, ``max_epochs`` and options as the interrupted call (and the same
+            ``scvi.settings.seed``, which fixes the train/validation split). Lightning checkpoints are pickles:
+            resume only from checkpoints you wrote. ``history_`` then holds the resumed epochs only.
+        **kwargs
+            Passed on: ``plan_kwargs``, ``batch_size``, ``precision``, other :class:`lightning.pytorch.Trainer`
+            options, and ``ckpt_path`` (a Lightning checkpoint to resume from, as in scvi-tools).
+        """
+        if checkpoint_dir is not None:
+            from cellformers.train._checkpointing import resumable_train_kwargs
+
+            kwargs = resumable_train_kwargs(checkpoint_dir, resume, kwargs)
+        elif resume:
+            msg = "`resume=True` needs `checkpoint_dir=` (the directory the interrupted run wrote its checkpoint to)."
+            raise ValueError(msg)
+        return super().train(*args, **kwargs)
+
+    def save(
+        self,
+        dir_path: str | os.PathLike,
+        prefix: str | None = None,
+        overwrite: bool = False,
+        save_anndata: bool = False,
+        **kwargs,
+    ) -> None:
+        """scvi-tools' :meth:`~scvi.model.base.BaseModelClass.save`, with every file written atomically.
+
+        The files are written into a temporary folder inside ``dir_path`` and each is then renamed into place, so
+        a crash while saving leaves the previous file or the new one, never a truncated one. This is scvi-tools'
+        format, a pickle that :meth:`load` unpickles: load only models you trust, and share models with
+        :meth:`save_pretrained` (safetensors, checksums, no pickle).
+
+        Parameters
+        ----------
+        dir_path
+            Directory to write to (created if needed).
+        prefix
+            Prefix of the file names.
+        overwrite
+            Replace the files of a model saved in ``dir_path`` before (other files are left alone).
+        save_anndata
+            Also write ``adata.h5ad``.
+        **kwargs
+            Passed to :meth:`scvi.model.base.BaseModelClass.save` (``save_kwargs``, AnnData write options, ...).
+        """
+        import shutil
+        import tempfile
+        from pathlib import Path
+
+        path = Path(dir_path)
+        if path.exists() and not overwrite:
+            msg = f"{dir_path} already exists. Please provide another directory for saving."
+            raise ValueError(msg)
+        path.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(dir=path, prefix=".saving-"))
+        try:
+            super().save(str(tmp), prefix=prefix, overwrite=True, save_anndata=save_anndata, **kwargs)
+            for file in sorted(tmp.iterdir()):
+                os.replace(file, path / file.name)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+    @classmethod
+    def load(cls, dir_path: str | os.PathLike, adata: AnnData | None = None, *args, **kwargs):
+        """scvi-tools' :meth:`~scvi.model.base.BaseModelClass.load`, refusing model files that could run code.
+
+        ``model.pt`` is a pickle. Before scvi-tools unpickles it, it is read with an unpickler that resolves only
+        what a cellformers model saves (tensors, NumPy arrays, pandas tables, the gene vocabulary), so a crafted
+        file that would call anything else is refused with :class:`~cellformers.UntrustedCheckpointError`.
+
+        Parameters
+        ----------
+        dir_path
+            Directory written by :meth:`save`.
+        adata
+            AnnData set up like the saved model's, or ``None`` to load the AnnData saved with it (if any).
+        *args, **kwargs
+            Passed to :meth:`scvi.model.base.BaseModelClass.load` (``accelerator``, ``device``, ``prefix``, ...).
+        """
+        from cellformers.model.base._safe_load import check_model_file
+
+        prefix = kwargs.get("prefix", args[2] if len(args) > 2 else None) or ""
+        check_model_file(os.path.join(os.fspath(dir_path), f"{prefix}model.pt"))
+        return super().load(os.fspath(dir_path), adata, *args, **kwargs)
+
     # ------------------------------------------------------------------ inference
     def _batch_size(self, batch_size: int | None) -> int:
         return 128 if batch_size is None else int(batch_size)
+
+    def _inference_order(self, adata: AnnData, cells: np.ndarray, batch_size: int) -> np.ndarray:
+        """The ``cells`` (integer positions in ``adata``) in the order they are batched for inference.
+
+        With ``_sort_inference_by_length``, cells are sorted by their number of expressed genes (the encoder length
+        of models that encode expressed genes only), so that a minibatch is not padded to the length of one long
+        cell: for pbmc3k at 128 cells per batch, padding to the batch maximum costs about 2x in the linear layers
+        and 4x in attention. The cells of each minibatch are then put in ascending order, which backed AnnData
+        (h5py) requires and would otherwise impose silently on the rows of a minibatch.
+        """
+        idx = cells
+        if self._sort_inference_by_length and idx.size > batch_size:
+            x = self.get_anndata_manager(adata, required=True).get_from_registry(REGISTRY_KEYS.X_KEY)
+            idx = idx[np.argsort(row_nnz(x)[idx], kind="stable")]
+        elif not adata.isbacked:
+            return idx
+        starts = range(0, idx.size, batch_size)
+        return np.concatenate([np.sort(idx[i : i + batch_size]) for i in starts]) if idx.size else idx
 
     @torch.inference_mode()
     def _predict_batches(
@@ -137,24 +382,65 @@ class CellformersModel(PretrainedMixin, UnsupervisedTrainingMixin, BaseModelClas
         batch_size: int | None = None,
         precision: str | None = None,
     ) -> np.ndarray:
-        """Run ``fn`` on every minibatch of registered tensors and stack the outputs as float32 NumPy rows."""
+        """Run ``fn`` on every minibatch of registered tensors and return the outputs as float32 NumPy rows.
+
+        Rows come back in the order of ``indices`` whatever the batching order (:meth:`_inference_order`). The
+        output is written into one preallocated array, so peak memory is the output plus one minibatch.
+        """
         self._check_if_trained(warn=False)
         adata = self._validate_anndata(adata)
-        dl = self._make_data_loader(adata=adata, indices=indices, batch_size=self._batch_size(batch_size))
+        batch_size = self._batch_size(batch_size)
+        requested = np.arange(adata.n_obs) if indices is None else np.asarray(indices)
+        if requested.dtype == bool:
+            requested = np.flatnonzero(requested)
+        requested = requested.astype(np.int64, copy=False).reshape(-1)
+        order = self._inference_order(adata, requested, batch_size)
+        # output row of each cell of `order` (a cell requested more than once fills its rows in turn)
+        rows = None
+        if not np.array_equal(order, requested):
+            rows = np.empty_like(order)
+            rows[np.argsort(order, kind="stable")] = (
+                np.arange(order.size) if indices is None else np.argsort(requested, kind="stable")
+            )
+        dl = self._make_data_loader(adata=adata, indices=order, batch_size=batch_size)
         was_training = self.module.training
         self.module.eval()
-        out = []
+        out: np.ndarray | None = None
+        start = 0
         try:
             for tensors in dl:
                 with autocast_context(self.device, precision):
                     y = fn(tensors)
-                out.append(y.detach().float().cpu())
+                y = y.detach().float().cpu().numpy()
+                if out is None:
+                    out = np.empty((order.size, *y.shape[1:]), dtype=np.float32)
+                stop = start + y.shape[0]
+                if rows is None:
+                    out[start:stop] = y
+                else:
+                    out[rows[start:stop]] = y
+                start = stop
         finally:
             self.module.train(was_training)
-        if not out:
+        if out is None:
             return np.zeros((0,), dtype=np.float32)
-        return torch.cat(out).numpy()
+        return out
 
     @property
     def _progress(self) -> bool:
         return settings.progress_bar
+
+
+def _warn_unused_categories(column: pd.Series, key: str, arg: str) -> None:
+    """Warn when a categorical ``adata.obs`` column has categories no cell has (scvi-tools registers them all)."""
+    if not isinstance(column.dtype, pd.CategoricalDtype):
+        return
+    used = pd.unique(column.dropna())
+    unused = [c for c in column.cat.categories if c not in set(used)]
+    if unused:
+        msg = (
+            f"`adata.obs[{key!r}]` (`{arg}`) has categories without cells ({unused[:5]}{' …' if len(unused) > 5 else ''}); "
+            f"the model counts them anyway ({column.cat.categories.size} categories instead of {len(used)}). Drop them: "
+            f"`adata.obs[{key!r}] = adata.obs[{key!r}].cat.remove_unused_categories()`."
+        )
+        warnings.warn(msg, UserWarning, stacklevel=settings.warnings_stacklevel)

@@ -1,0 +1,689 @@
+"""Cell-type annotation by fine-tuning a classifier head on a model's cell embedding (shared by all models)."""
+
+from __future__ import annotations
+
+import copy
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Literal
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+from natsort import natsorted
+
+from cellformers._settings import settings
+from cellformers._utils import autocast_context, cell_generator, check_key
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+    from anndata import AnnData
+
+    from cellformers.module import CellTypeClassifier
+
+logger = logging.getLogger(__name__)
+
+Freeze = Literal["encoder", "none"]
+SelectionMetric = Literal["macro_f1", "loss"]
+
+#: Names of the three parts of an annotation split, in order.
+SPLIT_NAMES: tuple[str, str, str] = ("train", "validation", "test")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# labels, splits and metrics (also used by cellformers.tl.annotate and tl.annotation_baselines)
+# ---------------------------------------------------------------------------------------------------------------
+def read_labels(adata: AnnData, labels_key: str, *, arg: str = "labels_key") -> np.ndarray:
+    """Labels of ``adata.obs[labels_key]`` as an object array of ``str``, ``None`` where missing (NaN/None).
+
+    Raises :class:`~cellformers.MissingKeyError` naming ``arg`` when the column does not exist.
+    """
+    check_key(adata, "obs", labels_key, arg=arg)
+    col = adata.obs[labels_key]
+    missing = col.isna().to_numpy()
+    values = col.astype(object).to_numpy()
+    out = np.empty(values.shape[0], dtype=object)
+    out[~missing] = [str(v) for v in values[~missing]]
+    out[missing] = None
+    return out
+
+
+def _check_fractions(split: Sequence[float]) -> tuple[float, float, float]:
+    fr = tuple(float(f) for f in split)
+    if len(fr) != 3 or min(fr) < 0 or not math.isclose(sum(fr), 1.0, abs_tol=1e-6) or fr[0] <= 0:
+        msg = (
+            f"`split` must be three non-negative fractions (train, validation, test) summing to 1 with a positive "
+            f"train fraction, e.g. (0.8, 0.1, 0.1); got {split!r}."
+        )
+        raise ValueError(msg)
+    return fr  # type: ignore[return-value]
+
+
+def stratified_split(
+    labels: np.ndarray, split: Sequence[float] = (0.8, 0.1, 0.1), seed: int | None = None
+) -> dict[str, np.ndarray]:
+    """Seeded, stratified train / validation / test split of the labelled cells.
+
+    Each class is shuffled with its own generator (seeded by ``seed`` and the class name, so a class's split does not
+    depend on the other classes) and cut into ``round(fraction · n)`` validation and test cells, the rest going to
+    training; a class with too few cells for a validation or test cell stays entirely in training. Cells whose
+    label is ``None`` (missing) are in no part.
+
+    Parameters
+    ----------
+    labels
+        One label per cell (``str``), ``None`` for unlabelled cells (see ``read_labels``).
+    split
+        Fractions ``(train, validation, test)``; xTrimoGene App. 8.1 uses 8:1:1.
+    seed
+        Seed; ``None`` uses ``cellformers.settings.seed``.
+
+    Returns
+    -------
+    ``{"train": positions, "validation": positions, "test": positions}``, sorted ``int64`` positions into ``labels``.
+    """
+    fr = _check_fractions(split)
+    seed = settings.seed if seed is None else int(seed)
+    labels = np.asarray(labels, dtype=object)
+    known = np.array([lab is not None for lab in labels], dtype=bool)
+    parts: dict[str, list[np.ndarray]] = {name: [] for name in SPLIT_NAMES}
+    for cls in natsorted(set(labels[known].tolist())):
+        pos = np.flatnonzero(known & (labels == cls))
+        rng = cell_generator(str(cls), seed=seed, salt="annotation-split")
+        pos = pos[rng.permutation(pos.size)]
+        n_val = int(math.floor(fr[1] * pos.size + 0.5))
+        n_test = int(math.floor(fr[2] * pos.size + 0.5))
+        if n_val + n_test >= pos.size:  # keep at least one training cell per class
+            n_val = n_test = 0
+        parts["validation"].append(pos[:n_val])
+        parts["test"].append(pos[n_val : n_val + n_test])
+        parts["train"].append(pos[n_val + n_test :])
+    return {
+        name: np.sort(np.concatenate(p)).astype(np.int64) if p else np.zeros(0, dtype=np.int64)
+        for name, p in parts.items()
+    }
+
+
+def classification_metrics(y_true: Sequence[str], y_pred: Sequence[str]) -> dict[str, float]:
+    """Macro-F1, macro-precision (xTrimoGene Table 2) and accuracy.
+
+    Macro averages run over the classes present in ``y_true`` or ``y_pred`` (scikit-learn's default); a class that
+    is never predicted has precision 0 (scikit-learn's ``zero_division=0``).
+
+    Returns
+    -------
+    ``{"macro_f1", "macro_precision", "accuracy", "n_cells"}``; NaN scores for empty input.
+    """
+    y_true = np.asarray(y_true, dtype=object).astype(str)
+    y_pred = np.asarray(y_pred, dtype=object).astype(str)
+    if y_true.shape != y_pred.shape:
+        msg = f"`y_true` and `y_pred` differ in length ({y_true.size} and {y_pred.size})."
+        raise ValueError(msg)
+    if y_true.size == 0:
+        return {"macro_f1": float("nan"), "macro_precision": float("nan"), "accuracy": float("nan"), "n_cells": 0}
+    classes = np.unique(np.concatenate([y_true, y_pred]))
+    k = classes.size
+    t, p = np.searchsorted(classes, y_true), np.searchsorted(classes, y_pred)
+    confusion = np.bincount(t * k + p, minlength=k * k).reshape(k, k).astype(np.float64)
+    tp, n_pred, n_true = np.diag(confusion), confusion.sum(0), confusion.sum(1)
+    precision = np.divide(tp, n_pred, out=np.zeros(k), where=n_pred > 0)
+    f1 = 2 * tp / (n_true + n_pred)  # each class of the union is in y_true or y_pred, so the sum is positive
+    return {
+        "macro_f1": float(f1.mean()),
+        "macro_precision": float(precision.mean()),
+        "accuracy": float(tp.sum() / y_true.size),
+        "n_cells": int(y_true.size),
+    }
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# the fitted classifier
+# ---------------------------------------------------------------------------------------------------------------
+@dataclass
+class CellTypeAnnotator:
+    """A classifier head fine-tuned on a model's cell embedding (``model.annotator_``).
+
+    Made by :meth:`~cellformers.model.CellformersModel.train_annotator`; used by
+    :meth:`~cellformers.model.CellformersModel.predict_cell_types` and :func:`cellformers.tl.annotate`.
+
+    Parameters
+    ----------
+    head
+        The classifier (:class:`~cellformers.module.CellTypeClassifier`).
+    classes
+        Cell types, in the order of the head's outputs.
+    labels_key
+        Column of ``adata.obs`` the labels were read from.
+    freeze
+        ``"encoder"`` (head only) or ``"none"`` (backbone fine-tuned too).
+    split
+        Positions of the ``"train"``, ``"validation"`` and ``"test"`` cells in the AnnData it was trained on.
+    n_obs
+        Number of cells of that AnnData.
+    best_epoch
+        Epoch (0-based) whose weights were kept.
+    history
+        Per-epoch ``train_loss``, ``validation_loss``, ``validation_macro_f1`` and ``validation_accuracy``.
+    metrics
+        ``{"validation": {...}, "test": {...}}`` from ``classification_metrics`` at the kept epoch.
+    params
+        The training options.
+    train_time_s
+        Wall-clock training time (feature extraction included).
+    """
+
+    head: CellTypeClassifier
+    classes: list[str]
+    labels_key: str
+    freeze: str
+    split: dict[str, np.ndarray]
+    n_obs: int
+    best_epoch: int
+    history: pd.DataFrame
+    metrics: dict[str, dict[str, float]] = field(default_factory=dict)
+    params: dict[str, Any] = field(default_factory=dict)
+    train_time_s: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain data (builtins, arrays, tensors, a DataFrame) that :meth:`from_dict` rebuilds the annotator from.
+
+        This is what ``model.save()`` stores, so the model file needs no class of its own to be read back.
+        """
+        head = self.head
+        return {
+            "head": {
+                "n_input": int(head.n_input),
+                "n_classes": int(head.n_classes),
+                "n_hidden": head.n_hidden,
+                "dropout_rate": float(head.dropout_rate),
+                "state_dict": {k: v.detach().cpu().clone() for k, v in head.state_dict().items()},
+            },
+            "classes": list(self.classes),
+            "labels_key": self.labels_key,
+            "freeze": self.freeze,
+            "split": {k: np.asarray(v, dtype=np.int64) for k, v in self.split.items()},
+            "n_obs": int(self.n_obs),
+            "best_epoch": int(self.best_epoch),
+            "history": self.history.copy(),
+            "metrics": {k: dict(v) for k, v in self.metrics.items()},
+            "params": dict(self.params),
+            "train_time_s": float(self.train_time_s),
+        }
+
+    @classmethod
+    def from_dict(cls, state: dict[str, Any]) -> CellTypeAnnotator:
+        """Rebuild an annotator from :meth:`to_dict`."""
+        from cellformers.module import CellTypeClassifier
+
+        h = state["head"]
+        head = CellTypeClassifier(h["n_input"], h["n_classes"], n_hidden=h["n_hidden"], dropout_rate=h["dropout_rate"])
+        head.load_state_dict(h["state_dict"])
+        head.eval()
+        fields = {k: v for k, v in state.items() if k != "head"}
+        return cls(head=head, **fields)
+
+    def split_labels(self) -> pd.Categorical:
+        """Part of each cell of the training AnnData: ``"train"``, ``"validation"``, ``"test"`` or ``"unlabeled"``."""
+        out = np.full(self.n_obs, "unlabeled", dtype=object)
+        for name in SPLIT_NAMES:
+            out[self.split[name]] = name
+        return pd.Categorical(out, categories=[*SPLIT_NAMES, "unlabeled"])
+
+
+def _check_training_precision(precision: str | None) -> None:
+    if precision is None or str(precision) in ("32", "32-true", "bf16", "bf16-mixed", "bf16-true"):
+        return
+    msg = f"`precision` must be None, '32' or 'bf16-mixed' for fine-tuning, got {precision!r}."
+    raise ValueError(msg)
+
+
+class AnnotationMixin:
+    """Cell-type annotation by fine-tuning for :class:`~cellformers.model.CellformersModel`.
+
+    A classifier head (:class:`~cellformers.module.CellTypeClassifier`) is trained on the differentiable cell
+    embedding of the model's module (``module.cell_embedding``): xTrimoGene's max-pooled encoder outputs (App. 8.1),
+    scFormer's ``<cls>`` output, scPaLM's ``h_C``.
+    """
+
+    @property
+    def annotator_(self) -> CellTypeAnnotator | None:
+        """The fitted cell-type classifier (set by :meth:`train_annotator`; ``None`` before)."""
+        return getattr(self, "_annotator", None)
+
+    @annotator_.setter
+    def annotator_(self, value: CellTypeAnnotator | dict | None) -> None:
+        # `load` sets the plain-data form written by `save` (see `_get_user_attributes`)
+        self._annotator = CellTypeAnnotator.from_dict(value) if isinstance(value, dict) else value
+
+    def _get_user_attributes(self):
+        """scvi-tools' saved attributes, with the classifier as plain data.
+
+        Model files are read back by a restricted unpickler that accepts no cellformers class but the vocabulary.
+        """
+        attributes = super()._get_user_attributes()
+        return [(k, v.to_dict() if isinstance(v, CellTypeAnnotator) else v) for k, v in attributes]
+
+    def train_annotator(
+        self,
+        labels_key: str,
+        adata: AnnData | None = None,
+        *,
+        freeze: Freeze = "encoder",
+        split: Sequence[float] = (0.8, 0.1, 0.1),
+        max_epochs: int | None = None,
+        lr: float = 1e-2,
+        backbone_lr: float = 1e-4,
+        weight_decay: float = 0.01,
+        batch_size: int = 64,
+        precision: str | None = None,
+        seed: int | None = None,
+        selection_metric: SelectionMetric = "macro_f1",
+        early_stopping_patience: int | None = None,
+        n_hidden: int | None = None,
+        dropout_rate: float = 0.0,
+        class_weight: Literal["balanced"] | None = None,
+    ) -> CellTypeAnnotator:
+        """Fine-tune a cell-type classifier on the model's cell embedding.
+
+        The labelled cells are split (seeded, stratified, ``stratified_split``) into train / validation / test
+        (8:1:1, xTrimoGene App. 8.1); the head is trained on the training cells with cross-entropy (AdamW, cosine
+        decay of the learning rates), evaluated on the validation cells after every epoch, and the weights of the
+        best epoch are kept (model selection on validation). Macro-F1, macro-precision and accuracy on the test
+        cells are in ``annotator.metrics["test"]``. Cells with a missing label (NaN) are in no part of the split;
+        categories without any cell are ignored.
+
+        With ``freeze="encoder"`` the backbone is frozen: its embeddings are computed once (evaluation mode, like
+        ``get_latent_representation``) and only the head is trained, which is fast and leaves the model unchanged.
+        With ``freeze="none"`` the backbone is fine-tuned with the head and **its weights are updated in place**
+        (to those of the best epoch), so the model's embeddings change; the backbone runs in evaluation mode (no
+        dropout, no codebook or batch-norm statistic updates, deterministic gene subsampling), so training sees the
+        same features as prediction.
+
+        Parameters
+        ----------
+        labels_key
+            Column of ``adata.obs`` with the cell types.
+        adata
+            AnnData set up like the training data; ``None`` uses the model's.
+        freeze
+            ``"encoder"``: train the head only; ``"none"``: fine-tune backbone and head.
+        split
+            Fractions ``(train, validation, test)``.
+        max_epochs
+            Epochs; ``None``: 50 with a frozen encoder (the embeddings are computed once, so epochs are cheap), 10
+            otherwise.
+        lr
+            Peak learning rate of the head (its input is standardized, see
+            :class:`~cellformers.module.CellTypeClassifier`).
+        backbone_lr
+            Peak learning rate of the backbone with ``freeze="none"`` (``1e-4``, as scGPT's fine-tuning).
+        weight_decay
+            AdamW weight decay.
+        batch_size
+            Cells per minibatch (also of the embedding passes).
+        precision
+            ``"bf16-mixed"`` (or ``"bf16"``) for bfloat16 autocast, ``None``/``"32"`` for float32.
+        seed
+            Seed of the split, the head's initialisation and the minibatch order; ``None`` uses
+            ``cellformers.settings.seed``.
+        selection_metric
+            Validation metric of model selection: ``"macro_f1"`` (ties broken by the loss) or ``"loss"``.
+        early_stopping_patience
+            Stop after this many epochs without improvement; ``None`` runs all epochs.
+        n_hidden
+            Hidden width of the head; ``None`` for a linear head (App. 8.1).
+        dropout_rate
+            Dropout of the head.
+        class_weight
+            ``"balanced"`` weighs the loss of each class by ``n_cells / (n_classes · n_class_cells)``.
+
+        Returns
+        -------
+        The fitted :class:`~cellformers.model.CellTypeAnnotator`, also stored as ``model.annotator_``.
+
+        Examples
+        --------
+        >>> annotator = model.train_annotator("cell_type", precision="bf16-mixed")  # doctest: +SKIP
+        >>> annotator.metrics["test"]["macro_f1"]  # doctest: +SKIP
+        >>> model.predict_cell_types(query)  # doctest: +SKIP
+        """
+        from cellformers.module import CellTypeClassifier
+
+        if freeze not in ("encoder", "none"):
+            msg = f"`freeze` must be 'encoder' or 'none', got {freeze!r}."
+            raise ValueError(msg)
+        if selection_metric not in ("macro_f1", "loss"):
+            msg = f"`selection_metric` must be 'macro_f1' or 'loss', got {selection_metric!r}."
+            raise ValueError(msg)
+        if class_weight not in (None, "balanced"):
+            msg = f"`class_weight` must be None or 'balanced', got {class_weight!r}."
+            raise ValueError(msg)
+        if batch_size < 1:
+            msg = f"`batch_size` must be a positive integer, got {batch_size}."
+            raise ValueError(msg)
+        if early_stopping_patience is not None and early_stopping_patience < 1:
+            msg = f"`early_stopping_patience` must be a positive integer or None, got {early_stopping_patience}."
+            raise ValueError(msg)
+        _check_training_precision(precision)
+        fractions = _check_fractions(split)
+        frozen = freeze == "encoder"
+        max_epochs = (50 if frozen else 10) if max_epochs is None else int(max_epochs)
+        if max_epochs < 1:
+            msg = f"`max_epochs` must be a positive integer, got {max_epochs}."
+            raise ValueError(msg)
+        lr, backbone_lr = float(lr), float(backbone_lr)
+        if lr <= 0 or backbone_lr <= 0:
+            msg = f"`lr` and `backbone_lr` must be positive, got {lr} and {backbone_lr}."
+            raise ValueError(msg)
+        seed = settings.seed if seed is None else int(seed)
+        self._check_annotation_ready()
+
+        # labels are read before the AnnData is validated (registration may write into a new AnnData)
+        labels = read_labels(self.adata if adata is None else adata, labels_key)
+        known = np.array([lab is not None for lab in labels], dtype=bool)
+        classes = natsorted(set(labels[known].tolist()))
+        if len(classes) < 2:
+            msg = (
+                f"`labels_key={labels_key!r}` has {len(classes)} distinct label(s) among the labelled cells; at least "
+                "two cell types are needed to train a classifier."
+            )
+            raise ValueError(msg)
+        code_of = {c: i for i, c in enumerate(classes)}
+        y_all = np.full(labels.shape[0], -1, dtype=np.int64)
+        y_all[known] = [code_of[lab] for lab in labels[known]]
+        parts = stratified_split(labels, fractions, seed)
+        train_idx, val_idx, test_idx = (parts[name] for name in SPLIT_NAMES)
+        adata = self._validate_anndata(adata)
+        module = self.module
+        if not callable(getattr(module, "cell_embedding", None)):
+            msg = f"{type(module).__name__} has no `cell_embedding`; it cannot be fine-tuned with a classifier head."
+            raise NotImplementedError(msg)
+
+        t0 = time.perf_counter()
+        device = self.device
+        weights = None
+        if class_weight == "balanced":
+            counts = np.bincount(y_all[train_idx], minlength=len(classes)).astype(np.float64)
+            w = np.where(counts > 0, counts.sum() / (len(classes) * np.maximum(counts, 1)), 0.0)
+            weights = torch.as_tensor(w, dtype=torch.float32, device=device)
+
+        features = None
+        labelled = np.sort(np.concatenate([train_idx, val_idx, test_idx]))
+        if frozen:
+            emb = self._predict_batches(module.cell_embedding, adata, labelled, batch_size, precision)
+            features = torch.zeros(labels.shape[0], emb.shape[1], dtype=torch.float32)
+            features[torch.from_numpy(labelled)] = torch.from_numpy(emb)
+            initial = features[torch.from_numpy(train_idx)]
+        else:  # the pre-trained embeddings of the training cells, for the head's input standardization
+            initial = torch.from_numpy(
+                self._predict_batches(module.cell_embedding, adata, train_idx, batch_size, precision)
+            )
+
+        devices = [] if device.type == "cpu" else None
+        with torch.random.fork_rng(devices=devices):
+            torch.manual_seed(seed)
+            head = CellTypeClassifier(initial.shape[1], len(classes), n_hidden=n_hidden, dropout_rate=dropout_rate)
+            head.fit_scaling(initial)
+            head.to(device)
+            result = self._fit_head(
+                head,
+                adata=adata,
+                features=features,
+                y_all=y_all,
+                parts=(train_idx, val_idx),
+                max_epochs=max_epochs,
+                lr=(lr, backbone_lr),
+                weight_decay=weight_decay,
+                batch_size=batch_size,
+                precision=precision,
+                seed=seed,
+                selection_metric=selection_metric,
+                patience=early_stopping_patience,
+                class_weights=weights,
+            )
+        best_epoch, history = result
+        head.eval()
+        metrics = {}
+        for name, idx in (("validation", val_idx), ("test", test_idx)):
+            if idx.size:
+                probs = self._annotator_probabilities(adata, idx, batch_size, precision, features, head)
+                pred = np.asarray(classes, dtype=object)[probs.argmax(1)]
+                metrics[name] = classification_metrics(labels[idx], pred)
+        annotator = CellTypeAnnotator(
+            head=head,
+            classes=list(classes),
+            labels_key=labels_key,
+            freeze=freeze,
+            split={name: parts[name] for name in SPLIT_NAMES},
+            n_obs=int(labels.shape[0]),
+            best_epoch=best_epoch,
+            history=history,
+            metrics=metrics,
+            train_time_s=time.perf_counter() - t0,
+            params={
+                "labels_key": labels_key,
+                "freeze": freeze,
+                "split": list(fractions),
+                "max_epochs": max_epochs,
+                "epochs_run": len(history),
+                "lr": lr,
+                "backbone_lr": backbone_lr if not frozen else 0.0,
+                "weight_decay": float(weight_decay),
+                "batch_size": int(batch_size),
+                "precision": str(precision) if precision is not None else "32",
+                "seed": seed,
+                "selection_metric": selection_metric,
+                "n_hidden": 0 if n_hidden is None else int(n_hidden),
+                "dropout_rate": float(dropout_rate),
+                "class_weight": class_weight or "none",
+            },
+        )
+        self.annotator_ = annotator
+        test = metrics.get("test")
+        if test:
+            logger.info(
+                f"annotation head ({freeze=}): best epoch {best_epoch}, test macro-F1 {test['macro_f1']:.3f}, "
+                f"macro-precision {test['macro_precision']:.3f} ({test['n_cells']} cells)"
+            )
+        return annotator
+
+    def _check_annotation_ready(self) -> None:
+        """Raise when the backbone cannot be fine-tuned yet (untrained); models with stages override it."""
+        self._check_if_trained(warn=False)
+
+    # ------------------------------------------------------------------ training loop
+    def _fit_head(
+        self,
+        head: CellTypeClassifier,
+        *,
+        adata: AnnData,
+        features: torch.Tensor | None,
+        y_all: np.ndarray,
+        parts: tuple[np.ndarray, np.ndarray],
+        max_epochs: int,
+        lr: tuple[float, float],
+        weight_decay: float,
+        batch_size: int,
+        precision: str | None,
+        seed: int,
+        selection_metric: str,
+        patience: int | None,
+        class_weights: torch.Tensor | None,
+    ) -> tuple[int, pd.DataFrame]:
+        """Train ``head`` (and the backbone when ``features`` is None); restore the best epoch's weights."""
+        train_idx, val_idx = parts
+        module = self.module
+        device = self.device
+        frozen = features is not None
+        params = list(head.parameters())
+        groups = [{"params": list(head.parameters()), "lr": lr[0]}]
+        grad_flags = {p: p.requires_grad for p in module.parameters()}
+        was_training = module.training
+        if not frozen:
+            for p in module.parameters():
+                p.requires_grad_(True)
+            groups.append({"params": list(module.parameters()), "lr": lr[1]})
+            params += groups[1]["params"]
+        optimizer = torch.optim.AdamW(groups, weight_decay=weight_decay)
+        steps_per_epoch = max(1, math.ceil(train_idx.size / batch_size))
+        total = max_epochs * steps_per_epoch
+        scheduler = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lambda step: 0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(step, total) / total))
+        )
+        rng = np.random.default_rng([seed & 0xFFFFFFFF, 7207])
+        y_t = torch.from_numpy(y_all)
+        best: tuple[float, float] | None = None
+        best_epoch, best_state, stale = 0, None, 0
+        rows = []
+        try:
+            for epoch in range(max_epochs):
+                head.train()
+                module.eval()  # the backbone always runs in evaluation mode (see train_annotator)
+                order = train_idx[rng.permutation(train_idx.size)]
+                batches = [np.sort(order[i : i + batch_size]) for i in range(0, order.size, batch_size)]
+                loss_sum = 0.0
+                if frozen:
+                    iterator = ((features[b].to(device), b) for b in batches)
+                else:
+                    dl = self._make_data_loader(adata=adata, indices=np.concatenate(batches), batch_size=batch_size)
+                    iterator = zip(dl, batches, strict=True)
+                for inputs, b in iterator:
+                    y = y_t[b].to(device)
+                    with autocast_context(device, precision):
+                        z = inputs if frozen else module.cell_embedding(inputs)
+                        logits = head(z)
+                    loss = F.cross_entropy(logits.float(), y, weight=class_weights)
+                    optimizer.zero_grad(set_to_none=True)
+                    loss.backward()
+                    torch.nn.utils.clip_grad_norm_(params, 1.0)
+                    optimizer.step()
+                    scheduler.step()
+                    loss_sum += float(loss.detach()) * b.size
+                row = {"epoch": epoch, "train_loss": loss_sum / max(1, train_idx.size)}
+                if val_idx.size:
+                    probs = self._annotator_probabilities(adata, val_idx, batch_size, precision, features, head)
+                    y_val = y_all[val_idx]
+                    p_true = np.clip(probs[np.arange(val_idx.size), y_val], 1e-12, None)
+                    pred = probs.argmax(1)
+                    m = classification_metrics(y_val.astype(str), pred.astype(str))
+                    row.update(
+                        validation_loss=float(-np.log(p_true).mean()),
+                        validation_macro_f1=m["macro_f1"],
+                        validation_accuracy=m["accuracy"],
+                    )
+                    score = (
+                        (-row["validation_macro_f1"], row["validation_loss"])
+                        if selection_metric == "macro_f1"
+                        else (row["validation_loss"], -row["validation_macro_f1"])
+                    )
+                    if best is None or score < best:
+                        best, best_epoch, stale = score, epoch, 0
+                        best_state = self._snapshot(head, frozen)
+                    else:
+                        stale += 1
+                    logger.debug(
+                        f"annotation epoch {epoch}: train loss {row['train_loss']:.4f}, validation loss "
+                        f"{row['validation_loss']:.4f}, macro-F1 {row['validation_macro_f1']:.3f}"
+                    )
+                else:
+                    best_epoch = epoch
+                rows.append(row)
+                if patience is not None and stale >= patience:
+                    logger.info(f"annotation: early stop after epoch {epoch} (best epoch {best_epoch})")
+                    break
+            if best_state is not None:
+                head.load_state_dict(best_state["head"])
+                if "module" in best_state:
+                    module.load_state_dict(best_state["module"])
+        finally:
+            for p, flag in grad_flags.items():
+                p.requires_grad_(flag)
+            module.train(was_training)
+        if not val_idx.size:
+            logger.warning("annotation: no validation cells, so the last epoch is kept (no model selection)")
+        return best_epoch, pd.DataFrame(rows)
+
+    def _snapshot(self, head: torch.nn.Module, frozen: bool) -> dict[str, dict[str, torch.Tensor]]:
+        state = {"head": copy.deepcopy({k: v.detach().cpu() for k, v in head.state_dict().items()})}
+        if not frozen:
+            state["module"] = {k: v.detach().cpu().clone() for k, v in self.module.state_dict().items()}
+        return state
+
+    def _annotator_probabilities(
+        self,
+        adata: AnnData,
+        indices: np.ndarray,
+        batch_size: int | None,
+        precision: str | None,
+        features: torch.Tensor | None = None,
+        head: torch.nn.Module | None = None,
+    ) -> np.ndarray:
+        """Class probabilities ``(len(indices), n_classes)`` from cached features or a forward pass."""
+        head = self.annotator_.head if head is None else head
+        was_training = head.training
+        head.eval()
+        try:
+            if features is not None:
+                with torch.inference_mode():
+                    logits = torch.cat(
+                        [
+                            head(features[indices[i : i + 4096]].to(self.device)).float().cpu()
+                            for i in range(0, indices.size, 4096)
+                        ]
+                    ).numpy()
+            else:
+                logits = self._predict_batches(
+                    lambda t: head(self.module.cell_embedding(t)), adata, indices, batch_size, precision
+                )
+        finally:
+            head.train(was_training)
+        logits = logits.astype(np.float64).reshape(-1, head.n_classes)
+        logits -= logits.max(1, keepdims=True)
+        p = np.exp(logits)
+        return (p / p.sum(1, keepdims=True)).astype(np.float32)
+
+    # ------------------------------------------------------------------ prediction
+    def predict_cell_types(
+        self,
+        adata: AnnData | None = None,
+        indices: Sequence[int] | None = None,
+        batch_size: int | None = None,
+        *,
+        soft: bool = False,
+        precision: str | None = None,
+    ) -> np.ndarray | pd.DataFrame:
+        """Cell types predicted by the fine-tuned classifier (:meth:`train_annotator`).
+
+        Parameters
+        ----------
+        adata
+            AnnData set up like the training data (genes aligned to the model's); ``None`` uses the model's.
+        indices
+            Cells to predict; ``None`` for all.
+        batch_size
+            Minibatch size.
+        soft
+            Return the class probabilities instead of the labels.
+        precision
+            ``"bf16"`` for autocast, ``None`` for float32.
+
+        Returns
+        -------
+        Array of predicted labels (``str``), or with ``soft=True`` a DataFrame of probabilities (cells × classes,
+        indexed by cell name). Only the classes seen in training can be predicted.
+        """
+        if self.annotator_ is None:
+            msg = "The model has no cell-type classifier: call `model.train_annotator(labels_key=...)` first."
+            raise ValueError(msg)
+        ann = self.annotator_
+        ann.head.to(self.device)
+        adata = self._validate_anndata(adata)
+        idx = np.arange(adata.n_obs) if indices is None else np.asarray(indices, dtype=np.int64)
+        probs = self._annotator_probabilities(adata, idx, batch_size, precision)
+        if soft:
+            return pd.DataFrame(probs, index=adata.obs_names[idx], columns=pd.Index(ann.classes))
+        return np.asarray(ann.classes, dtype=object)[probs.argmax(1)]

@@ -1,0 +1,119 @@
+"""Batching of ``CellformersModel._predict_batches``: length-sorted minibatches, output order, backed AnnData."""
+
+from __future__ import annotations
+
+import anndata as ad
+import numpy as np
+import pytest
+import torch
+from scipy import sparse
+from scvi import REGISTRY_KEYS
+
+from cellformers._utils import row_nnz
+from cellformers.data import synthetic_counts
+
+
+@pytest.fixture
+def adata():
+    a = synthetic_counts(n_cells=90, n_genes=40, random_state=1)
+    # cells with very different numbers of expressed genes
+    x = a.X.toarray()
+    rng = np.random.default_rng(0)
+    for i in range(a.n_obs):
+        x[i, rng.permutation(a.n_vars)[: rng.integers(0, a.n_vars - 2)]] = 0
+    a.X = sparse.csr_matrix(x)
+    return a
+
+
+@pytest.fixture
+def sorted_toy_cls(toy_model_cls):
+    class _SortedToy(toy_model_cls):
+        _sort_inference_by_length = True
+
+    return _SortedToy
+
+
+def _per_cell(model, adata):
+    """Expected rows: the model applied to one cell at a time, in cell order."""
+    return np.concatenate(
+        [model.get_latent_representation(adata, indices=[i], batch_size=1) for i in range(adata.n_obs)]
+    )
+
+
+@pytest.mark.parametrize("indices", [None, "shuffled", "repeated"])
+def test_sorted_batches_keep_the_requested_order(adata, sorted_toy_cls, indices):
+    sorted_toy_cls.setup_anndata(adata)
+    model = sorted_toy_cls(adata)
+    model.is_trained_ = True
+    expected = _per_cell(model, adata)
+    rng = np.random.default_rng(3)
+    idx = {"shuffled": rng.permutation(adata.n_obs), "repeated": rng.integers(0, adata.n_obs, 70), None: None}[indices]
+    z = model.get_latent_representation(indices=idx, batch_size=16)
+    want = expected if idx is None else expected[idx]
+    np.testing.assert_allclose(z, want, atol=1e-5)
+
+
+def test_minibatches_hold_cells_of_similar_length(adata, sorted_toy_cls, toy_model_cls):
+    nnz = row_nnz(adata.X)
+
+    def spreads(cls):
+        cls.setup_anndata(adata)
+        model = cls(adata)
+        model.is_trained_ = True
+        seen = []
+
+        def fn(t):
+            x = t[REGISTRY_KEYS.X_KEY]
+            seen.append((x > 0).sum(1))
+            return x[:, :1]
+
+        model._predict_batches(fn, batch_size=16)
+        return [int(s.max() - s.min()) for s in seen], torch.cat(seen).numpy()
+
+    sorted_spread, sorted_seen = spreads(sorted_toy_cls)
+    plain_spread, plain_seen = spreads(toy_model_cls)
+    np.testing.assert_array_equal(np.sort(sorted_seen), np.sort(nnz))
+    np.testing.assert_array_equal(plain_seen, nnz)  # unsorted models keep the cell order
+    assert sum(sorted_spread) < sum(plain_spread) / 2
+
+
+@pytest.mark.parametrize("sort", [False, True])
+def test_backed_anndata_rows_in_requested_order(adata, tmp_path, toy_model_cls, sorted_toy_cls, sort):
+    """h5py needs ascending indices: the rows of a shuffled request must still come back in the requested order."""
+    cls = sorted_toy_cls if sort else toy_model_cls
+    cls.setup_anndata(adata)
+    model = cls(adata)
+    model.is_trained_ = True
+    idx = np.random.default_rng(5).permutation(adata.n_obs)
+    expected = model.get_latent_representation(indices=idx, batch_size=16)
+    np.testing.assert_allclose(expected, _per_cell(model, adata)[idx], atol=1e-5)
+
+    path = tmp_path / "cells.h5ad"
+    adata.write_h5ad(path)
+    backed = ad.read_h5ad(path, backed="r")
+    z = model.get_latent_representation(backed, indices=idx, batch_size=16)
+    np.testing.assert_allclose(z, expected, atol=1e-5)
+    backed.file.close()
+
+
+def test_xtrimogene_embedding_independent_of_batching(adata):
+    from cellformers.model import XTrimoGene
+
+    XTrimoGene.setup_anndata(adata)
+    model = XTrimoGene(
+        adata,
+        preset="3M",
+        encoder_layers=1,
+        encoder_dim=16,
+        encoder_heads=2,
+        encoder_ff=32,
+        decoder_layers=1,
+        decoder_dim=16,
+        decoder_heads=2,
+        decoder_ff=32,
+    )
+    model.is_trained_ = True
+    assert model._sort_inference_by_length
+    one_by_one = model.get_latent_representation(batch_size=1)
+    batched = model.get_latent_representation(batch_size=32)
+    np.testing.assert_allclose(batched, one_by_one, atol=1e-4)

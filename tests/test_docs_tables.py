@@ -1,0 +1,107 @@
+"""The tables the documentation generates at build time: benchmark results and model presets."""
+
+from __future__ import annotations
+
+import importlib
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+EXT = REPO_ROOT / "docs" / "_ext"
+
+
+@pytest.fixture(scope="module")
+def tables():
+    sys.path.insert(0, str(EXT))
+    try:
+        return importlib.import_module("cellformers_tables")
+    finally:
+        sys.path.remove(str(EXT))
+
+
+def _write(folder: Path, name: str, data: dict) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / name
+    path.write_text(json.dumps(data))
+    return path
+
+
+def test_markdown_table_drops_empty_columns_and_bolds_the_best(tables):
+    rows = [
+        {"method": "a", "RMSE": 0.5, "pearson": 0.9, "empty": None},
+        {"method": "b", "RMSE": 0.2, "pearson": 0.1, "empty": None},
+    ]
+    text = tables.markdown_table(rows, bold_best=True)
+    assert text.splitlines()[0] == "| method | RMSE | pearson |"
+    assert "| a | 0.500 | **0.900** |" in text  # higher is better
+    assert "| b | **0.200** | 0.100 |" in text  # errors: lower is better
+
+
+def test_benchmarks_page_renders_tables_machine_and_date(tables, tmp_path):
+    results = tmp_path / "results"
+    _write(
+        results,
+        "baselines_toy.json",
+        {
+            "dataset": "toy.h5ad",
+            "n_cells": 100,
+            "machine": {"platform": "Linux-6-x86_64-with-glibc", "cpus": 2, "torch_threads": 1},
+            "table": {"X_pca_hvg": {"ARI": 0.8, "AvgBIO": 0.7}, "X_scvi": {"ARI": 0.6, "AvgBIO": 0.65}},
+        },
+    )
+    _write(
+        results,
+        "model_toy.json",
+        {
+            "dataset": "toy.h5ad",
+            "environment": {"n_cpus": 4, "torch": "2.0"},
+            "benchmark": [{"embedding": "X_model", "ARI": 0.1, "AvgBIO": 0.3}],
+        },
+    )
+    text = tables.benchmarks_markdown(results)
+    assert "### Baselines on" not in text  # unknown stems are titled by their stem
+    assert "### baselines_toy" in text
+    assert "### model_toy" in text
+    assert "Linux x86_64, 2 CPU cores, 1 torch thread" in text
+    assert "4 CPU cores, torch 2.0" in text
+    assert "(file date, not yet committed)" in text  # tmp_path is not in a git repository
+    assert "| X_pca_hvg (HVG-PCA) | **0.800** | **0.700** |" in text
+
+    summary = tables.summary_markdown(results)
+    # the model file has no baselines of its own: they are taken from the baselines file of the same dataset
+    assert "| model_toy | X_model | 0.300 | 0.700 | 0.650 |" in summary
+
+
+def test_unknown_result_shapes_and_markers_are_reported(tables, tmp_path):
+    results = tmp_path / "results"
+    _write(results, "odd.json", {"something": 1})
+    assert "(no table in this file; keys: something)" in tables.benchmarks_markdown(results)
+    # an unknown shape with flat records still renders them as tables
+    _write(results, "new.json", {"timings": [{"step": "fit", "seconds": 2.0}], "cfg": {"a": {"lr": 0.1}}})
+    text = tables.benchmarks_markdown(results)
+    assert "**timings**" in text
+    assert "| fit | 2.000 |" in text
+    assert "| name | lr |" in text
+    assert tables.summary_markdown(results).startswith("No benchmark compares")
+    warnings = []
+    out = tables.render_markers("a\n<!-- cellformers-table: nope -->\nb\n", warn=warnings.append)
+    assert out == "a\n\nb\n"
+    assert "unknown cellformers table 'nope'" in warnings[0]
+
+
+def test_stored_results_all_render(tables):
+    text = tables.benchmarks_markdown()
+    for path in sorted(tables.RESULTS.glob("*.json")):
+        assert f"`benchmarks/results/{path.name}`" in text
+    assert "(no table in this file" not in text, "a result file has a shape the benchmarks page cannot render"
+
+
+def test_preset_tables_match_the_papers(tables):
+    xtg = tables.presets_xtrimogene()
+    assert '| `"10M"` | 4 × 256, 8, 1024 | 2 × 256, 4, 1024 | 9.8M |' in xtg  # xTrimoGene Table 1: 9.8M
+    palm = tables.presets_scpalm()
+    assert '`"paper"` | 4 × (6 × 256, 8, 1024) | 256, 128 |' in palm  # scPaLM Table 2, N = 256, K = 128
+    assert "1,200 HVGs" in tables.presets_scformer()
