@@ -6,7 +6,7 @@ never built in memory). Each file is opened with ``anndata.read_h5ad(path, backe
 minibatch by minibatch.
 
 Model: xTrimoGene (``--preset``, default a deliberately small encoder on top of ``"3M"``: 1 layer of width 32,
-``max_encoder_length=256``) with untrained weights: the embedding compute does not depend on the weight values, and a
+``max_encoder_length=128``, 10 value bins) with untrained weights: the embedding compute does not depend on the weight values, and a
 small encoder keeps the whole sweep (about 380,000 cells) within minutes on a laptop CPU, so the measurement is
 dominated by what grows with the number of cells, the data path (``setup_anndata``, the scvi-tools data loader on
 backed data, ``_predict_batches``), not by transformer FLOPs. ``--preset 3M`` measures the full 3M encoder.
@@ -19,6 +19,13 @@ Each size runs in a fresh subprocess and reports (peak RSS = ``VmHWM`` from ``/p
 
 Goal: time linear in cells (a linear fit is reported), embedding peak RSS flat (within 10% from the smallest to the
 largest size).
+
+Memory accounting: glibc adapts its mmap threshold to the sizes freed so far, so with its default behaviour the
+peak RSS of two identical runs differed by up to 150 MB, more than the 10% to be resolved. The workers therefore run
+with ``--malloc kept`` by default (``MALLOC_MMAP_THRESHOLD_=2**30``, ``MALLOC_TRIM_THRESHOLD_=2**31-1``: freed memory
+is kept for reuse, so the peak RSS is the high-water mark of the heap and does not depend on when blocks were
+returned); ``--malloc pinned`` returns every large block when it is freed (the peak follows the live memory, at
+about half the speed: page faults), ``--malloc default`` leaves glibc alone.
 
 Usage::
 
@@ -71,9 +78,16 @@ SMALL = {
     "decoder_dim": 16,
     "decoder_heads": 1,
     "decoder_ff": 16,
-    "max_encoder_length": 256,
+    "max_encoder_length": 128,
+    "n_bins": 10,
 }
 MODEL_CONFIGS = {"small": SMALL, "3M": {"preset": "3M"}, "10M": {"preset": "10M"}}
+#: Allocator settings of the workers (see the module docstring).
+MALLOC_ENV = {
+    "kept": {"MALLOC_MMAP_THRESHOLD_": str(2**30), "MALLOC_TRIM_THRESHOLD_": str(2**31 - 1)},
+    "pinned": {"MALLOC_MMAP_THRESHOLD_": str(128 * 1024)},
+    "default": {},
+}
 
 
 # ----------------------------------------------------------------------------- data
@@ -189,6 +203,13 @@ def main() -> None:
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--precision", choices=("fp32", "bf16"), default="fp32")
     p.add_argument("--threads", type=int, default=None)
+    p.add_argument(
+        "--malloc",
+        choices=tuple(MALLOC_ENV),
+        default="kept",
+        help="glibc allocator of the workers: 'kept' (default) keeps freed memory for reuse, 'pinned' returns every "
+        "large block, 'default' is glibc's adaptive behaviour (see the description)",
+    )
     p.add_argument("--quick", action="store_true", help="5k, 10k, 20k cells")
     p.add_argument("--keep-files", type=Path, default=None, help="write (and keep) the .h5ad files here")
     p.add_argument("--label", default=None)
@@ -226,7 +247,7 @@ def main() -> None:
                 "device": device,
                 "threads": args.threads or torch.get_num_threads(),
             }
-            res = run_worker(Path(__file__), wargs)
+            res = run_worker(Path(__file__), wargs, env=MALLOC_ENV[args.malloc])
             res["file"] = written
             rows.append(res)
             print(
@@ -279,6 +300,8 @@ def main() -> None:
         "model": {"class": "XTrimoGene", "config": args.model, "kwargs": MODEL_CONFIGS[args.model]},
         "batch_size": args.batch_size,
         "precision": args.precision,
+        "malloc": args.malloc,
+        "malloc_env": MALLOC_ENV[args.malloc],
         "machine": info,
         "rows": rows,
         "summary": summary,
