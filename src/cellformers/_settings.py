@@ -35,6 +35,19 @@ class CellformersConfig:
         Whether inference loops show a progress bar.
     warnings_stacklevel
         Stack level used by :func:`warnings.warn` in the package.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> import cellformers as cf
+    >>> old = cf.settings.cache_dir, cf.settings.verbosity, cf.settings.progress_bar
+    >>> cf.settings.cache_dir = tempfile.mkdtemp()  # downloads go here
+    >>> cf.settings.verbosity = "WARNING"  # hide the package's info messages
+    >>> cf.settings.progress_bar = False
+    >>> cf.settings.seed = 0
+    >>> cf.settings
+    CellformersConfig(cache_dir='/...', seed=0, progress_bar=False, verbosity=WARNING)
+    >>> cf.settings.cache_dir, cf.settings.verbosity, cf.settings.progress_bar = old
     """
 
     def __init__(self) -> None:

@@ -6,13 +6,17 @@
 # download), so that a change that breaks a tutorial fails CI instead of the next `make tutorials`.
 
 # %%
+import dataclasses
+import json
 import logging
 import tempfile
 import warnings
+from pathlib import Path
 
 import matplotlib
 
 matplotlib.use("Agg")
+import anndata as ad
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
@@ -21,6 +25,7 @@ import scvi
 import torch
 
 import cellformers as cf
+from cellformers.__main__ import main as cellformers_main
 
 warnings.filterwarnings("ignore")
 logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
@@ -221,4 +226,57 @@ imputation = cf.tl.evaluate_imputation(
 )
 assert {"RMSE", "MAE", "n_evaluated"} <= set(imputation.columns)
 assert len(imputation) == 5
+
+# %% [markdown]
+# ## Pre-training, registry and checkpoints
+
+# %%
+cf.settings.cache_dir = Path("cellformers_cache").resolve()  # extracted checkpoints stay in the scratch folder
+cf.settings.progress_bar = False
+corpus_file = Path("smoke_corpus.h5ad")
+ad.AnnData(adata.layers["counts"].copy(), obs=adata.obs[[]], var=adata.var[[]]).write_h5ad(corpus_file)
+vocab.to_json("smoke_vocab.json")
+pretrain_args = [
+    "pretrain", "--model", "xtrimogene", "--preset", "3M", "--vocab", "smoke_vocab.json", "--data", str(corpus_file),
+    "--max-cells", "200", "--min-genes", "5", "--val-fraction", "0.1", "--model-kwargs", json.dumps(TINY_XTG),
+    "--plan-kwargs", json.dumps({"lr": 1e-3, "warmup_steps": 2}), "--batch-size", "64", "--accelerator", "cpu",
+    "--seed", "0", "--out", "smoke_run", "--name", "smoke-xtg", "--license", "CC0-1.0",
+]  # fmt: skip
+assert cellformers_main([*pretrain_args, "--epochs", "1"]) == 0
+assert cellformers_main([*pretrain_args, "--epochs", "2", "--resume"]) == 0
+run = Path("smoke_run")
+history = json.loads((run / "history.json").read_text())
+assert len(history["masked_mse_train"]["values"]) == 2
+assert len(history["masked_mse_validation"]["index"]) == 2
+assert (run / "lightning" / "train" / "last.ckpt").is_file()
+assert (run / "smoke-xtg.tar.gz.sha256").is_file()
+summary = json.loads((run / "checkpoint" / "config.json").read_text())["training_summary"]
+assert summary["n_epochs"] == 2
+assert "masked_mse_validation" in summary["final"]
+archive = cf.pretrained.pack_checkpoint(run / "checkpoint", "smoke-xtg.tar.gz", overwrite=True)
+assert archive.read_bytes() == (run / "smoke-xtg.tar.gz").read_bytes()
+card = cf.pretrained.PretrainedCard.from_archive(archive, name="smoke-xtg", license="CC0-1.0", description="smoke")
+cf.pretrained.register_pretrained(card)
+assert {"model_class", "vocabulary", "size_mb", "license", "cached", "sha256"} <= set(cf.pretrained.list_pretrained())
+pretrained = cf.model.XTrimoGene.from_pretrained("smoke-xtg", adata)
+assert pretrained.adata.n_vars == vocab.n_genes
+assert {"name", "sha256", "directory"} <= set(pretrained.pretrained_info_)
+assert pretrained.get_latent_representation().shape == (adata.n_obs, 16)
+Path("tampered.tar.gz").write_bytes(archive.read_bytes()[:-1] + b"x")
+cf.pretrained.register_pretrained(
+    dataclasses.replace(card, name="smoke-tampered", url=Path("tampered.tar.gz").resolve().as_uri())
+)
+try:
+    cf.model.XTrimoGene.from_pretrained("smoke-tampered", adata)
+    raise AssertionError("a tampered archive loaded")
+except cf.ChecksumError:
+    pass
+query = adata[:30, 10:].copy()
+cf.pp.map_genes(
+    query, cf.data.GeneVocab.from_json(Path(pretrained.pretrained_info_["directory"]) / "vocab.json"), min_coverage=0.0
+)
+assert {"n_mapped", "n_genes", "vocab_coverage", "coverage"} <= set(query.uns["cellformers_gene_mapping"])
+aligned = cf.pp.align_to_reference(query, vocab.genes)
+assert {"n_reference", "n_present", "missing_examples"} <= set(aligned.uns["cellformers_alignment"])
+assert cf.model.XTrimoGene.from_pretrained("smoke-xtg", query).get_latent_representation().shape == (30, 16)
 print("smoke notebook: all tutorial calls ran")

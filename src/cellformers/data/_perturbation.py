@@ -59,6 +59,13 @@ class PerturbationDatasetCard:
         Papers to cite.
     license
         Licence of the processed files.
+
+    Examples
+    --------
+    >>> import cellformers as cf
+    >>> card = cf.data.PERTURBATION_DATASETS["norman"]
+    >>> isinstance(card, cf.data.PerturbationDatasetCard), card.member
+    (True, 'norman/perturb_processed.h5ad')
     """
 
     name: str
@@ -105,6 +112,16 @@ def canonical_perturbation(condition: str) -> str:
     """GEARS condition -> sorted perturbed genes joined by ``+`` (``"ctrl+KLF1"`` and ``"KLF1+ctrl"`` -> ``"KLF1"``).
 
     The control condition (and any condition without genes) gives ``"ctrl"``.
+
+    Examples
+    --------
+    >>> import cellformers as cf
+    >>> cf.data.canonical_perturbation("KLF1+ctrl")
+    'KLF1'
+    >>> cf.data.canonical_perturbation("SET+CEBPE")
+    'CEBPE+SET'
+    >>> cf.data.canonical_perturbation("ctrl")
+    'ctrl'
     """
     genes = sorted({p.strip() for p in str(condition).split("+")} - {CONTROL, ""})
     return "+".join(genes) if genes else CONTROL
@@ -158,8 +175,32 @@ def gears_dataset(
 
     Examples
     --------
+    >>> adata = cf.data.gears_dataset("norman")  # downloads once into settings.cache_dir  # doctest: +SKIP
+
+    An archive already in the cache with the pinned hash is not downloaded again. Here a tiny archive in GEARS'
+    layout is put into an empty cache, with a card of its own:
+
+    >>> import hashlib, tempfile, zipfile
+    >>> from pathlib import Path
     >>> import cellformers as cf
-    >>> adata = cf.data.gears_dataset("adamson")  # doctest: +SKIP
+    >>> old_cache, cf.settings.cache_dir = cf.settings.cache_dir, tempfile.mkdtemp()
+    >>> h5ad = Path(tempfile.mkdtemp()) / "perturb_processed.h5ad"
+    >>> cf.data.synthetic_perturbation(n_control=20, n_per_perturbation=10, n_genes=30).write_h5ad(h5ad)
+    >>> archive = cf.settings.cache_dir / "perturbation" / "tiny.zip"
+    >>> archive.parent.mkdir(parents=True)
+    >>> with zipfile.ZipFile(archive, "w") as zf:
+    ...     zf.write(h5ad, "tiny/perturb_processed.h5ad")
+    >>> card = cf.data.PerturbationDatasetCard(
+    ...     name="tiny",
+    ...     url="https://example.invalid/tiny.zip",  # never contacted: the cached file matches the hash
+    ...     known_hash="md5:" + hashlib.md5(archive.read_bytes()).hexdigest(),
+    ...     fname="tiny.zip",
+    ...     member="tiny/perturb_processed.h5ad",
+    ... )
+    >>> adata = cf.data.gears_dataset(card, recover_counts=False)  # these counts are raw already
+    >>> adata.shape, adata.obs["perturbation"].nunique()
+    ((70, 30), 6)
+    >>> cf.settings.cache_dir = old_cache
     """
     if isinstance(name, str):
         if name not in PERTURBATION_DATASETS:
@@ -191,6 +232,30 @@ def read_gears_h5ad(path: str | os.PathLike, *, recover_counts: bool = True) -> 
     Returns
     -------
     The AnnData.
+
+    Examples
+    --------
+    Write a small file in GEARS' layout (log-normalized values, gene ids as ``var_names``) and read it back:
+
+    >>> import tempfile
+    >>> from pathlib import Path
+    >>> import scanpy as sc
+    >>> import cellformers as cf
+    >>> adata = cf.data.synthetic_perturbation(n_control=20, n_per_perturbation=10, n_genes=30)
+    >>> counts = adata.X.toarray()
+    >>> adata.var["gene_name"] = adata.var_names
+    >>> adata.var_names = [f"ENSG{i:011d}" for i in range(adata.n_vars)]
+    >>> sc.pp.normalize_total(adata)
+    >>> sc.pp.log1p(adata)
+    >>> path = Path(tempfile.mkdtemp()) / "perturb_processed.h5ad"
+    >>> adata.write_h5ad(path)
+    >>> gears = cf.data.read_gears_h5ad(path)
+    >>> list(gears.var_names[:3]), list(gears.var["gears_id"][:3])
+    (['CD3E', 'CD3D', 'CD4'], ['ENSG00000000000', 'ENSG00000000001', 'ENSG00000000002'])
+    >>> bool((gears.X.toarray() == counts).all())  # the counts are recovered
+    True
+    >>> sorted(gears.layers)
+    ['counts', 'log1p']
     """
     import anndata as ad
 
@@ -221,6 +286,17 @@ def gears_de_genes(adata: AnnData, n_genes: int = 20, key: str = "top_non_dropou
     Returns
     -------
     Mapping perturbation -> up to ``n_genes`` gene names; empty when ``adata.uns`` has no ``key``.
+
+    Examples
+    --------
+    GEARS names the lists by ``obs['condition_name']`` and the genes by their ids:
+
+    >>> import cellformers as cf
+    >>> adata = cf.data.synthetic_perturbation(n_control=20, n_per_perturbation=10, n_genes=30)
+    >>> adata.var["gears_id"] = [f"ENSG{i:011d}" for i in range(adata.n_vars)]
+    >>> adata.uns["top_non_dropout_de_20"] = {"synthetic_CD4+ctrl_1+1": ["ENSG00000000002", "ENSG00000000007"]}
+    >>> cf.data.gears_de_genes(adata)
+    {'CD4': ['CD4', 'LEF1']}
     """
     lists = adata.uns.get(key)
     if lists is None or "condition_name" not in adata.obs:
@@ -280,6 +356,17 @@ def synthetic_perturbation(
     -------
     AnnData with raw counts in ``X``, ``obs['condition']``, ``obs['perturbation']``, ``obs['condition_name']``,
     ``obs['cell_type']`` and ``uns['true_log_effect']`` (perturbation -> log fold change per gene).
+
+    Examples
+    --------
+    >>> import cellformers as cf
+    >>> adata = cf.data.synthetic_perturbation(n_control=20, n_per_perturbation=10, n_genes=30)
+    >>> adata.shape
+    (70, 30)
+    >>> adata.obs["perturbation"].value_counts().sort_index().to_dict()
+    {'CD3D': 10, 'CD3D+CD3E': 10, 'CD3D+CD4': 10, 'CD3E': 10, 'CD4': 10, 'ctrl': 20}
+    >>> adata.uns["true_log_effect"]["CD4"].shape  # log fold change of every gene
+    (30,)
     """
     import anndata as ad
 

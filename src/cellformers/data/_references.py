@@ -45,6 +45,15 @@ class ReferenceCard:
         Paper to cite when the list is used.
     license
         Licence of the file.
+
+    Examples
+    --------
+    >>> import cellformers as cf
+    >>> card = cf.data.REFERENCES["scgpt-default"]
+    >>> isinstance(card, cf.data.ReferenceCard)
+    True
+    >>> card.format, card.n_genes, card.fname
+    ('token_id_json', 48292, 'scgpt_default_gene_vocab.json')
     """
 
     name: str
@@ -98,7 +107,14 @@ REFERENCES: dict[str, ReferenceCard] = {
 
 
 def available_references() -> list[str]:
-    """Names accepted by :func:`fetch_reference` and :meth:`cellformers.data.GeneVocab.load`."""
+    """Names accepted by :func:`fetch_reference` and :meth:`cellformers.data.GeneVocab.load`.
+
+    Examples
+    --------
+    >>> import cellformers as cf
+    >>> cf.data.available_references()
+    ['scfoundation-19264', 'scgpt-default']
+    """
     return sorted(REFERENCES)
 
 
@@ -229,6 +245,27 @@ def fetch_reference(name: str) -> Path:
         The file fetched does not match the pinned sha256; nothing is left in the cache.
     OSError
         The file could not be downloaded.
+
+    Examples
+    --------
+    >>> import cellformers as cf
+    >>> path = cf.data.fetch_reference("scfoundation-19264")  # downloaded on first use  # doctest: +SKIP
+    >>> vocab = cf.data.GeneVocab.load("scfoundation-19264")  # reads it  # doctest: +SKIP
+
+    Without internet, put a copy of the file where the cache expects it (its sha256 is checked):
+
+    >>> card = cf.data.REFERENCES["scfoundation-19264"]
+    >>> target = cf.settings.cache_dir / "references" / card.fname
+    >>> target.name
+    'scfoundation_OS_scRNA_gene_index.19264.tsv'
+
+    Names are checked before anything is fetched:
+
+    >>> try:
+    ...     cf.data.fetch_reference("scfoundation")
+    ... except ValueError as err:
+    ...     print(err)
+    Unknown gene reference 'scfoundation'. Known references: scfoundation-19264, scgpt-default.
     """
     card = get_reference_card(name)
     path = fetch_verified(

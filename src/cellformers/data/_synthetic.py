@@ -27,6 +27,13 @@ def synthetic_gene_symbols() -> list[str]:
 
     Common marker genes (``CD3E``, ``CD4``, ``MS4A1``, ``LYZ``, ``ACTB``, …) come first, then protein-coding genes
     of the scFoundation 19,264-gene list that are also in scGPT's default vocabulary.
+
+    Examples
+    --------
+    >>> import cellformers as cf
+    >>> genes = cf.data.synthetic_gene_symbols()
+    >>> len(genes), genes[:5]
+    (400, ['CD3E', 'CD3D', 'CD4', 'CD8A', 'CD8B'])
     """
     return list(_gene_list())
 

@@ -36,7 +36,14 @@ _SPECIAL_RE = re.compile(r"^<[^<>]+>$")
 
 
 def looks_like_ensembl(name: object) -> bool:
-    """Whether ``name`` is an Ensembl gene id such as ``ENSG00000111640`` or ``ENSMUSG00000000001.4``."""
+    """Whether ``name`` is an Ensembl gene id such as ``ENSG00000111640`` or ``ENSMUSG00000000001.4``.
+
+    Examples
+    --------
+    >>> import cellformers as cf
+    >>> cf.data.looks_like_ensembl("ENSG00000111640.15"), cf.data.looks_like_ensembl("GAPDH")
+    (True, False)
+    """
     return isinstance(name, str) and _ENSEMBL_RE.match(name.strip()) is not None
 
 
@@ -45,6 +52,14 @@ def strip_ensembl_version(name: str) -> str:
 
     ``_PAR_Y`` suffixes are kept, so pseudo-autosomal copies stay distinct. Other strings are returned stripped of
     surrounding whitespace.
+
+    Examples
+    --------
+    >>> import cellformers as cf
+    >>> cf.data.strip_ensembl_version("ENSG00000111640.15")
+    'ENSG00000111640'
+    >>> cf.data.strip_ensembl_version("ENSG00000002586.20_PAR_Y")
+    'ENSG00000002586_PAR_Y'
     """
     name = name.strip()
     m = _ENSEMBL_RE.match(name)

@@ -177,11 +177,13 @@ class ScFormer(CellformersModel):
     Examples
     --------
     >>> import cellformers as cf
-    >>> adata = cf.data.synthetic_counts()
+    >>> adata = cf.data.synthetic_counts(n_cells=100, n_genes=50)
     >>> cf.model.ScFormer.setup_anndata(adata, batch_key="batch")
-    >>> model = cf.model.ScFormer(adata)
-    >>> model.train(max_epochs=1)
+    >>> model = cf.model.ScFormer(adata, n_layers=1, d_model=16, n_heads=2, d_ff=16)  # a tiny configuration
+    >>> model.train(max_epochs=1, enable_progress_bar=False)
     >>> adata.obsm["X_scformer"] = model.get_latent_representation()
+    >>> adata.obsm["X_scformer"].shape
+    (100, 16)
     """
 
     _model_name: ClassVar[str] = "scformer"

@@ -188,11 +188,20 @@ class ScFormerPerturbation(CellformersModel):
     Examples
     --------
     >>> import cellformers as cf
-    >>> adata = cf.data.synthetic_perturbation()
+    >>> adata = cf.data.synthetic_perturbation(n_control=60, n_per_perturbation=20, n_genes=30)
     >>> cf.model.ScFormerPerturbation.setup_anndata(adata, perturbation_key="perturbation")
-    >>> model = cf.model.ScFormerPerturbation(adata)
-    >>> model.train(max_epochs=3, train_perturbations=["CD3D", "CD3E", "CD4", "CD3D+CD3E"])
-    >>> model.evaluate(["CD3D+CD4"])
+    >>> model = cf.model.ScFormerPerturbation(adata, n_layers=1, d_model=16, n_heads=2, d_ff=16, max_length=12)
+    >>> model.train(
+    ...     max_epochs=1,
+    ...     batch_size=32,
+    ...     train_perturbations=["CD3D", "CD3E", "CD4", "CD3D+CD3E"],
+    ...     enable_progress_bar=False,
+    ... )
+    >>> model.predict(["CD3D+CD4"], n_control_cells=10).shape  # an unseen combination: mean expression of 30 genes
+    (1, 30)
+    >>> scores = model.evaluate(["CD3D+CD4"])  # against the mean and additive baselines
+    >>> scores["method"].tolist()
+    ['scformer', 'mean', 'additive']
     """
 
     _model_name: ClassVar[str] = "scformer_perturbation"

@@ -96,13 +96,29 @@ class ScPaLM(CellformersModel):
     Examples
     --------
     >>> import cellformers as cf
-    >>> adata = cf.data.synthetic_counts()
+    >>> adata = cf.data.synthetic_counts(n_cells=100, n_genes=50)
     >>> cf.model.ScPaLM.setup_anndata(adata, batch_key="batch")
-    >>> model = cf.model.ScPaLM(adata, preset="small")
-    >>> model.train(max_epochs=1)  # stage 1, then stage 2
+    >>> model = cf.model.ScPaLM(
+    ...     adata,
+    ...     preset="small",
+    ...     n_hidden=16,
+    ...     n_layers=1,
+    ...     n_heads=2,
+    ...     n_intermediate=32,
+    ...     n_pathway_tokens=8,
+    ...     n_codes=16,
+    ...     n_value_hidden=8,
+    ...     n_gene_embedding=8,
+    ... )  # a tiny configuration
+    >>> model.train(max_epochs=1, enable_progress_bar=False)  # stage 1, then stage 2
     >>> adata.obsm["X_scpalm"] = model.get_latent_representation()
-    >>> model.get_codebook_usage()["n_used"]
-    >>> model.get_pathway_genes(n_genes=10)
+    >>> adata.obsm["X_scpalm"].shape
+    (100, 16)
+    >>> model.get_codebook_usage()["n_codes"]
+    16
+    >>> pathways = model.get_pathway_genes(n_genes=3)  # top genes of each code used
+    >>> list(pathways.columns[:3])
+    ['gene_1', 'gene_2', 'gene_3']
 
     Notes
     -----

@@ -74,12 +74,20 @@ class XTrimoGene(CellformersModel):
 
     Examples
     --------
+    A tiny configuration (the presets are ``"3M"``, ``"10M"``, ``"100M"``; keyword arguments override them):
+
     >>> import cellformers as cf
-    >>> adata = cf.data.synthetic_counts()
+    >>> adata = cf.data.synthetic_counts(n_cells=100, n_genes=50)
     >>> cf.model.XTrimoGene.setup_anndata(adata, batch_key="batch")
-    >>> model = cf.model.XTrimoGene(adata, preset="3M")
-    >>> model.train(max_epochs=1)
+    >>> model = cf.model.XTrimoGene(
+    ...     adata, preset="3M", encoder_layers=1, encoder_dim=16, encoder_heads=2, decoder_layers=1, decoder_dim=8
+    ... )
+    >>> model.train(max_epochs=1, enable_progress_bar=False)
     >>> adata.obsm["X_xtrimogene"] = model.get_latent_representation()
+    >>> adata.obsm["X_xtrimogene"].shape
+    (100, 16)
+    >>> model.get_imputed_expression().shape
+    (100, 50)
     """
 
     _model_name: ClassVar[str] = "xtrimogene"

@@ -27,6 +27,43 @@ class GeneTokenModule(BaseModuleClass):
         Vocabulary token id of each column of the input matrix, ``-1`` for genes outside the vocabulary.
     n_tokens
         Size of the vocabulary (genes plus special tokens).
+
+    Examples
+    --------
+    The base of every cellformers module. A subclass implements scvi-tools' ``inference``, ``generative`` and
+    ``loss``, and reads the genes it knows with :meth:`select_genes`:
+
+    >>> import torch
+    >>> from scvi.module.base import LossOutput
+    >>> import cellformers as cf
+    >>> class LinearAutoencoder(cf.module.GeneTokenModule):
+    ...     def __init__(self, gene_token_ids, n_tokens, n_latent=4):
+    ...         super().__init__(gene_token_ids, n_tokens)
+    ...         self.encoder = torch.nn.Linear(self.n_genes, n_latent)
+    ...         self.decoder = torch.nn.Linear(n_latent, self.n_genes)
+    ...
+    ...     def _get_inference_input(self, tensors):
+    ...         return {"x": tensors["X"]}
+    ...
+    ...     def inference(self, x):
+    ...         x = torch.log1p(self.select_genes(x))
+    ...         return {"z": self.encoder(x), "x": x}
+    ...
+    ...     def _get_generative_input(self, tensors, inference_outputs):
+    ...         return {"z": inference_outputs["z"]}
+    ...
+    ...     def generative(self, z):
+    ...         return {"prediction": self.decoder(z)}
+    ...
+    ...     def loss(self, tensors, inference_outputs, generative_outputs):
+    ...         per_cell = ((generative_outputs["prediction"] - inference_outputs["x"]) ** 2).mean(-1)
+    ...         return LossOutput(loss=per_cell.mean(), reconstruction_loss=per_cell)
+    >>> module = LinearAutoencoder([0, 1, -1, 2], n_tokens=5)  # the third gene is not in the vocabulary
+    >>> module.n_input_vars, module.n_genes
+    (4, 3)
+    >>> _, _, loss = module({"X": torch.ones(2, 4)})
+    >>> loss.loss.shape
+    torch.Size([])
     """
 
     def __init__(self, gene_token_ids: Sequence[int] | np.ndarray, n_tokens: int):

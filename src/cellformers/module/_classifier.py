@@ -31,6 +31,17 @@ class CellTypeClassifier(nn.Module):
         Width of the hidden layer; ``None`` for a linear head.
     dropout_rate
         Dropout applied to the embedding (and hidden layer) during training.
+
+    Examples
+    --------
+    >>> import torch
+    >>> import cellformers as cf
+    >>> head = cf.module.CellTypeClassifier(n_input=16, n_classes=3)  # a linear head
+    >>> embeddings = 5 + 10 * torch.randn(100, 16)
+    >>> head.fit_scaling(embeddings)  # standardize with the training cells' statistics
+    >>> head(embeddings).shape
+    torch.Size([100, 3])
+    >>> mlp = cf.module.CellTypeClassifier(n_input=16, n_classes=3, n_hidden=32, dropout_rate=0.1)
     """
 
     def __init__(self, n_input: int, n_classes: int, n_hidden: int | None = None, dropout_rate: float = 0.0):

@@ -155,6 +155,25 @@ class ScFormerModule(GeneTokenModule):
     cls_value
         Input value of the ``<cls>`` token. scGPT's ``tokenize_batch`` (training, fine-tuning) uses ``0``; its
         ``embed_data`` gives ``<cls>`` the pad value ``-2``.
+
+    Examples
+    --------
+    Models build their module (``model.module``); on its own it maps a minibatch of registered tensors to a loss:
+
+    >>> import numpy as np
+    >>> import torch
+    >>> import cellformers as cf
+    >>> adata = cf.data.synthetic_counts(n_cells=8, n_genes=40, sparse=False)
+    >>> tensors = {"X": torch.as_tensor(adata.X), "batch": torch.zeros(8, 1), "cell_seed": torch.arange(8.0)[:, None]}
+    >>> module = cf.module.ScFormerModule(
+    ...     np.arange(40), n_tokens=43, pad_id=40, cls_id=41, d_model=16, n_layers=1, n_heads=2, d_ff=16
+    ... )  # genes have token ids 0..39, then <pad>, <cls> and <mask>
+    >>> inference_outputs, generative_outputs, loss = module(tensors)
+    >>> sorted(loss.extra_metrics)
+    ['ecs_loss', 'mgm_loss', 'mvc_loss']
+    >>> loss.loss.backward()
+    >>> module.cell_embedding(tensors).shape  # the <cls> output
+    torch.Size([8, 16])
     """
 
     def __init__(

@@ -51,6 +51,18 @@ class ScFormerPerturbationModule(ScFormerModule):
     **kwargs
         Options of :class:`~cellformers.module.ScFormerModule`; here MVC, ECS, DAR and DSBN are off, ``mask_ratio``
         is 0, ``n_external`` is 2 and ``mgm_loss`` follows ``value_mode`` unless given.
+
+    Examples
+    --------
+    >>> import cellformers as cf
+    >>> adata = cf.data.synthetic_perturbation(n_control=40, n_per_perturbation=10, n_genes=30)
+    >>> cf.model.ScFormerPerturbation.setup_anndata(adata, perturbation_key="perturbation")
+    >>> model = cf.model.ScFormerPerturbation(adata, n_layers=1, d_model=16, n_heads=2, d_ff=16)
+    >>> module = model.module
+    >>> isinstance(module, cf.module.ScFormerPerturbationModule), module.n_genes
+    (True, 30)
+    >>> isinstance(module, cf.module.ScFormerModule)  # scFormer with perturbation tokens
+    True
     """
 
     def __init__(

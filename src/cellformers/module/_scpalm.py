@@ -124,6 +124,35 @@ class ScPaLMModule(GeneTokenModule):
         Target library size of the normalization ``log1p(x / sum(x) * library_size)``.
     activation
         Feed-forward non-linearity of the transformers.
+
+    Examples
+    --------
+    Models build their module (``model.module``); on its own it maps a minibatch of registered tensors to a loss:
+
+    >>> import numpy as np
+    >>> import torch
+    >>> import cellformers as cf
+    >>> adata = cf.data.synthetic_counts(n_cells=8, n_genes=40, sparse=False)
+    >>> tensors = {"X": torch.as_tensor(adata.X), "batch": torch.zeros(8, 1), "cell_seed": torch.arange(8.0)[:, None]}
+    >>> module = cf.module.ScPaLMModule(
+    ...     np.arange(40),
+    ...     n_tokens=40,
+    ...     n_output_genes=40,
+    ...     n_hidden=16,
+    ...     n_layers=1,
+    ...     n_heads=2,
+    ...     n_intermediate=32,
+    ...     n_pathway_tokens=8,
+    ...     n_codes=16,
+    ...     n_value_hidden=8,
+    ...     n_gene_embedding=8,
+    ... )
+    >>> inference_outputs, generative_outputs, loss = module(tensors)  # stage 1
+    >>> inference_outputs["z_q"].shape  # 8 quantized pathway tokens per cell
+    torch.Size([8, 8, 16])
+    >>> sorted(loss.extra_metrics)
+    ['codes_used', 'mse', 'perplexity', 'vq_loss']
+    >>> loss.loss.backward()
     """
 
     def __init__(

@@ -154,6 +154,31 @@ class XTrimoGeneModule(GeneTokenModule):
         Library size of the normalization (1e4).
     gradient_checkpointing
         Recompute encoder/decoder activations in the backward pass to save memory.
+
+    Examples
+    --------
+    Models build their module (``model.module``); on its own it maps a minibatch of registered tensors to a loss:
+
+    >>> import numpy as np
+    >>> import torch
+    >>> import cellformers as cf
+    >>> adata = cf.data.synthetic_counts(n_cells=8, n_genes=40, sparse=False)
+    >>> tensors = {"X": torch.as_tensor(adata.X), "batch": torch.zeros(8, 1), "cell_seed": torch.arange(8.0)[:, None]}
+    >>> module = cf.module.XTrimoGeneModule(
+    ...     np.arange(40),
+    ...     n_tokens=43,
+    ...     encoder_layers=1,
+    ...     encoder_dim=16,
+    ...     encoder_heads=2,
+    ...     decoder_layers=1,
+    ...     decoder_dim=8,
+    ... )
+    >>> inference_outputs, generative_outputs, loss = module(tensors)
+    >>> generative_outputs["prediction"].shape  # every gene, through the Performer decoder
+    torch.Size([8, 40])
+    >>> loss.loss.backward()  # MSE on the masked positions
+    >>> module.cell_embedding(tensors).shape
+    torch.Size([8, 16])
     """
 
     def __init__(

@@ -70,6 +70,18 @@ class AutoDiscretizationEmbedding(nn.Module):
         Slope of the leaky ReLU for negative inputs (0.1 as in scFoundation; the paper does not state it).
     bias
         Whether the two linear layers have a bias (the paper writes weight vectors only; scFoundation has biases).
+
+    Examples
+    --------
+    >>> import torch
+    >>> import cellformers as cf
+    >>> emb = cf.nn.AutoDiscretizationEmbedding(n_out=8, n_bins=10)
+    >>> x = torch.tensor([[0.0, 0.5, 2.3], [1.1, 0.0, 4.0]])  # log-normalized values
+    >>> emb(x).shape
+    torch.Size([2, 3, 8])
+    >>> mask = torch.tensor([[False, True, False], [False, False, False]])
+    >>> torch.equal(emb(x, mask=mask)[0, 1], emb(x + 1, mask=mask)[0, 1])  # the learned [MASK] embedding
+    True
     """
 
     def __init__(

@@ -27,6 +27,17 @@ def spherical_kmeans(
         Lloyd iterations.
     generator
         Random generator for the seeding.
+
+    Examples
+    --------
+    >>> import torch
+    >>> import cellformers as cf
+    >>> x = torch.randn(50, 4)
+    >>> centroids = cf.nn.spherical_kmeans(x, n_clusters=3, generator=torch.Generator().manual_seed(0))
+    >>> centroids.shape
+    torch.Size([3, 4])
+    >>> torch.allclose(centroids.norm(dim=1), torch.ones(3))
+    True
     """
     x = F.normalize(x.float(), dim=-1)
     n = x.shape[0]
@@ -90,6 +101,19 @@ class TokenContrastiveLoss(nn.Module):
         Lloyd iterations per fit.
     min_fit
         Cells the queue must hold before the first fit (default ``max(4 * n_clusters, 64)``).
+
+    Examples
+    --------
+    >>> import torch
+    >>> import cellformers as cf
+    >>> loss_fn = cf.nn.TokenContrastiveLoss(n_dim=8, queue_size=64, n_clusters=2, min_fit=16)
+    >>> h = torch.randn(32, 8)  # cell tokens of 32 cells
+    >>> h_prime = h + 0.1 * torch.randn(32, 8)  # a second view of the same cells
+    >>> loss_fn(h, h_prime)  # the queue held too few cells to fit K-Means: no loss yet
+    tensor(0.)
+    >>> loss = loss_fn(h, h_prime)
+    >>> bool(loss > 0), loss_fn.queue_size
+    (True, 64)
     """
 
     def __init__(

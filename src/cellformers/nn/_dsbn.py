@@ -38,6 +38,19 @@ class DomainSpecificBatchNorm1d(nn.Module):
         Learn a per-domain scale and shift (Chang et al.; scGPT's DSBN ends up without them).
     include_padding
         Count padding tokens in the statistics (scGPT's behaviour) instead of ignoring them.
+
+    Examples
+    --------
+    >>> import torch
+    >>> import cellformers as cf
+    >>> dsbn = cf.nn.DomainSpecificBatchNorm1d(n_features=8, n_domains=2)
+    >>> tokens = torch.randn(6, 5, 8)  # 6 cells, 5 tokens each
+    >>> domain = torch.tensor([0, 0, 0, 1, 1, 1])
+    >>> out = dsbn(tokens + 3 * domain[:, None, None], domain)  # a batch effect
+    >>> out.shape
+    torch.Size([6, 5, 8])
+    >>> bool(out[domain == 1].mean().abs() < 1e-5)  # each domain is centred on its own statistics
+    True
     """
 
     def __init__(

@@ -33,6 +33,17 @@ class ElasticCellSimilarity(nn.Module):
         transformer gives nearly parallel cell embeddings (pairwise cosine ~0.99, a shared offset), so every pair
         starts above ``beta`` and the uncentred loss pulls all cells together; centring measures similarity
         relative to the minibatch instead.
+
+    Examples
+    --------
+    >>> import torch
+    >>> import cellformers as cf
+    >>> ecs = cf.nn.ElasticCellSimilarity(beta=0.6)
+    >>> cells = torch.randn(8, 16, requires_grad=True)
+    >>> loss = ecs(cells)
+    >>> loss.shape, bool(loss <= 0)  # eq. 9: minus a mean of squares
+    (torch.Size([]), True)
+    >>> loss.backward()
     """
 
     def __init__(self, beta: float = 0.6, style: ECSStyle = "paper", center: bool = False):

@@ -29,6 +29,14 @@ class ExpressionHead(nn.Module):
         Number of hidden layers.
     dropout_rate
         Dropout after each hidden layer.
+
+    Examples
+    --------
+    >>> import torch
+    >>> import cellformers as cf
+    >>> head = cf.nn.ExpressionHead(n_in=16, n_out=51)  # logits over 51 value bins
+    >>> head(torch.randn(2, 5, 16)).shape
+    torch.Size([2, 5, 51])
     """
 
     def __init__(

@@ -23,7 +23,20 @@ class _GradReverse(Function):
 
 
 def grad_reverse(x: Tensor, lambda_: float = 1.0) -> Tensor:
-    """Identity in the forward pass; multiplies the gradient by ``-lambda_`` in the backward pass."""
+    """Identity in the forward pass; multiplies the gradient by ``-lambda_`` in the backward pass.
+
+    Examples
+    --------
+    >>> import torch
+    >>> import cellformers as cf
+    >>> x = torch.ones(3, requires_grad=True)
+    >>> y = cf.nn.grad_reverse(x, 0.5)
+    >>> torch.equal(y, x)
+    True
+    >>> y.sum().backward()
+    >>> x.grad
+    tensor([-0.5000, -0.5000, -0.5000])
+    """
     return _GradReverse.apply(x, float(lambda_))
 
 
@@ -34,6 +47,15 @@ class GradientReversal(nn.Module):
     ----------
     lambda_
         Scale of the reversed gradient (scGPT uses a fixed 1.0).
+
+    Examples
+    --------
+    >>> import torch
+    >>> import cellformers as cf
+    >>> x = torch.ones(3, requires_grad=True)
+    >>> cf.nn.GradientReversal(lambda_=2.0)(x).sum().backward()
+    >>> x.grad
+    tensor([-2., -2., -2.])
     """
 
     def __init__(self, lambda_: float = 1.0):
@@ -66,6 +88,18 @@ class AdversarialDiscriminator(nn.Module):
         Dropout after each hidden layer.
     lambda_
         Gradient-reversal scale; ``0`` trains the classifier without pushing back on the encoder.
+
+    Examples
+    --------
+    >>> import torch
+    >>> import cellformers as cf
+    >>> dar = cf.nn.AdversarialDiscriminator(n_in=16, n_out=3)  # 3 sequencing batches
+    >>> cells = torch.randn(4, 16, requires_grad=True)
+    >>> logits = dar(cells)
+    >>> logits.shape
+    torch.Size([4, 3])
+    >>> loss = torch.nn.functional.cross_entropy(logits, torch.tensor([0, 1, 2, 0]))
+    >>> loss.backward()  # the encoder (here: ``cells``) receives the reversed gradient
     """
 
     def __init__(

@@ -33,6 +33,16 @@ class MVCHead(nn.Module):
         How the query and the cell embedding are combined.
     detach_query
         Stop the MVC gradient from reaching the gene embeddings (scGPT's ``"inner product, detach"``).
+
+    Examples
+    --------
+    >>> import torch
+    >>> import cellformers as cf
+    >>> mvc = cf.nn.MVCHead(n_gene=16, n_cell=16)
+    >>> gene_tokens = torch.randn(2, 5, 16)  # token embeddings of the 5 genes to predict
+    >>> cell = torch.randn(2, 16)  # cell embeddings
+    >>> mvc(gene_tokens, cell).shape
+    torch.Size([2, 5, 1])
     """
 
     def __init__(

@@ -166,6 +166,14 @@ class PerformerAttention(nn.Module):
         Whether the projections have a bias.
     key_stabilizer
         How the key features are stabilized (see ``softmax_kernel_features``).
+
+    Examples
+    --------
+    >>> import torch
+    >>> import cellformers as cf
+    >>> attn = cf.nn.PerformerAttention(d_model=16, n_heads=2)
+    >>> attn(torch.randn(2, 10, 16)).shape
+    torch.Size([2, 10, 16])
     """
 
     def __init__(
@@ -247,6 +255,14 @@ class PerformerBlock(nn.Module):
         Feed-forward non-linearity.
     key_stabilizer
         How the key features are stabilized (see ``softmax_kernel_features``).
+
+    Examples
+    --------
+    >>> import torch
+    >>> import cellformers as cf
+    >>> block = cf.nn.PerformerBlock(d_model=16, n_heads=2, d_ff=32)
+    >>> block(torch.randn(2, 10, 16)).shape
+    torch.Size([2, 10, 16])
     """
 
     def __init__(
@@ -303,6 +319,17 @@ class Performer(nn.Module):
         Recompute block activations in the backward pass to save memory.
     key_stabilizer
         How the key features are stabilized (see ``softmax_kernel_features``).
+
+    Examples
+    --------
+    >>> import torch
+    >>> import cellformers as cf
+    >>> decoder = cf.nn.Performer(d_model=16, n_layers=1, n_heads=2, d_ff=32)
+    >>> x = torch.randn(2, 10, 16)
+    >>> padding = torch.zeros(2, 10, dtype=torch.bool)
+    >>> padding[1, 7:] = True  # the second sequence has 7 tokens
+    >>> decoder(x, padding_mask=padding).shape
+    torch.Size([2, 10, 16])
     """
 
     def __init__(

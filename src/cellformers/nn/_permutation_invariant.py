@@ -71,6 +71,20 @@ class PermutationInvariantEmbedding(nn.Module):
         ``pooling="max"``.
     normalize_pooled
         Standardise each pooled channel over the cells (batch statistics in training, running statistics in eval).
+
+    Examples
+    --------
+    >>> import torch
+    >>> import cellformers as cf
+    >>> emb = cf.nn.PermutationInvariantEmbedding(n_tokens=100, n_pooled=8, n_output=16, n_value=4, n_gene=4)
+    >>> x = torch.log1p(torch.poisson(2 * torch.rand(3, 20)))  # 3 cells, 20 genes
+    >>> gene_ids = torch.arange(20)  # token id of each column
+    >>> emb(x, gene_ids).shape
+    torch.Size([3, 8, 16])
+    >>> order = torch.randperm(20)
+    >>> _ = emb.eval()
+    >>> torch.allclose(emb(x, gene_ids), emb(x[:, order], gene_ids[order]), atol=1e-5)  # gene order does not matter
+    True
     """
 
     def __init__(

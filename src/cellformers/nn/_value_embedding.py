@@ -64,6 +64,17 @@ class RoundBinEmbedding(_BinnedValueEmbedding):
         Embedding width.
     n_bins
         Number of integer bins (``0 .. n_bins - 1``).
+
+    Examples
+    --------
+    >>> import torch
+    >>> import cellformers as cf
+    >>> emb = cf.nn.RoundBinEmbedding(n_out=8, n_bins=10)
+    >>> x = torch.tensor([0.0, 0.4, 1.6, 2.5, 30.0])
+    >>> emb.bin_index(x)
+    tensor([0, 0, 2, 2, 9])
+    >>> emb(x[None]).shape
+    torch.Size([1, 5, 8])
     """
 
     def bin_index(self, x: Tensor) -> Tensor:
@@ -80,6 +91,17 @@ class UpBinEmbedding(_BinnedValueEmbedding):
         Embedding width.
     n_bins
         Number of bins (``0`` for zero, ``1 .. n_bins - 1`` for ``(0, 1], (1, 2], ...``).
+
+    Examples
+    --------
+    >>> import torch
+    >>> import cellformers as cf
+    >>> emb = cf.nn.UpBinEmbedding(n_out=8, n_bins=10)
+    >>> x = torch.tensor([0.0, 0.4, 1.6, 2.5, 30.0])
+    >>> emb.bin_index(x)
+    tensor([0, 1, 2, 3, 9])
+    >>> emb(x[None]).shape
+    torch.Size([1, 5, 8])
     """
 
     def bin_index(self, x: Tensor) -> Tensor:
@@ -102,6 +124,18 @@ class EqualBinEmbedding(_BinnedValueEmbedding):
         Number of bins including the zero bin.
     max_value
         Upper end of the initial evenly spaced edges (log1p-normalized expression rarely exceeds 10).
+
+    Examples
+    --------
+    >>> import torch
+    >>> import cellformers as cf
+    >>> emb = cf.nn.EqualBinEmbedding(n_out=8, n_bins=4).fit(torch.arange(1.0, 101.0))
+    >>> [round(edge, 1) for edge in emb.bin_edges.tolist()]  # zero has bin 0, then 3 equal-frequency intervals
+    [34.0, 67.0]
+    >>> emb.bin_index(torch.tensor([0.0, 10.0, 50.0, 90.0]))
+    tensor([0, 1, 2, 3])
+    >>> emb(torch.tensor([[0.0, 10.0, 50.0]])).shape
+    torch.Size([1, 3, 8])
     """
 
     def __init__(self, n_out: int, n_bins: int = 100, max_value: float = 10.0):
@@ -157,6 +191,15 @@ def make_value_embedding(name: ValueEmbeddingName, n_out: int, n_bins: int = 100
     Returns
     -------
     A module with ``forward(x, mask=None, padding_mask=None) -> (..., n_out)``.
+
+    Examples
+    --------
+    >>> import cellformers as cf
+    >>> emb = cf.nn.make_value_embedding("round", n_out=8, n_bins=10)
+    >>> type(emb).__name__
+    'RoundBinEmbedding'
+    >>> type(cf.nn.make_value_embedding("autobin", n_out=8)).__name__
+    'AutoDiscretizationEmbedding'
     """
     if name not in _VALUE_EMBEDDINGS:
         msg = f"`value_embedding` must be one of {sorted(_VALUE_EMBEDDINGS)}, got {name!r}."

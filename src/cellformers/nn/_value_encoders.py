@@ -31,6 +31,18 @@ class ContinuousValueEncoder(nn.Module):
         Inputs are multiplied by ``scale`` after clamping. With bin indices up to 50 fed unscaled (scGPT),
         ``LayerNorm(W2 relu(w1 v + b1))`` hardly changes once ``v`` exceeds a few units, so at initialisation
         most bins get nearly the same embedding; ``scale = 1 / (n_bins - 1)`` maps the bins to ``[0, 1]``.
+
+    Examples
+    --------
+    >>> import torch
+    >>> import cellformers as cf
+    >>> enc = cf.nn.ContinuousValueEncoder(d_model=8)
+    >>> values = torch.tensor([[0.0, 3.0, 50.0], [7.0, 0.0, 1.0]])
+    >>> enc(values).shape
+    torch.Size([2, 3, 8])
+    >>> hidden = torch.tensor([[False, True, False], [False, False, False]])
+    >>> torch.equal(enc(values, mask=hidden)[0, 1], enc(values * 2, mask=hidden)[0, 1])  # the <mask> vector
+    True
     """
 
     def __init__(self, d_model: int, dropout_rate: float = 0.0, max_value: float = 512.0, scale: float = 1.0):
@@ -77,6 +89,18 @@ class CategoricalValueEncoder(nn.Module):
         Embedding width.
     dropout_rate
         Dropout on the output.
+
+    Examples
+    --------
+    >>> import torch
+    >>> import cellformers as cf
+    >>> enc = cf.nn.CategoricalValueEncoder(n_bins=51, d_model=8)
+    >>> bins = torch.tensor([[0, 3, 50], [7, 0, 1]])
+    >>> enc(bins).shape
+    torch.Size([2, 3, 8])
+    >>> hidden = torch.tensor([[False, True, False], [False, False, False]])
+    >>> torch.equal(enc(bins, mask=hidden)[0, 1], enc(bins + 1, mask=hidden)[0, 1])  # a masked value is not seen
+    True
     """
 
     def __init__(self, n_bins: int, d_model: int, dropout_rate: float = 0.0):

@@ -13,7 +13,18 @@ if TYPE_CHECKING:
 
 
 class QuantizerOutput(NamedTuple):
-    """Output of :class:`VectorQuantizer`."""
+    """Output of :class:`VectorQuantizer`.
+
+    Examples
+    --------
+    >>> import torch
+    >>> import cellformers as cf
+    >>> out = cf.nn.VectorQuantizer(n_codes=16, n_dim=8)(torch.randn(4, 10, 8))
+    >>> isinstance(out, cf.nn.QuantizerOutput)
+    True
+    >>> out.quantized.shape, out.indices.shape, out.loss.shape
+    (torch.Size([4, 10, 8]), torch.Size([4, 10]), torch.Size([]))
+    """
 
     quantized: Tensor
     """Quantized vectors (straight-through), same shape as the input."""
@@ -66,6 +77,21 @@ class VectorQuantizer(nn.Module):
         Number of training calls between two dead-code checks.
     sync_nu
         Weight of the synchronised codebook update (0 disables it).
+
+    Examples
+    --------
+    >>> import torch
+    >>> import cellformers as cf
+    >>> vq = cf.nn.VectorQuantizer(n_codes=16, n_dim=8)
+    >>> e = torch.randn(4, 10, 8, requires_grad=True)  # encoder outputs
+    >>> out = vq(e)
+    >>> out.quantized.shape, out.indices.shape
+    (torch.Size([4, 10, 8]), torch.Size([4, 10]))
+    >>> torch.allclose(out.quantized, vq.get_codebook()[out.indices])  # each vector is replaced by a code
+    True
+    >>> out.loss.backward()  # codebook + commitment terms
+    >>> cf.nn.codebook_usage(vq.code_counts)["n_codes"]
+    16
     """
 
     def __init__(
@@ -207,7 +233,15 @@ class VectorQuantizer(nn.Module):
 
 
 def codebook_usage(counts: Tensor) -> dict[str, float]:
-    """Perplexity, number of used and dead codes from a ``(n_codes,)`` count vector."""
+    """Perplexity, number of used and dead codes from a ``(n_codes,)`` count vector.
+
+    Examples
+    --------
+    >>> import torch
+    >>> import cellformers as cf
+    >>> cf.nn.codebook_usage(torch.tensor([5.0, 5.0, 0.0, 0.0]))
+    {'perplexity': 2.0, 'n_used': 2, 'n_dead': 2, 'n_codes': 4, 'fraction_used': 0.5}
+    """
     counts = counts.double()
     total = counts.sum()
     p = counts / total.clamp_min(1)

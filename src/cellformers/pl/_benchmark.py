@@ -127,8 +127,11 @@ def benchmark(
 
     Examples
     --------
-    >>> cf.tl.benchmark(adata, embeddings=["X_pca_hvg", "X_scvi"], label_key="cell_type")
-    >>> cf.pl.benchmark(adata, kind="bar", metrics=["ARI", "NMI", "AvgBIO"])
+    >>> import cellformers as cf
+    >>> adata = cf.data.synthetic_counts(n_cells=100, n_genes=50)
+    >>> cf.tl.baselines(adata, methods=["pca"], n_comps=10)
+    >>> scores = cf.tl.benchmark(adata, embeddings=["X_pca_hvg"], label_key="labels")
+    >>> ax = cf.pl.benchmark(adata, kind="bar", metrics=["ARI", "NMI", "AvgBIO"], show=False)
     """
     import matplotlib.pyplot as plt
 

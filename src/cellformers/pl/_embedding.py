@@ -115,8 +115,12 @@ def embedding(
 
     Examples
     --------
-    >>> cf.tl.baselines(adata, methods=["scvi"])
-    >>> cf.pl.embedding(adata, basis="X_scvi", color=["cell_type", "batch"])
+    >>> import cellformers as cf
+    >>> adata = cf.data.synthetic_counts(n_cells=100, n_genes=50)
+    >>> cf.tl.baselines(adata, methods=["pca"], n_comps=10)
+    >>> axes = cf.pl.embedding(adata, basis="X_pca_hvg", color=["labels", "batch"], show=False)
+    >>> len(axes)
+    2
     """
     import scanpy as sc
 

@@ -84,10 +84,15 @@ def map_genes(
     Examples
     --------
     >>> import cellformers as cf
-    >>> adata = cf.data.synthetic_counts()
-    >>> cf.pp.map_genes(adata, "scfoundation-19264")  # doctest: +SKIP
-    >>> adata.uns["cellformers_gene_mapping"]["coverage"]  # doctest: +SKIP
-    1.0
+    >>> adata = cf.data.synthetic_counts(n_cells=50, n_genes=20)
+    >>> vocab = cf.data.GeneVocab(adata.var_names[:15])  # or a reference name, e.g. "scfoundation-19264"
+    >>> cf.pp.map_genes(adata, vocab)
+    >>> adata.uns["cellformers_gene_mapping"]["coverage"]
+    0.75
+    >>> adata.var.filter(like="token").iloc[[0, -1]]  # doctest: +NORMALIZE_WHITESPACE
+          cellformers_token_id
+    CD3E                     0
+    GZMB                    -1
     """
     adata = resolve_adata(adata)
     if isinstance(vocab, str):

@@ -49,6 +49,16 @@ def check_counts(adata: AnnData, layer: str | None = None) -> None:
         Annotated data matrix.
     layer
         Layer to check; ``None`` checks ``adata.X``.
+
+    Examples
+    --------
+    >>> import cellformers as cf
+    >>> adata = cf.data.synthetic_counts(n_cells=50, n_genes=20)
+    >>> cf.pp.check_counts(adata)  # raw counts: nothing happens
+    >>> adata.X = adata.X / 2
+    >>> cf.pp.check_counts(adata)  # doctest: +IGNORE_EXCEPTION_DETAIL
+    Traceback (most recent call last):
+    cellformers.NotCountsError: adata.X does not look like raw counts (it has non-integer values): ...
     """
     _check_counts(get_matrix(resolve_adata(adata), layer), layer=layer)
 

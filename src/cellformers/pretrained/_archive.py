@@ -245,6 +245,23 @@ def extract_checkpoint(archive: str | os.PathLike, *, sha256: str | None = None)
         The archive holds paths leaving the destination, links or special files.
     CheckpointError
         The archive is not a checkpoint archive.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> from pathlib import Path
+    >>> import cellformers as cf
+    >>> adata = cf.data.synthetic_counts(n_cells=60, n_genes=30)
+    >>> cf.model.ScFormer.setup_anndata(adata)
+    >>> model = cf.model.ScFormer(adata, n_layers=1, d_model=16, n_heads=2, d_ff=16)  # a tiny model
+    >>> model.train(max_epochs=1, enable_progress_bar=False)
+    >>> path = model.save_pretrained(Path(tempfile.mkdtemp()) / "scformer_tiny")
+    >>> archive = cf.pretrained.pack_checkpoint(path)
+    >>> directory = cf.pretrained.extract_checkpoint(archive)
+    >>> directory.parent == cf.settings.cache_dir / "pretrained" / "checkpoints"
+    True
+    >>> sorted(p.name for p in directory.iterdir())
+    ['checksums.json', 'config.json', 'model.safetensors', 'vocab.json']
     """
     return _extract(archive, sha256=sha256)[0]
 
@@ -317,9 +334,19 @@ def pack_checkpoint(
 
     Examples
     --------
-    >>> path = cf.pretrained.pack_checkpoint("xtrimogene_pbmc/")  # doctest: +SKIP
-    >>> (path.parent / (path.name + ".sha256")).read_text().split()  # doctest: +SKIP
-    ['3f5c…', 'xtrimogene_pbmc.tar']
+    >>> import tempfile
+    >>> from pathlib import Path
+    >>> import cellformers as cf
+    >>> adata = cf.data.synthetic_counts(n_cells=60, n_genes=30)
+    >>> cf.model.ScFormer.setup_anndata(adata)
+    >>> model = cf.model.ScFormer(adata, n_layers=1, d_model=16, n_heads=2, d_ff=16)  # a tiny model
+    >>> model.train(max_epochs=1, enable_progress_bar=False)
+    >>> path = model.save_pretrained(Path(tempfile.mkdtemp()) / "scformer_tiny")
+    >>> archive = cf.pretrained.pack_checkpoint(path)
+    >>> archive.name
+    'scformer_tiny.tar'
+    >>> (archive.parent / (archive.name + ".sha256")).read_text().split()  # doctest: +ELLIPSIS
+    ['...', 'scformer_tiny.tar']
     """
     directory = Path(directory)
     verify_checkpoint(directory)

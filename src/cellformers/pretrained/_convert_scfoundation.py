@@ -186,10 +186,25 @@ def convert_scfoundation(
 
     Examples
     --------
-    >>> import cellformers as cf
+    The released ``models.ckpt`` holds three weight sets (``"cell"``, ``"gene"``, ``"rde"``):
+
     >>> model = cf.pretrained.convert_scfoundation("models.ckpt", key="cell", out="scfoundation_cell")  # doctest: +SKIP
     >>> model = cf.model.XTrimoGene.from_pretrained("scfoundation_cell", adata)  # doctest: +SKIP
     >>> adata.obsm["X_scfoundation"] = model.get_latent_representation(pooling="all")  # doctest: +SKIP
+
+    A file that is not such a checkpoint is refused before anything is built:
+
+    >>> import tempfile
+    >>> from pathlib import Path
+    >>> import torch
+    >>> import cellformers as cf
+    >>> path = Path(tempfile.mkdtemp()) / "models.ckpt"
+    >>> torch.save({"gene": {"state_dict": {"model.x": torch.ones(1)}}}, path)
+    >>> try:
+    ...     cf.pretrained.convert_scfoundation(path, key="cell")
+    ... except cf.CheckpointError as err:
+    ...     print(err)
+    The scFoundation checkpoint has no weight set 'cell' (found keys ['gene']); `key` must be one of ['cell', 'gene', 'rde'] for models.ckpt, or None for a single-model file.
     """
     from cellformers.model import XTrimoGene
 

@@ -172,10 +172,45 @@ def convert_scgpt(
 
     Examples
     --------
-    >>> import cellformers as cf
+    A released model is a folder (``best_model.pt``, ``args.json``, ``vocab.json``):
+
     >>> model = cf.pretrained.convert_scgpt("scGPT_human/", out="scgpt_human")  # doctest: +SKIP
     >>> model = cf.model.ScFormer.from_pretrained("scgpt_human", adata)  # doctest: +SKIP
     >>> adata.obsm["X_scgpt"] = model.get_latent_representation()  # doctest: +SKIP
+
+    The three parts can also be passed as objects; here a tiny random checkpoint with scGPT's names (one PyTorch
+    encoder layer, 20 genes, no MVC head):
+
+    >>> import torch
+    >>> import cellformers as cf
+    >>> d = 8
+    >>> vocab = {gene: i for i, gene in enumerate(cf.data.synthetic_gene_symbols()[:20])} | {"<pad>": 20, "<cls>": 21}
+    >>> layer = torch.nn.TransformerEncoderLayer(d_model=d, nhead=2, dim_feedforward=16)
+    >>> state = {f"transformer_encoder.layers.0.{k}": v for k, v in layer.state_dict().items()}
+    >>> norm = torch.nn.LayerNorm(d).state_dict()
+    >>> state |= {f"encoder.enc_norm.{k}": v for k, v in norm.items()} | {
+    ...     f"value_encoder.norm.{k}": v for k, v in norm.items()
+    ... }
+    >>> state |= {
+    ...     "encoder.embedding.weight": torch.randn(len(vocab) + 1, d),  # + <eoc>
+    ...     "value_encoder.linear1.weight": torch.randn(d, 1),
+    ...     "value_encoder.linear1.bias": torch.zeros(d),
+    ...     "value_encoder.linear2.weight": torch.randn(d, d),
+    ...     "value_encoder.linear2.bias": torch.zeros(d),
+    ...     "decoder.fc.0.weight": torch.randn(d, d),
+    ...     "decoder.fc.0.bias": torch.zeros(d),
+    ...     "decoder.fc.2.weight": torch.randn(d, d),
+    ...     "decoder.fc.2.bias": torch.zeros(d),
+    ...     "decoder.fc.4.weight": torch.randn(1, d),
+    ...     "decoder.fc.4.bias": torch.zeros(1),
+    ... }
+    >>> args = {"embsize": d, "nheads": 2, "d_hid": 16, "nlayers": 1, "n_bins": 51, "MVC": False}
+    >>> adata = cf.data.synthetic_counts(n_cells=20, n_genes=30)
+    >>> model = cf.pretrained.convert_scgpt(weights=state, args=args, vocab=vocab, adata=adata)
+    >>> model.get_latent_representation().shape  # the <cls> output
+    (20, 8)
+    >>> model.pretrained_info_["converted_from"]
+    'scGPT'
     """
     from cellformers.data import GeneVocab
     from cellformers.model import ScFormer

@@ -80,6 +80,23 @@ class PretrainedCard:
         One line on what the checkpoint is (data, preset, training).
     fname
         File name in the cache and on a mirror (:data:`PRETRAINED_URL_ENV`); ``None`` uses ``<name><suffix>``.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> from pathlib import Path
+    >>> import cellformers as cf
+    >>> adata = cf.data.synthetic_counts(n_cells=60, n_genes=30)
+    >>> cf.model.ScFormer.setup_anndata(adata)
+    >>> model = cf.model.ScFormer(adata, n_layers=1, d_model=16, n_heads=2, d_ff=16)  # a tiny model
+    >>> model.train(max_epochs=1, enable_progress_bar=False)
+    >>> path = model.save_pretrained(Path(tempfile.mkdtemp()) / "scformer_tiny")
+    >>> archive = cf.pretrained.pack_checkpoint(path)
+    >>> card = cf.pretrained.PretrainedCard.from_archive(archive, name="scformer-tiny", license="CC-BY-4.0")
+    >>> card.model_class, card.url.startswith("file://")
+    ('cellformers.model.ScFormer', True)
+    >>> cf.pretrained.register_pretrained(card)
+    >>> model = cf.model.ScFormer.from_pretrained("scformer-tiny", adata)
     """
 
     name: str
@@ -198,11 +215,20 @@ def register_pretrained(card: PretrainedCard, *, overwrite: bool = False) -> Non
 
     Examples
     --------
+    >>> import tempfile
+    >>> from pathlib import Path
     >>> import cellformers as cf
-    >>> path = cf.pretrained.pack_checkpoint("xtg_pbmc/")  # doctest: +SKIP
-    >>> card = cf.pretrained.PretrainedCard.from_archive(path, name="xtg-pbmc", license="CC-BY-4.0")  # doctest: +SKIP
-    >>> cf.pretrained.register_pretrained(card)  # doctest: +SKIP
-    >>> model = cf.model.XTrimoGene.from_pretrained("xtg-pbmc", adata)  # doctest: +SKIP
+    >>> adata = cf.data.synthetic_counts(n_cells=60, n_genes=30)
+    >>> cf.model.ScFormer.setup_anndata(adata)
+    >>> model = cf.model.ScFormer(adata, n_layers=1, d_model=16, n_heads=2, d_ff=16)  # a tiny model
+    >>> model.train(max_epochs=1, enable_progress_bar=False)
+    >>> path = model.save_pretrained(Path(tempfile.mkdtemp()) / "scformer_tiny")
+    >>> archive = cf.pretrained.pack_checkpoint(path)
+    >>> card = cf.pretrained.PretrainedCard.from_archive(archive, name="scformer-tiny", license="CC-BY-4.0")
+    >>> cf.pretrained.register_pretrained(card)
+    >>> "scformer-tiny" in cf.pretrained.list_pretrained().index
+    True
+    >>> model = cf.model.ScFormer.from_pretrained("scformer-tiny", adata)
     """
     if not isinstance(card, PretrainedCard):
         msg = f"`card` must be a PretrainedCard, got {type(card).__name__}."
@@ -215,7 +241,24 @@ def register_pretrained(card: PretrainedCard, *, overwrite: bool = False) -> Non
 
 
 def get_pretrained_card(name: str) -> PretrainedCard:
-    """The card of a registered checkpoint, or a :class:`ValueError` listing the names and how to add one."""
+    """The card of a registered checkpoint, or a :class:`ValueError` listing the names and how to add one.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> from pathlib import Path
+    >>> import cellformers as cf
+    >>> adata = cf.data.synthetic_counts(n_cells=60, n_genes=30)
+    >>> cf.model.ScFormer.setup_anndata(adata)
+    >>> model = cf.model.ScFormer(adata, n_layers=1, d_model=16, n_heads=2, d_ff=16)  # a tiny model
+    >>> model.train(max_epochs=1, enable_progress_bar=False)
+    >>> path = model.save_pretrained(Path(tempfile.mkdtemp()) / "scformer_tiny")
+    >>> archive = cf.pretrained.pack_checkpoint(path)
+    >>> card = cf.pretrained.PretrainedCard.from_archive(archive, name="scformer-tiny", license="CC-BY-4.0")
+    >>> cf.pretrained.register_pretrained(card)
+    >>> cf.pretrained.get_pretrained_card("scformer-tiny").license
+    'CC-BY-4.0'
+    """
     try:
         return REGISTRY[name]
     except KeyError:
@@ -239,6 +282,25 @@ def list_pretrained() -> pd.DataFrame:
     DataFrame indexed by name with columns ``model_class``, ``vocabulary``, ``size_mb``, ``license``,
     ``citation``, ``description``, ``url``, ``sha256`` and ``cached`` (whether the archive is already in
     ``settings.cache_dir``, or, for local cards, exists).
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> from pathlib import Path
+    >>> import cellformers as cf
+    >>> adata = cf.data.synthetic_counts(n_cells=60, n_genes=30)
+    >>> cf.model.ScFormer.setup_anndata(adata)
+    >>> model = cf.model.ScFormer(adata, n_layers=1, d_model=16, n_heads=2, d_ff=16)  # a tiny model
+    >>> model.train(max_epochs=1, enable_progress_bar=False)
+    >>> path = model.save_pretrained(Path(tempfile.mkdtemp()) / "scformer_tiny")
+    >>> archive = cf.pretrained.pack_checkpoint(path)
+    >>> card = cf.pretrained.PretrainedCard.from_archive(archive, name="scformer-tiny", license="CC-BY-4.0")
+    >>> cf.pretrained.register_pretrained(card)
+    >>> table = cf.pretrained.list_pretrained()
+    >>> table.loc["scformer-tiny", ["model_class", "license"]].tolist()
+    ['cellformers.model.ScFormer', 'CC-BY-4.0']
+    >>> bool(table.loc["scformer-tiny", "cached"])  # a local archive: it exists
+    True
     """
     columns = ["model_class", "vocabulary", "size_mb", "license", "citation", "description", "url", "sha256", "cached"]
     rows = []
@@ -276,6 +338,25 @@ def fetch_pretrained(name: str) -> Path:
         The file does not match the card's sha256.
     OSError
         The file could not be downloaded.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> from pathlib import Path
+    >>> import cellformers as cf
+    >>> adata = cf.data.synthetic_counts(n_cells=60, n_genes=30)
+    >>> cf.model.ScFormer.setup_anndata(adata)
+    >>> model = cf.model.ScFormer(adata, n_layers=1, d_model=16, n_heads=2, d_ff=16)  # a tiny model
+    >>> model.train(max_epochs=1, enable_progress_bar=False)
+    >>> path = model.save_pretrained(Path(tempfile.mkdtemp()) / "scformer_tiny")
+    >>> archive = cf.pretrained.pack_checkpoint(path)
+    >>> card = cf.pretrained.PretrainedCard.from_archive(archive, name="scformer-tiny", license="CC-BY-4.0")
+    >>> cf.pretrained.register_pretrained(card)
+    >>> cf.pretrained.fetch_pretrained("scformer-tiny") == archive  # a local card is used in place
+    True
+
+    A card with an ``https`` URL is downloaded into ``settings.cache_dir / "pretrained"`` on first use and checked
+    against its sha256; later calls find it there.
     """
     card = get_pretrained_card(name)
     local = _local_path(card.url)

@@ -106,9 +106,19 @@ def annotate(
     Examples
     --------
     >>> import cellformers as cf
-    >>> cf.tl.annotate(adata, model, labels_key="cell_type", precision="bf16-mixed")  # doctest: +SKIP
-    >>> adata.uns["xtrimogene_label"]["metrics"]["test"]["macro_f1"]  # doctest: +SKIP
-    >>> cf.tl.annotate(query, model)  # the same classifier on new cells  # doctest: +SKIP
+    >>> adata = cf.data.synthetic_counts(n_cells=100, n_genes=50)
+    >>> cf.model.ScFormer.setup_anndata(adata, labels_key="labels")
+    >>> model = cf.model.ScFormer(adata, n_layers=1, d_model=16, n_heads=2, d_ff=16)  # a tiny model
+    >>> model.train(max_epochs=1, enable_progress_bar=False)
+    >>> cf.tl.annotate(adata, model, labels_key="labels", max_epochs=2)  # fine-tunes a classifier head
+    >>> adata.obs[["scformer_label", "scformer_label_confidence", "scformer_label_split"]].shape
+    (100, 3)
+    >>> sorted(adata.uns["scformer_label"]["metrics"])
+    ['test', 'validation']
+    >>> query = cf.data.synthetic_counts(n_cells=30, n_genes=50, random_state=1)
+    >>> cf.tl.annotate(query, model)  # the same classifier on new cells
+    >>> set(query.obs["scformer_label"]) <= set(adata.obs["labels"])
+    True
     """
     adata = resolve_adata(adata)
     if labels_key is not None:
@@ -253,9 +263,17 @@ def annotation_baselines(
     Examples
     --------
     >>> import cellformers as cf
-    >>> cf.tl.baselines(adata, methods=("pca", "scvi"))  # doctest: +SKIP
-    >>> cf.tl.annotate(adata, model, labels_key="cell_type")  # doctest: +SKIP
-    >>> cf.tl.annotation_baselines(adata, labels_key="cell_type", split=model.annotator_)  # doctest: +SKIP
+    >>> adata = cf.data.synthetic_counts(n_cells=100, n_genes=50)
+    >>> cf.model.ScFormer.setup_anndata(adata, labels_key="labels")
+    >>> model = cf.model.ScFormer(adata, n_layers=1, d_model=16, n_heads=2, d_ff=16)  # a tiny model
+    >>> model.train(max_epochs=1, enable_progress_bar=False)
+    >>> cf.tl.annotate(adata, model, labels_key="labels", max_epochs=2)
+    >>> cf.tl.baselines(adata, methods=["pca"], n_comps=10)
+    >>> scores = cf.tl.annotation_baselines(adata, labels_key="labels", split=model.annotator_, methods=["logreg_pca"])
+    >>> scores[["use_rep", "n_train", "n_test"]]  # on the annotator's training and test cells
+                  use_rep  n_train  n_test
+    method
+    logreg_pca  X_pca_hvg       80      10
     """
     from sklearn.linear_model import LogisticRegression
     from sklearn.neighbors import KNeighborsClassifier

@@ -210,10 +210,11 @@ def baselines(
     Examples
     --------
     >>> import cellformers as cf
-    >>> cf.tl.baselines(adata, batch_key="batch")
-    >>> cf.tl.benchmark(
-    ...     adata, embeddings=["X_pca_hvg", "X_scvi", "X_harmony"], label_key="cell_type", batch_key="batch"
-    ... )
+    >>> adata = cf.data.synthetic_counts(n_cells=100, n_genes=50)
+    >>> cf.tl.baselines(adata, methods=["pca"], n_comps=10)  # methods=("pca", "scvi", "harmony") by default
+    >>> adata.obsm["X_pca_hvg"].shape
+    (100, 10)
+    >>> scores = cf.tl.benchmark(adata, embeddings=["X_pca_hvg"], label_key="labels")
 
     See Also
     --------

@@ -233,12 +233,17 @@ def benchmark(
 
     Examples
     --------
+    >>> import numpy as np
     >>> import cellformers as cf
-    >>> cf.tl.baselines(adata, batch_key="batch")
-    >>> cf.tl.benchmark(
-    ...     adata, embeddings=["X_pca_hvg", "X_scvi", "X_harmony"], label_key="cell_type", batch_key="batch"
-    ... )
-    >>> cf.pl.benchmark(adata)
+    >>> adata = cf.data.synthetic_counts(n_cells=100, n_genes=50)
+    >>> cf.tl.baselines(adata, methods=["pca"], n_comps=10)
+    >>> adata.obsm["X_random"] = np.random.default_rng(0).normal(size=(adata.n_obs, 10))
+    >>> scores = cf.tl.benchmark(adata, embeddings=["X_pca_hvg", "X_random"], label_key="labels", batch_key="batch")
+    >>> list(scores.index)
+    ['X_pca_hvg', 'X_random']
+    >>> bool(scores.loc["X_pca_hvg", "AvgBIO"] > scores.loc["X_random", "AvgBIO"])
+    True
+    >>> ax = cf.pl.benchmark(adata, show=False)
 
     See Also
     --------

@@ -118,8 +118,15 @@ def embed(
     Examples
     --------
     >>> import cellformers as cf
-    >>> cf.tl.embed(adata, model)  # doctest: +SKIP
-    >>> adata.obsm["X_xtrimogene"].shape  # doctest: +SKIP
+    >>> adata = cf.data.synthetic_counts(n_cells=100, n_genes=50)
+    >>> cf.model.ScFormer.setup_anndata(adata, labels_key="labels")
+    >>> model = cf.model.ScFormer(adata, n_layers=1, d_model=16, n_heads=2, d_ff=16)  # a tiny model
+    >>> model.train(max_epochs=1, enable_progress_bar=False)
+    >>> cf.tl.embed(adata, model)
+    >>> adata.obsm["X_scformer"].shape
+    (100, 16)
+    >>> adata.uns["scformer"]["params"]["model"]
+    'ScFormer'
     """
     adata = resolve_adata(adata)
     adata = adata.copy() if copy else adata
@@ -171,6 +178,17 @@ def impute(
         Predicted expression on the log1p(1e4-normalized) scale; genes outside the model's vocabulary are NaN.
     `adata.uns['<model>_imputed' | key_added]['params']` : :class:`dict`
         The model and options used.
+
+    Examples
+    --------
+    >>> import cellformers as cf
+    >>> adata = cf.data.synthetic_counts(n_cells=100, n_genes=50)
+    >>> cf.model.ScFormer.setup_anndata(adata, labels_key="labels")
+    >>> model = cf.model.ScFormer(adata, n_layers=1, d_model=16, n_heads=2, d_ff=16)  # a tiny model
+    >>> model.train(max_epochs=1, enable_progress_bar=False)
+    >>> cf.tl.impute(adata, model)
+    >>> adata.layers["scformer_imputed"].shape  # log1p(1e4-normalized) scale
+    (100, 50)
     """
     adata = resolve_adata(adata)
     adata = adata.copy() if copy else adata
@@ -212,6 +230,17 @@ def gene_embeddings(
         Gene embeddings; rows of genes the model does not know are NaN.
     `adata.uns['<model>_gene_embeddings' | key_added]['params']` : :class:`dict`
         The model used and how many genes were found.
+
+    Examples
+    --------
+    >>> import cellformers as cf
+    >>> adata = cf.data.synthetic_counts(n_cells=100, n_genes=50)
+    >>> cf.model.ScFormer.setup_anndata(adata, labels_key="labels")
+    >>> model = cf.model.ScFormer(adata, n_layers=1, d_model=16, n_heads=2, d_ff=16)  # a tiny model
+    >>> model.train(max_epochs=1, enable_progress_bar=False)
+    >>> cf.tl.gene_embeddings(adata, model)
+    >>> adata.varm["scformer_gene_embeddings"].shape
+    (50, 16)
     """
     adata = resolve_adata(adata)
     adata = adata.copy() if copy else adata

@@ -267,14 +267,15 @@ def leiden_search(
 
     Examples
     --------
-    >>> import scanpy as sc
     >>> import cellformers as cf
-    >>> adata = sc.datasets.pbmc3k_processed()
-    >>> cf.tl.leiden_search(adata, use_rep="X_pca", n_clusters=8)
+    >>> adata = cf.data.synthetic_counts(n_cells=100, n_genes=50)
+    >>> cf.tl.baselines(adata, methods=["pca"], n_comps=10)
+    >>> cf.tl.leiden_search(adata, use_rep="X_pca_hvg", n_clusters=3)
     >>> adata.obs["leiden"].nunique()
-    8
-    >>> cf.tl.leiden_search(adata, use_rep="X_pca", labels_key="louvain", key_added="leiden_nmi")
-    >>> adata.uns["leiden_nmi"]["params"]["resolution"]  # doctest: +SKIP
+    3
+    >>> cf.tl.leiden_search(adata, use_rep="X_pca_hvg", labels_key="labels", key_added="leiden_nmi")
+    >>> sorted(adata.uns["leiden_nmi"]["params"])  # doctest: +ELLIPSIS
+    [..., 'nmi', ..., 'resolution', ...]
 
     See Also
     --------

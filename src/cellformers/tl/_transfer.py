@@ -67,8 +67,16 @@ def transfer_labels(
     Examples
     --------
     >>> import cellformers as cf
-    >>> cf.tl.transfer_labels(query, reference, labels_key="cell_type", use_rep="X_scformer")  # doctest: +SKIP
-    >>> query.obs[["cell_type_transferred", "cell_type_transferred_confidence"]]  # doctest: +SKIP
+    >>> adata = cf.data.synthetic_counts(n_cells=100, n_genes=50)
+    >>> cf.model.ScFormer.setup_anndata(adata, labels_key="labels")
+    >>> model = cf.model.ScFormer(adata, n_layers=1, d_model=16, n_heads=2, d_ff=16)  # a tiny model
+    >>> model.train(max_epochs=1, enable_progress_bar=False)
+    >>> cf.tl.embed(adata, model)
+    >>> query = cf.data.synthetic_counts(n_cells=30, n_genes=50, random_state=1)
+    >>> cf.tl.embed(query, model)
+    >>> cf.tl.transfer_labels(query, adata, labels_key="labels", use_rep="X_scformer")
+    >>> query.obs[["labels_transferred", "labels_transferred_confidence"]].shape
+    (30, 2)
     """
     from sklearn.neighbors import NearestNeighbors
 

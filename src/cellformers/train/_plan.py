@@ -47,6 +47,35 @@ class MaskedModelingTrainingPlan(TrainingPlan):
         Per-epoch decay factor of the ``"step"`` schedule.
     **kwargs
         Passed to :class:`scvi.train.TrainingPlan` (e.g. ``compile=True``); ``loss_kwargs`` reach ``module.loss``.
+
+    Examples
+    --------
+    Models use it in ``train``; its options are passed as ``plan_kwargs``:
+
+    >>> import cellformers as cf
+    >>> adata = cf.data.synthetic_counts(n_cells=60, n_genes=30)
+    >>> cf.model.ScFormer.setup_anndata(adata)
+    >>> model = cf.model.ScFormer(adata, n_layers=1, d_model=16, n_heads=2, d_ff=16)
+    >>> model.train(max_epochs=1, plan_kwargs={"lr": 5e-4, "lr_scheduler": "constant"}, enable_progress_bar=False)
+    >>> type(model.trainer.lightning_module).__name__
+    'MaskedModelingTrainingPlan'
+
+    It also runs under a plain Lightning ``Trainer``:
+
+    >>> import lightning.pytorch as pl
+    >>> plan = cf.train.MaskedModelingTrainingPlan(model.module, lr=1e-3)
+    >>> splitter = cf.train.BatchGroupedDataSplitter(model.adata_manager, batch_size=16)
+    >>> trainer = pl.Trainer(
+    ...     max_epochs=1,
+    ...     accelerator="cpu",
+    ...     logger=False,
+    ...     enable_checkpointing=False,
+    ...     enable_progress_bar=False,
+    ...     enable_model_summary=False,
+    ... )
+    >>> trainer.fit(plan, splitter)
+    >>> type(trainer.optimizers[0]).__name__
+    'AdamW'
     """
 
     def __init__(

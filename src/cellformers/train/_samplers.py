@@ -38,6 +38,16 @@ class BatchGroupedSampler(Sampler[list[int]]):
         Shuffle within groups and the order of the minibatches.
     drop_last
         Drop the last, smaller minibatch of each group.
+
+    Examples
+    --------
+    >>> import cellformers as cf
+    >>> groups = ["a", "a", "a", "a", "a", "b", "b", "b"]
+    >>> list(cf.train.BatchGroupedSampler(groups, batch_size=2, shuffle=False))
+    [[0, 1], [2, 3], [4], [5, 6], [7]]
+    >>> batches = list(cf.train.BatchGroupedSampler(groups, batch_size=2))  # shuffled within and across groups
+    >>> all(len({groups[i] for i in batch}) == 1 for batch in batches)
+    True
     """
 
     def __init__(self, groups: Sequence | np.ndarray, batch_size: int, shuffle: bool = True, drop_last: bool = False):
@@ -93,6 +103,16 @@ class BatchGroupedAnnDataLoader(AnnDataLoader):
         Registry key whose categories define the groups (the batch by default).
     **kwargs
         Passed to :class:`~scvi.dataloaders.AnnDataLoader`.
+
+    Examples
+    --------
+    >>> import cellformers as cf
+    >>> adata = cf.data.synthetic_counts(n_cells=60, n_genes=30)  # two batches
+    >>> cf.model.ScFormer.setup_anndata(adata, batch_key="batch")
+    >>> model = cf.model.ScFormer(adata, n_layers=1, d_model=16, n_heads=2, d_ff=16)
+    >>> loader = cf.train.BatchGroupedAnnDataLoader(model.adata_manager, batch_size=16, shuffle=True)
+    >>> all(minibatch["batch"].unique().numel() == 1 for minibatch in loader)
+    True
     """
 
     def __init__(
@@ -142,6 +162,19 @@ class BatchGroupedDataSplitter(DataSplitter):
         in scGPT). Validation and test loaders are not grouped.
     **kwargs
         Passed to :class:`~scvi.dataloaders.DataSplitter`.
+
+    Examples
+    --------
+    ``ScFormer.train(group_by_batch=True)`` uses it (the default with domain-specific batch norm):
+
+    >>> import cellformers as cf
+    >>> adata = cf.data.synthetic_counts(n_cells=60, n_genes=30)  # two batches
+    >>> cf.model.ScFormer.setup_anndata(adata, batch_key="batch")
+    >>> model = cf.model.ScFormer(adata, n_layers=1, d_model=16, n_heads=2, d_ff=16)
+    >>> splitter = cf.train.BatchGroupedDataSplitter(model.adata_manager, group_by_batch=True, batch_size=16)
+    >>> splitter.setup()
+    >>> all(minibatch["batch"].unique().numel() == 1 for minibatch in splitter.train_dataloader())
+    True
     """
 
     def __init__(self, adata_manager: AnnDataManager, *args, group_by_batch: bool = False, **kwargs):

@@ -174,6 +174,25 @@ class CellTypeAnnotator:
         The training options.
     train_time_s
         Wall-clock training time (feature extraction included).
+
+    Examples
+    --------
+    >>> import cellformers as cf
+    >>> adata = cf.data.synthetic_counts(n_cells=60, n_genes=30)
+    >>> cf.model.ScFormer.setup_anndata(adata, labels_key="labels")
+    >>> model = cf.model.ScFormer(adata, n_layers=1, d_model=16, n_heads=2, d_ff=16)  # a tiny model
+    >>> model.train(max_epochs=1, enable_progress_bar=False)
+    >>> annotator = model.train_annotator("labels", max_epochs=2)
+    >>> isinstance(annotator, cf.model.CellTypeAnnotator), annotator is model.annotator_
+    (True, True)
+    >>> annotator.classes, annotator.labels_key, annotator.freeze
+    (['label_0', 'label_1', 'label_2'], 'labels', 'encoder')
+    >>> {part: len(cells) for part, cells in annotator.split.items()}
+    {'train': 48, 'validation': 6, 'test': 6}
+    >>> list(annotator.history.columns)
+    ['epoch', 'train_loss', 'validation_loss', 'validation_macro_f1', 'validation_accuracy']
+    >>> sorted(annotator.metrics["test"])
+    ['accuracy', 'macro_f1', 'macro_precision', 'n_cells']
     """
 
     head: CellTypeClassifier

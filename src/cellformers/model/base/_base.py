@@ -39,6 +39,25 @@ class CellformersModel(AnnotationMixin, PretrainedMixin, UnsupervisedTrainingMix
     It adds to scvi-tools' model base: the shared ``setup_anndata`` fields (raw counts, batch, labels, a per-cell
     seed), the gene vocabulary and the token id of each input gene, a batched inference loop with optional
     autocast, and cell-type annotation by fine-tuning (:meth:`train_annotator`, :meth:`predict_cell_types`).
+
+    Examples
+    --------
+    The three models share this plumbing; for example, cell-type annotation and checkpoints:
+
+    >>> import cellformers as cf
+    >>> adata = cf.data.synthetic_counts(n_cells=60, n_genes=30)
+    >>> cf.model.ScFormer.setup_anndata(adata, labels_key="labels")
+    >>> model = cf.model.ScFormer(adata, n_layers=1, d_model=16, n_heads=2, d_ff=16)  # a tiny model
+    >>> isinstance(model, cf.model.CellformersModel)
+    True
+    >>> model.train(max_epochs=1, enable_progress_bar=False)
+    >>> annotator = model.train_annotator("labels", max_epochs=2)
+    >>> annotator.classes
+    ['label_0', 'label_1', 'label_2']
+    >>> model.predict_cell_types()[:3]  # doctest: +SKIP
+    array(['label_2', 'label_1', 'label_2'], dtype=object)
+    >>> model.predict_cell_types(soft=True).shape
+    (60, 3)
     """
 
     _model_name: ClassVar[str] = "cellformers"
