@@ -102,9 +102,15 @@ def hvg_list(adata, n_top: int = 2000) -> list[str]:
     return list(tmp.var_names[tmp.var["highly_variable"].to_numpy()])
 
 
+def _pin_threads() -> None:
+    """Scanpy's numba kernels reset the OpenMP thread count torch shares: set it again before every timed step."""
+    torch.set_num_threads(int(os.environ.get("CELLFORMERS_BENCH_THREADS", torch.get_num_threads())))
+
+
 def pretrain(name: str, adata, vocab, epochs_scale: float, seed: int, precision: str):
     import scvi
 
+    _pin_threads()
     scvi.settings.seed = seed
     cls = _model_cls(name)
     cfg = MODELS[name]
@@ -127,6 +133,7 @@ def pretrain(name: str, adata, vocab, epochs_scale: float, seed: int, precision:
 
 
 def finetune(model, adata, *, freeze: str, epochs: int | None, seed: int, precision: str) -> dict:
+    _pin_threads()
     t0, c0 = time.perf_counter(), time.process_time()
     ann = model.train_annotator(LABELS_KEY, adata, freeze=freeze, max_epochs=epochs, seed=seed, precision=precision)
     seconds, cpu = time.perf_counter() - t0, time.process_time() - c0
@@ -280,6 +287,7 @@ def transfer_task(models: list[str], args) -> dict:
         model, info = pretrain(m, r, vocab, args.epochs_scale, args.seed, args.precision)
         res: dict = {"pretrain": info}
         t0 = time.perf_counter()
+        _pin_threads()
         prec = "bf16" if args.precision.startswith("bf16") else None
         cf.tl.embed(r, model, key_added="X_model", precision=prec)
         cf.tl.embed(q, model, key_added="X_model", precision=prec)
@@ -340,6 +348,8 @@ def main() -> None:
     warnings.filterwarnings("ignore")
     for name in ("lightning", "lightning.pytorch", "scvi"):
         logging.getLogger(name).setLevel(logging.ERROR)
+    os.environ["CELLFORMERS_BENCH_THREADS"] = str(args.threads)
+    os.environ.setdefault("NUMBA_NUM_THREADS", str(args.threads))
     torch.set_num_threads(args.threads)
     import cellformers as cf
 

@@ -105,3 +105,43 @@ def test_preset_tables_match_the_papers(tables):
     palm = tables.presets_scpalm()
     assert '`"paper"` | 4 × (6 × 256, 8, 1024) | 256, 128 |' in palm  # scPaLM Table 2, N = 256, K = 128
     assert "1,200 HVGs" in tables.presets_scformer()
+
+
+def test_performance_tables_read_throughput_and_scaling_results(tables, tmp_path):
+    machine = {"cpu": "Test CPU", "n_cpus": 2, "torch_threads": 2, "torch": "2.13.0", "loadavg": [0.5, 0.4, 0.3]}
+    stage = {"stage": None, "batch_size": 4, "cells_per_s": 0.5, "flops_per_cell": 2e11, "mfu": 0.3, "mfu_cpu": 0.31}
+    row = {
+        "config": "xtrimogene-10M",
+        "precision": "bf16",
+        "params": 8.4e6,
+        "embedding": {"batch_size": 64, "cells_per_s": 3.0, "peak_rss_mb": 2500.0},
+        "training": [{**stage, "peak_rss_mb": 4700.0}],
+    }
+    _write(
+        tmp_path,
+        "throughput_cpu.json",
+        {
+            "machine": machine,
+            "rows": [row],
+            "matmul_peak": {"bf16": {"flops_per_s": 4e11}},
+            "not_measured": [{"config": "xtrimogene-100M", "precision": "fp32", "error": "timeout"}],
+        },
+    )
+    memory = tables.performance_memory(tmp_path)
+    assert "| xtrimogene-10M | bf16 | 8.400 | 64 | 2,500 | 4 | 4,700 |" in memory
+    assert "load average 0.5" in memory
+    speed = tables.performance_throughput(tmp_path)
+    assert "| xtrimogene-10M | bf16 | 3.000 | 0.500 | 200 | 0.300 | 0.310 |" in speed
+    assert "bf16 400 GFLOP/s" in speed
+    assert "Not measured: xtrimogene-100M fp32" in speed
+    with pytest.raises(FileNotFoundError, match="scaling_cpu.json"):
+        tables.performance_scaling(tmp_path)
+    scaling_rows = [
+        {"n_cells": n, "embed_seconds": n / 1e3, "cells_per_s": 1e3, "embed_peak_rss_mb": 800.0 + n / 1e4}
+        for n in (10_000, 200_000)
+    ]
+    summary = {"embed_peak_rss_growth": 0.0237, "time_fit": {"cpu": {"r2": 0.999}}}
+    _write(tmp_path, "scaling_cpu.json", {"machine": machine, "rows": scaling_rows, "summary": summary})
+    scaling = tables.performance_scaling(tmp_path)
+    assert "| 200,000 | 200 | 1,000 | 820 |" in scaling
+    assert "grows by 2.4%" in scaling

@@ -549,12 +549,116 @@ def presets_scpalm(n_genes: int = 19264) -> str:
 
 
 #: Table name -> function returning its Markdown.
+# ---------------------------------------------------------------------------------------------------------------
+# Performance page: tables of benchmarks/results/throughput_cpu.json and scaling_cpu.json
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def _result(name: str, results: Path = RESULTS) -> tuple[Path, dict[str, Any]]:
+    path = results / name
+    if not path.is_file():
+        msg = f"{path} is missing: run the benchmark script that writes it"
+        raise FileNotFoundError(msg)
+    return path, json.loads(path.read_text())
+
+
+def _measured_on(path: Path, data: dict[str, Any]) -> str:
+    load = (data.get("machine") or {}).get("loadavg")
+    # wall-clock figures depend on what else ran: say how busy the machine was
+    busy = f", load average {load[0]:.1f} at the start" if load else ""
+    return f"\n\n*Measured on {describe_machine(data)}{busy}; {file_date(path)} (`benchmarks/results/{path.name}`).*"
+
+
+def _train_stages(row: dict[str, Any]) -> list[dict[str, Any]]:
+    return row.get("training") or [{}]
+
+
+def performance_memory(results: Path = RESULTS) -> str:
+    """Peak RSS of embedding and of a training step, per model, preset and precision (throughput_cpu.json)."""
+    path, data = _result("throughput_cpu.json", results)
+    rows = []
+    for r in data["rows"]:
+        emb, train = r.get("embedding") or {}, _train_stages(r)[0]
+        rows.append(
+            {
+                "model / preset": r["config"],
+                "precision": r["precision"],
+                "parameters (M)": r["params"] / 1e6,
+                "embedding batch": emb.get("batch_size"),
+                "embedding peak RSS (MB)": emb.get("peak_rss_mb"),
+                "training batch": train.get("batch_size"),
+                "training peak RSS (MB)": max((s.get("peak_rss_mb") or 0 for s in _train_stages(r)), default=None)
+                or None,
+            }
+        )
+    return markdown_table(rows) + _measured_on(path, data)
+
+
+def performance_throughput(results: Path = RESULTS) -> str:
+    """Embedding and training cells/s and model FLOPs utilisation (throughput_cpu.json)."""
+    path, data = _result("throughput_cpu.json", results)
+    rows = []
+    for r in data["rows"]:
+        emb = r.get("embedding") or {}
+        for s in _train_stages(r):
+            stage = f" (stage {s['stage']})" if s.get("stage") else ""
+            rows.append(
+                {
+                    "model / preset": r["config"] + stage,
+                    "precision": r["precision"],
+                    "embedding cells/s": emb.get("cells_per_s") if not stage or s.get("stage") == 1 else None,
+                    "training cells/s": s.get("cells_per_s"),
+                    "training GFLOP/cell": (s.get("flops_per_cell") or 0) / 1e9 or None,
+                    "MFU (wall)": s.get("mfu"),
+                    "MFU (CPU time)": s.get("mfu_cpu"),
+                }
+            )
+    peaks = data.get("matmul_peak", {})
+    peak_text = ", ".join(f"{k} {v['flops_per_s'] / 1e9:.0f} GFLOP/s" for k, v in peaks.items())
+    note = f"\n\nMatmul peak measured in the same run: {peak_text}." if peak_text else ""
+    failed = data.get("not_measured") or []
+    if failed:
+        note += " Not measured: " + ", ".join(f"{f['config']} {f['precision']}" for f in failed) + "."
+    return markdown_table(rows) + note + _measured_on(path, data)
+
+
+def performance_scaling(results: Path = RESULTS) -> str:
+    """Embedding time and peak RSS from 10k to 200k cells read from backed files (scaling_cpu.json)."""
+    path, data = _result("scaling_cpu.json", results)
+    rows = [
+        {
+            "cells": r["n_cells"],
+            "embedding (s)": r.get("embed_seconds"),
+            "cells/s": r.get("cells_per_s"),
+            "cells per CPU-s": r.get("cells_per_cpu_s"),
+            "embedding peak RSS (MB)": r.get("embed_peak_rss_mb"),
+            "output (MB)": r.get("output_mb"),
+        }
+        for r in data["rows"]
+    ]
+    summary = data.get("summary", {})
+    note = ""
+    if "embed_peak_rss_growth" in summary:
+        fit = summary.get("time_fit", {}).get("cpu", {})
+        note = (
+            f"\n\nPeak RSS grows by {summary['embed_peak_rss_growth']:.1%} from the smallest to the largest file "
+            f"({summary.get('embed_peak_rss_growth_without_output', float('nan')):.1%} without the output matrix)"
+        )
+        if fit:
+            note += f"; CPU time is linear in the number of cells (R² {fit['r2']:.4f})"
+        note += "."
+    return markdown_table(rows) + note + _measured_on(path, data)
+
+
 TABLES: dict[str, Callable[[], str]] = {
     "benchmarks": benchmarks_markdown,
     "benchmarks-summary": summary_markdown,
     "presets-xtrimogene": presets_xtrimogene,
     "presets-scformer": presets_scformer,
     "presets-scpalm": presets_scpalm,
+    "performance-memory": performance_memory,
+    "performance-throughput": performance_throughput,
+    "performance-scaling": performance_scaling,
 }
 
 
