@@ -493,6 +493,7 @@ def _load(
     try:
         vocab = GeneVocab.from_json(directory / VOCAB_FILE)
         registry = _decode(config["registry"])
+        registry.setdefault(_SCVI_UUID_KEY, str(uuid.uuid4()))
         init_params = _decode(config["init_params"])
         genes = config["genes"]
         var_names = [str(g) for g in genes["var_names"]]
@@ -774,7 +775,8 @@ def _checkpoint_config(model, vocab: GeneVocab) -> dict[str, Any]:
             {k: model.registry_.get(k) for k in (_MODEL_NAME_KEY, _SETUP_METHOD_NAME, _SETUP_ARGS_KEY)},
             "setup_method_args",
         ),
-        "registry": _encode(model.registry_, "registry_"),
+        # scvi-tools' random AnnData id would make two identical trainings hash differently; loading assigns one
+        "registry": _encode({k: v for k, v in model.registry_.items() if k != _SCVI_UUID_KEY}, "registry_"),
         "genes": {"var_names": var_names, "token_ids": token_ids.tolist()},
         "training_summary": _training_summary(model),
         "n_parameters": int(sum(p.numel() for p in module.parameters())),
