@@ -829,6 +829,9 @@ def add_pretrain_parser(sub) -> None:
     p.add_argument("--preset", default=None, help="model size: xtrimogene 3M/10M/100M, scpalm paper/small")
     p.add_argument("--vocab", default=None, help="reference vocabulary: a name or a vocabulary JSON file")
     p.add_argument("--epochs", type=int, default=5, help="number of epochs (default 5, as xTrimoGene-100M)")
+    p.add_argument(
+        "--no-progress-bar", action="store_true", help="no progress bars (for logs of batch jobs and notebooks)"
+    )
     p.add_argument("--batch-size", type=int, default=64, help="cells per minibatch and process (default 64)")
     p.add_argument("--max-cells", type=int, default=None, help="use at most this many cells of each file")
     p.add_argument("--layer", default=None, help="layer with raw counts (default: X)")
@@ -866,6 +869,8 @@ def _json_arg(text: str, flag: str) -> dict:
 def run_pretrain_command(args) -> int:
     """Run ``python -m cellformers pretrain`` with parsed arguments; print the card snippet."""
     devices = args.devices if args.devices == "auto" else int(args.devices)
+    if args.no_progress_bar:
+        settings.progress_bar = False
     result = pretrain(
         args.model,
         args.data,

@@ -255,3 +255,21 @@ def test_ddp_on_cpu(files, vocab_file, tmp_path):
     )
     ckpt = torch.load(out / "lightning" / "train" / "last.ckpt", weights_only=True)
     assert ckpt["global_step"] == 2 * math.ceil((n_train // 2) / 8)
+
+
+def test_cli_no_progress_bar_turns_bars_off(monkeypatch, tmp_path):
+    import cellformers._pretrain as pretrain_mod
+    from cellformers._settings import settings
+
+    seen = {}
+
+    def fake_pretrain(*args, **kwargs):
+        seen["progress_bar"] = settings.progress_bar
+
+    monkeypatch.setattr(pretrain_mod, "pretrain", fake_pretrain)
+    monkeypatch.setattr(settings, "progress_bar", True)
+    common = ["pretrain", "--model", "xtrimogene", "--data", str(tmp_path), "--out", str(tmp_path / "o")]
+    assert main(common) == 0
+    assert seen["progress_bar"] is True
+    assert main([*common, "--no-progress-bar"]) == 0
+    assert seen["progress_bar"] is False
