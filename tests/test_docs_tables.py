@@ -145,3 +145,11 @@ def test_performance_tables_read_throughput_and_scaling_results(tables, tmp_path
     scaling = tables.performance_scaling(tmp_path)
     assert "| 200,000 | 200 | 1,000 | 820 |" in scaling
     assert "grows by 2.4%" in scaling
+
+
+def test_length_scaling_table(tables, tmp_path):
+    row = {"input": "bulk", "encoder_length": 13713, "embed_gflop": 858.0, "train_gflop": 1682.0}
+    _write(tmp_path, "xtrimogene_length_scaling.json", {"machine": {"n_cpus": 2}, "summary": [row]})
+    text = tables.performance_length_scaling(tmp_path)
+    assert text.splitlines()[0] == "| input | encoder length | embedding GFLOP | training GFLOP |"
+    assert "| bulk | 13,713 | 858 | 1,682 |" in text

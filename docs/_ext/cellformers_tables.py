@@ -650,6 +650,28 @@ def performance_scaling(results: Path = RESULTS) -> str:
     return markdown_table(rows) + note + _measured_on(path, data)
 
 
+def performance_length_scaling(results: Path = RESULTS) -> str:
+    """Cost of one xTrimoGene sample against the number of expressed genes (xtrimogene_length_scaling.json)."""
+    path, data = _result("xtrimogene_length_scaling.json", results)
+    rows = [
+        {
+            "input": r["input"],
+            "encoder length": r.get("encoder_length"),
+            "embedding GFLOP": r.get("embed_gflop"),
+            "attention share": r.get("embed_attention_share"),
+            "embedding CPU-s fp32": r.get("embed_fp32_cpu_s"),
+            "embedding CPU-s bf16": r.get("embed_bf16_cpu_s"),
+            "embedding peak RSS (MB)": r.get("embed_fp32_peak_rss_mb"),
+            "training GFLOP": r.get("train_gflop"),
+            "decoder GFLOP": r.get("train_decoder_gflop"),
+            "training CPU-s bf16": r.get("train_bf16_cpu_s"),
+            "training CPU-s fp32": r.get("train_fp32_cpu_s"),
+        }
+        for r in data["summary"]
+    ]
+    return markdown_table(rows) + _measured_on(path, data)
+
+
 TABLES: dict[str, Callable[[], str]] = {
     "benchmarks": benchmarks_markdown,
     "benchmarks-summary": summary_markdown,
@@ -659,6 +681,7 @@ TABLES: dict[str, Callable[[], str]] = {
     "performance-memory": performance_memory,
     "performance-throughput": performance_throughput,
     "performance-scaling": performance_scaling,
+    "performance-length-scaling": performance_length_scaling,
 }
 
 
