@@ -153,3 +153,26 @@ def test_length_scaling_table(tables, tmp_path):
     text = tables.performance_length_scaling(tmp_path)
     assert text.splitlines()[0] == "| input | encoder length | embedding GFLOP | training GFLOP |"
     assert "| bulk | 13,713 | 858 | 1,682 |" in text
+
+
+def test_annotation_results_render_scores_not_only_arguments(tables):
+    data = {
+        "runs": [{"args": {"datasets": "toy"}}],
+        "annotation": {
+            "toy": {
+                "split_sizes": {"train": 8, "test": 2},
+                "baselines": {"logreg_pca": {"macro_f1": 0.9, "accuracy": 0.95, "time_s": 1.0}},
+                "models": {
+                    "xtrimogene": {"pretrain": {"seconds": 10.0}, "frozen": {"test": {"macro_f1": 0.5}, "seconds": 2.0}}
+                },
+            }
+        },
+        "transfer": {"reference_donor": "d1", "baselines": {"knn_pca": {"accuracy": 0.8}}, "models": {}},
+    }
+    text = "\n".join(tables._section_lines(data))
+    assert "Annotation on toy: test split of 2 cells (train 8)" in text
+    row = next(line for line in text.splitlines() if line.startswith("| xtrimogene (frozen) |"))
+    assert "0.500" in row
+    assert "12" in row  # pre-training + head time
+    assert "Label transfer from donor d1" in text
+    assert "datasets=toy" not in text

@@ -65,6 +65,10 @@ TITLES = {
     "scformer_perturbation_kang_log1p": "scFormer: perturbation prediction on Kang et al. (log1p values, scGPT)",
     "scpalm_pbmc3k": "scPaLM trained on pbmc3k",
     "scpalm_embedding_memory": "scPaLM: memory of the permutation-invariant embedding",
+    "annotation": "Cell-type annotation (fine-tuned heads vs LR-on-PCA and kNN-on-scVI) and donor-to-donor transfer",
+    "throughput_cpu": "Training and embedding throughput on the CPU (fp32 vs bf16, MFU)",
+    "scaling_cpu": "Embedding from 10k to 200k cells read from backed files",
+    "xtrimogene_length_scaling": "xTrimoGene: cost against the number of expressed genes, up to bulk",
 }
 
 
@@ -261,7 +265,10 @@ def _section_lines(data: dict[str, Any]) -> list[str]:
     if isinstance(data.get("masked_recovery_held_out"), list):
         add("Masked-value recovery on held-out cells (Pearson on masked positions)",
             markdown_table(data["masked_recovery_held_out"]))  # fmt: skip
-    runs = data.get("runs")
+    if isinstance(data.get("annotation"), dict):  # annotation.py: the runs list only holds arguments
+        for title, text in _annotation_tables(data):
+            add(title, text)
+    runs = data.get("runs") if "annotation" not in data else None
     if isinstance(runs, dict):  # scformer_integration: one entry per trained configuration
         rows = []
         for name, run in runs.items():
@@ -300,6 +307,45 @@ def _section_lines(data: dict[str, Any]) -> list[str]:
                 add(f"Imputation ({what}; lower is better)", markdown_table(block["table"], bold_best=True))
     if not out:  # a shape not known above: every flat table in the file
         out = _generic_sections(data)
+    return out
+
+
+def _scores(test: dict[str, Any]) -> dict[str, Any]:
+    return {k: test.get(k) for k in ("macro_f1", "macro_precision", "accuracy")}
+
+
+def _annotation_tables(data: dict[str, Any]) -> list[tuple[str, str]]:
+    """Test-split scores of every model and baseline per dataset, and the label-transfer accuracies."""
+    out = []
+    for name, task in data["annotation"].items():
+        rows = [
+            {"method": method, **_scores(r), "wall seconds": (r.get("embedding_seconds") or 0) + (r.get("time_s") or 0)}
+            for method, r in (task.get("baselines") or {}).items()
+        ]
+        for model, res in (task.get("models") or {}).items():
+            pre = (res.get("pretrain") or {}).get("seconds") or 0
+            for mode in ("frozen", "full"):
+                if isinstance(res.get(mode), dict):
+                    run = res[mode]
+                    rows.append(
+                        {"method": f"{model} ({mode})", **_scores(run["test"]), "wall seconds": pre + run["seconds"]}
+                    )
+        sizes = task.get("split_sizes", {})
+        title = f"Annotation on {name}: test split of {sizes.get('test', '?')} cells (train {sizes.get('train', '?')})"
+        out.append((title, markdown_table(rows, bold_best=True)))
+    transfer = data.get("transfer")
+    if isinstance(transfer, dict):
+        keys = ("accuracy", "macro_f1", "accuracy_seen_types", "mean_confidence", "accuracy_confident_0.9")
+        rows = [{"method": m, **{k: r.get(k) for k in keys}} for m, r in (transfer.get("baselines") or {}).items()]
+        for model, res in (transfer.get("models") or {}).items():
+            for how in ("knn", "head_frozen"):
+                if isinstance(res.get(how), dict):
+                    rows.append({"method": f"{model} ({how})", **{k: res[how].get(k) for k in keys}})
+        title = (
+            f"Label transfer from donor {transfer.get('reference_donor')} ({transfer.get('n_reference')} cells) to "
+            f"{transfer.get('n_query')} cells of the other donors"
+        )
+        out.append((title, markdown_table(rows, bold_best=True)))
     return out
 
 
