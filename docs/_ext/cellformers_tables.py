@@ -633,8 +633,7 @@ def performance_memory(results: Path = RESULTS) -> str:
                 "embedding batch": emb.get("batch_size"),
                 "embedding peak RSS (MB)": emb.get("peak_rss_mb"),
                 "training batch": train.get("batch_size"),
-                "training peak RSS (MB)": max((s.get("peak_rss_mb") or 0 for s in _train_stages(r)), default=None)
-                or None,
+                "training peak RSS (MB)": max(s.get("peak_rss_mb") or 0 for s in _train_stages(r)) or None,
             }
         )
     return markdown_table(rows) + _measured_on(path, data)

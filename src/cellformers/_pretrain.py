@@ -869,36 +869,41 @@ def _json_arg(text: str, flag: str) -> dict:
 def run_pretrain_command(args) -> int:
     """Run ``python -m cellformers pretrain`` with parsed arguments; print the card snippet."""
     devices = args.devices if args.devices == "auto" else int(args.devices)
+    # the flag holds for this command only: the CLI also runs in-process (notebooks, tests)
+    progress_bar = settings.progress_bar
     if args.no_progress_bar:
         settings.progress_bar = False
-    result = pretrain(
-        args.model,
-        args.data,
-        args.out,
-        preset=args.preset,
-        vocab=args.vocab,
-        epochs=args.epochs,
-        batch_size=args.batch_size,
-        max_cells=args.max_cells,
-        layer=args.layer,
-        gene_symbols=args.gene_symbols,
-        case_sensitive=not args.case_insensitive,
-        min_genes=args.min_genes,
-        val_fraction=args.val_fraction,
-        model_kwargs=_json_arg(args.model_kwargs, "--model-kwargs"),
-        plan_kwargs=_json_arg(args.plan_kwargs, "--plan-kwargs"),
-        precision=args.precision,
-        accelerator=args.accelerator,
-        devices=devices,
-        strategy=args.strategy,
-        num_workers=args.num_workers,
-        resume=args.resume,
-        name=args.name,
-        url=args.url,
-        license=args.license,
-        citation=args.citation,
-        seed=args.seed,
-    )
+    try:
+        result = pretrain(
+            args.model,
+            args.data,
+            args.out,
+            preset=args.preset,
+            vocab=args.vocab,
+            epochs=args.epochs,
+            batch_size=args.batch_size,
+            max_cells=args.max_cells,
+            layer=args.layer,
+            gene_symbols=args.gene_symbols,
+            case_sensitive=not args.case_insensitive,
+            min_genes=args.min_genes,
+            val_fraction=args.val_fraction,
+            model_kwargs=_json_arg(args.model_kwargs, "--model-kwargs"),
+            plan_kwargs=_json_arg(args.plan_kwargs, "--plan-kwargs"),
+            precision=args.precision,
+            accelerator=args.accelerator,
+            devices=devices,
+            strategy=args.strategy,
+            num_workers=args.num_workers,
+            resume=args.resume,
+            name=args.name,
+            url=args.url,
+            license=args.license,
+            citation=args.citation,
+            seed=args.seed,
+        )
+    finally:
+        settings.progress_bar = progress_bar
     if result is not None:
         print(f"checkpoint: {result.checkpoint}\narchive:    {result.archive}\nsha256:     {result.card.sha256}\n")
         print("Register it with:\n")

@@ -273,3 +273,4 @@ def test_cli_no_progress_bar_turns_bars_off(monkeypatch, tmp_path):
     assert seen["progress_bar"] is True
     assert main([*common, "--no-progress-bar"]) == 0
     assert seen["progress_bar"] is False
+    assert settings.progress_bar is True  # only for that command: the CLI also runs inside notebooks
