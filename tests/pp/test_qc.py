@@ -21,27 +21,42 @@ def _counts_adata(n_expr: list[int], n_genes: int = 12, dense: bool = False):
 
 # ---------------------------------------------------------------- filter_cells_by_genes
 @pytest.mark.parametrize("dense", [False, True])
-def test_filter_strictly_more_than(dense):
+def test_filter_at_least(dense):
     adata = _counts_adata([3, 4, 5, 0, 10], dense=dense)
     cf.pp.filter_cells_by_genes(adata, min_genes=4)
-    assert adata.n_obs == 2
-    assert list(adata.obs_names) == ["2", "4"]
-    assert adata.obs["n_genes"].tolist() == [5, 10]
+    assert adata.n_obs == 3
+    assert list(adata.obs_names) == ["1", "2", "4"]
+    assert adata.obs["n_genes"].tolist() == [4, 5, 10]
 
 
 def test_filter_default_is_200():
-    adata = _counts_adata([200, 201], n_genes=250)
+    adata = _counts_adata([199, 200, 201], n_genes=250)
     cf.pp.filter_cells_by_genes(adata)
-    assert adata.obs["n_genes"].tolist() == [201]
+    assert adata.obs["n_genes"].tolist() == [200, 201]
+
+
+@pytest.mark.parametrize("min_genes", [0, 5, 12, 20])
+def test_filter_matches_scanpy(min_genes):
+    adata = synthetic_counts(n_cells=200, n_genes=30)
+    ours = adata.copy()
+    cf.pp.filter_cells_by_genes(ours, min_genes=min_genes)
+    theirs = adata.copy()
+    sc.pp.filter_cells(theirs, min_genes=min_genes)
+    assert list(ours.obs_names) == list(theirs.obs_names)
+    np.testing.assert_array_equal(ours.obs["n_genes"].to_numpy(), theirs.obs["n_genes"].to_numpy())
+    keep, n_genes = cf.pp.filter_cells_by_genes(adata, min_genes=min_genes, inplace=False)
+    keep_sc, n_genes_sc = sc.pp.filter_cells(adata, min_genes=min_genes, inplace=False)
+    np.testing.assert_array_equal(keep, keep_sc)
+    np.testing.assert_array_equal(n_genes, n_genes_sc)
 
 
 def test_filter_not_inplace_and_copy():
     adata = _counts_adata([3, 4, 5])
-    keep, n_genes = cf.pp.filter_cells_by_genes(adata, min_genes=3, inplace=False)
+    keep, n_genes = cf.pp.filter_cells_by_genes(adata, min_genes=4, inplace=False)
     assert keep.tolist() == [False, True, True]
     assert n_genes.tolist() == [3, 4, 5]
     assert adata.n_obs == 3
-    out = cf.pp.filter_cells_by_genes(adata, min_genes=3, key_added="n_expr", copy=True)
+    out = cf.pp.filter_cells_by_genes(adata, min_genes=4, key_added="n_expr", copy=True)
     assert out.n_obs == 2
     assert out.obs["n_expr"].tolist() == [4, 5]
     assert adata.n_obs == 3
@@ -62,10 +77,10 @@ def test_filter_backed(tmp_path):
     _counts_adata([3, 4, 5]).write_h5ad(tmp_path / "a.h5ad")
     backed = ad.read_h5ad(tmp_path / "a.h5ad", backed="r")
     with pytest.raises(ValueError, match="inplace=False"):
-        cf.pp.filter_cells_by_genes(backed, min_genes=3)
-    keep, _ = cf.pp.filter_cells_by_genes(backed, min_genes=3, inplace=False)
+        cf.pp.filter_cells_by_genes(backed, min_genes=4)
+    keep, _ = cf.pp.filter_cells_by_genes(backed, min_genes=4, inplace=False)
     assert keep.tolist() == [False, True, True]
-    out = cf.pp.filter_cells_by_genes(backed, min_genes=3, copy=True)
+    out = cf.pp.filter_cells_by_genes(backed, min_genes=4, copy=True)
     assert not out.isbacked
     assert out.n_obs == 2
 

@@ -226,8 +226,8 @@ def _filter(a, ctx):
     if ctx.input == "empty_cells":
         n_genes[:3] = 0
     cf.pp.filter_cells_by_genes(a, min_genes=15)
-    np.testing.assert_array_equal(_rna(a).obs["n_genes"].to_numpy(), n_genes[n_genes > 15])
-    assert _rna(a).n_obs == a.n_obs == int((n_genes > 15).sum())  # a MuData is updated too
+    np.testing.assert_array_equal(_rna(a).obs["n_genes"].to_numpy(), n_genes[n_genes >= 15])
+    assert _rna(a).n_obs == a.n_obs == int((n_genes >= 15).sum())  # a MuData is updated too
 
 
 def _setup(name):

@@ -73,16 +73,17 @@ def filter_cells_by_genes(
     inplace: bool = True,
     copy: bool = False,
 ) -> AnnData | tuple[np.ndarray, np.ndarray] | None:
-    """Keep cells with **more than** ``min_genes`` expressed genes (xTrimoGene App. 1 keeps cells with > 200).
+    """Keep cells with at least ``min_genes`` expressed genes, as :func:`scanpy.pp.filter_cells` does.
 
-    Shaped like :func:`scanpy.pp.filter_cells`. Rows are read in chunks, so a backed ``AnnData`` can be
+    Shaped like :func:`scanpy.pp.filter_cells` (same kept cells, same ``obs['n_genes']``). xTrimoGene App. 1
+    keeps cells with more than 200 genes: ``min_genes=201``. Rows are read in chunks, so a backed ``AnnData`` can be
     screened with ``inplace=False`` (then ``adata[mask].to_memory()``).
 
     Parameters
     ----------
     %(adata)s
     min_genes
-        A cell is kept when its number of non-zero genes is strictly greater than this.
+        A cell is kept when its number of non-zero genes is at least this (scanpy's ``min_genes``).
     layer
         Layer whose non-zero values are counted; ``None`` uses ``adata.X``.
     key_added
@@ -117,9 +118,9 @@ def filter_cells_by_genes(
         check_block_values(csr, arg=where, row_offset=start)
         rows = np.repeat(np.arange(stop - start), np.diff(csr.indptr))
         n_expr[start:stop] = np.bincount(rows[csr.data != 0], minlength=stop - start)
-    keep = n_expr > min_genes
+    keep = n_expr >= min_genes
     n_removed = int((~keep).sum())
-    logger.info(f"filtered out {n_removed} of {adata.n_obs} cells with {min_genes} or fewer expressed genes")
+    logger.info(f"filtered out {n_removed} of {adata.n_obs} cells with fewer than {min_genes} expressed genes")
     if not inplace and not copy:
         return keep, n_expr
     if adata.isbacked and not copy:
