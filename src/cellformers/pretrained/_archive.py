@@ -4,15 +4,17 @@ from __future__ import annotations
 
 import gzip
 import logging
+import lzma
 import os
 import shutil
 import tarfile
 import tempfile
 import zipfile
+import zlib
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING
 
-from cellformers._exceptions import ChecksumError, UntrustedCheckpointError
+from cellformers._exceptions import CellformersError, ChecksumError, UntrustedCheckpointError
 from cellformers._settings import settings
 
 from ._format import CHECKPOINT_FILES, CheckpointError, file_sha256, verify_checkpoint
@@ -30,6 +32,8 @@ _CHUNK = 1 << 20
 _S_IFMT = 0o170000
 _S_IFREG = 0o100000
 _S_IFDIR = 0o040000
+# what reading a truncated or corrupt archive raises: tar and zip errors, EOF inside gzip, zlib and lzma/bz2 errors
+_READ_ERRORS = (tarfile.TarError, zipfile.BadZipFile, EOFError, OSError, zlib.error, lzma.LZMAError)
 
 
 def archive_suffix(name: str) -> str | None:
@@ -102,7 +106,11 @@ def _open_members(archive: Path):
     """``(members, opener, closer)``: checkpoint file -> member name, a function opening a member, a close hook."""
     suffix = archive_suffix(archive.name)
     if suffix == ".zip" or (suffix is None and zipfile.is_zipfile(archive)):
-        zf = zipfile.ZipFile(archive)
+        try:
+            zf = zipfile.ZipFile(archive)
+        except _READ_ERRORS as err:
+            msg = f"{archive} is not a readable zip archive ({type(err).__name__}: {err}); download it again."
+            raise CheckpointError(msg) from err
         entries = []
         for info in zf.infolist():
             mode = (info.external_attr >> 16) & _S_IFMT
@@ -121,7 +129,7 @@ def _open_members(archive: Path):
         return members, zf.open, zf.close
     try:
         tf = tarfile.open(archive, mode="r:*")
-    except (tarfile.TarError, OSError) as err:
+    except _READ_ERRORS as err:
         msg = f"{archive} is not a readable tar or zip archive ({type(err).__name__}: {err})."
         raise CheckpointError(msg) from err
     try:
@@ -132,9 +140,12 @@ def _open_members(archive: Path):
             entries.append((info.name, kind))
             by_name[info.name] = info
         members = _checkpoint_members(entries, archive)
-    except tarfile.TarError as err:
+    except CellformersError:
         tf.close()
-        msg = f"{archive} is a damaged tar archive ({err})."
+        raise
+    except _READ_ERRORS as err:  # a truncated .tar.gz ends with EOFError, a corrupt one with zlib.error
+        tf.close()
+        msg = f"{archive} is a truncated or damaged tar archive ({type(err).__name__}: {err}); download it again."
         raise CheckpointError(msg) from err
     except Exception:
         tf.close()
@@ -160,6 +171,11 @@ def read_archive_file(archive: str | os.PathLike, name: str) -> bytes:
     try:
         with opener(members[name]) as fh:
             return fh.read()
+    except CellformersError:
+        raise
+    except _READ_ERRORS as err:
+        msg = f"{archive} is truncated or damaged ({type(err).__name__}: {err}); download it again."
+        raise CheckpointError(msg) from err
     finally:
         close()
 
@@ -198,7 +214,7 @@ def _extract(archive: str | os.PathLike, *, sha256: str | None = None) -> tuple[
             for fname, member in members.items():
                 with opener(member) as src, open(tmp / fname, "wb") as dst:
                     shutil.copyfileobj(src, dst, _CHUNK)
-        except (tarfile.TarError, zipfile.BadZipFile, EOFError, OSError) as err:
+        except _READ_ERRORS as err:
             msg = f"{archive} is truncated or damaged ({type(err).__name__}: {err}); download it again."
             raise CheckpointError(msg) from err
         finally:

@@ -14,7 +14,7 @@ from scvi import REGISTRY_KEYS
 from scvi.data.fields import CategoricalObsField, LayerField, NumericalObsField
 from scvi.model.base import BaseModelClass, UnsupervisedTrainingMixin
 
-from cellformers._constants import CELL_SEED_OBS_COLUMN, REGISTRY_KEYS_CF, VAR_KEYS
+from cellformers._constants import CELL_SEED_OBS_COLUMN, REGISTRY_KEYS_CF, UNS_KEYS, VAR_KEYS
 from cellformers._exceptions import GeneMappingError, MissingKeyError, NotCountsError, UnknownCategoryError
 from cellformers._settings import settings
 from cellformers._utils import autocast_context, cell_seed, check_counts, check_key, get_matrix, resolve_adata, row_nnz
@@ -226,19 +226,36 @@ class CellformersModel(AnnotationMixin, PretrainedMixin, UnsupervisedTrainingMix
     def _resolve_vocab(adata: AnnData, vocab: GeneVocab | str | None) -> tuple[GeneVocab, np.ndarray]:
         """The vocabulary and the token id of each gene of ``adata`` (``-1`` when absent).
 
-        ``vocab=None`` builds the vocabulary from the data's genes (scFormer section 3.1). With a vocabulary or a
-        reference name, ``adata.var['cellformers_token_id']`` from :func:`cellformers.pp.map_genes` is used when
-        present (it resolves Ensembl ids and case), else the var names are looked up directly.
+        ``vocab=None`` uses the vocabulary :func:`cellformers.pp.map_genes` recorded in
+        ``adata.uns['cellformers_gene_mapping']`` when ``adata`` was mapped (and says so), else builds one from the
+        data's genes (scFormer section 3.1). ``adata.var['cellformers_token_id']`` from
+        :func:`~cellformers.pp.map_genes` is used when present (it resolves Ensembl ids and case), else the var
+        names are looked up directly; a vocabulary other than the one ``map_genes`` used is an error.
         """
         from cellformers.data import GeneVocab
 
-        if vocab is None:
+        mapped_with = _mapped_vocab_name(adata)
+        if vocab is None and mapped_with is not None:
+            vocab = _load_mapped_vocab(mapped_with, adata)
+            logger.info(
+                f"using the vocabulary {mapped_with!r} that `cellformers.pp.map_genes` recorded in "
+                f"adata.uns[{UNS_KEYS.GENE_MAPPING!r}] (pass `vocab=` to choose another)"
+            )
+        elif vocab is None:
             vocab = GeneVocab.from_adata(adata)
         elif isinstance(vocab, str):
             vocab = GeneVocab.load(vocab)
         elif not isinstance(vocab, GeneVocab):
             msg = f"`vocab` must be a GeneVocab, a reference name or None, got {type(vocab).__name__}."
             raise TypeError(msg)
+        if mapped_with is not None and vocab.name not in (None, "custom") and vocab.name != mapped_with:
+            msg = (
+                f"`adata` was mapped with `cellformers.pp.map_genes` against the vocabulary {mapped_with!r}, but the "
+                f"model is given {vocab.name!r}: the token ids in adata.var[{VAR_KEYS.TOKEN_ID!r}] would mean other "
+                f"genes. Pass `vocab={mapped_with!r}` (or leave `vocab` out), or rerun `map_genes` with "
+                f"`vocab={vocab.name!r}`."
+            )
+            raise GeneMappingError(msg)
         if VAR_KEYS.TOKEN_ID in adata.var.columns:
             ids = adata.var[VAR_KEYS.TOKEN_ID].to_numpy(dtype=np.int64)
             if ids.max(initial=-1) >= len(vocab):
@@ -450,6 +467,40 @@ class CellformersModel(AnnotationMixin, PretrainedMixin, UnsupervisedTrainingMix
     @property
     def _progress(self) -> bool:
         return settings.progress_bar
+
+
+def _mapped_vocab_name(adata: AnnData) -> str | None:
+    """Name of the vocabulary :func:`cellformers.pp.map_genes` mapped ``adata`` to (``"custom"`` if unnamed)."""
+    if VAR_KEYS.TOKEN_ID not in adata.var.columns:
+        return None
+    record = adata.uns.get(UNS_KEYS.GENE_MAPPING)
+    params = record.get("params") if isinstance(record, dict) else None
+    if not isinstance(params, dict) or params.get("var_key", VAR_KEYS.TOKEN_ID) != VAR_KEYS.TOKEN_ID:
+        return None
+    name = params.get("vocab")
+    return str(name) if name is not None else None
+
+
+def _load_mapped_vocab(name: str, adata: AnnData) -> GeneVocab:
+    """The vocabulary ``name`` recorded by :func:`cellformers.pp.map_genes`, or a clear error.
+
+    A named reference is loaded. Another vocabulary cannot be rebuilt, except the data's own genes
+    (``GeneVocab.from_adata(adata)``), recognised by giving exactly the recorded token ids.
+    """
+    from cellformers.data import GeneVocab
+    from cellformers.data._references import REFERENCES
+
+    if name not in REFERENCES:
+        own = GeneVocab.from_adata(adata)
+        if np.array_equal(own.lookup(adata.var_names), adata.var[VAR_KEYS.TOKEN_ID].to_numpy(dtype=np.int64)):
+            return own
+        msg = (
+            f"`adata` was mapped with `cellformers.pp.map_genes` against a vocabulary that is not a named reference "
+            f"({name!r}), so the model cannot rebuild it: pass the same vocabulary, `vocab=<the GeneVocab given to "
+            "map_genes>`."
+        )
+        raise GeneMappingError(msg)
+    return GeneVocab.load(name)
 
 
 def _warn_unused_categories(column: pd.Series, key: str, arg: str) -> None:
