@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from cellformers import settings
 from cellformers.pretrained import CheckpointError, extract_checkpoint, load_pretrained, pack_checkpoint
 from cellformers.pretrained._archive import read_archive_file
 
@@ -69,8 +70,8 @@ def test_reading_one_file_of_a_damaged_archive_raises_checkpoint_error(damaged):
         read_archive_file(damaged, "model.safetensors")
 
 
-def test_a_failed_extraction_leaves_no_debris(damaged, _isolated_cache):
+def test_a_failed_extraction_leaves_no_debris(damaged):
     with pytest.raises(CheckpointError):
         extract_checkpoint(damaged)
-    root = _isolated_cache / "pretrained" / "checkpoints"
+    root = settings.cache_dir / "pretrained" / "checkpoints"
     assert not root.exists() or not any(root.iterdir())
