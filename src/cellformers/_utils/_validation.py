@@ -59,32 +59,50 @@ def check_expression_values(X, *, arg: str = "adata.X", chunk_size: int = 4096) 
         check_block_values(block, arg=arg, row_offset=start)
 
 
-def looks_like_counts(X, *, n_rows: int = 500) -> bool:
-    """Whether the first ``n_rows`` rows of ``X`` are non-negative (near-)integers."""
+def _near_integers(v: np.ndarray) -> bool:
+    v = v.astype(np.float64, copy=False)
+    return bool((np.abs(v - np.rint(v)) <= integer_tolerance(v)).all())
+
+
+def _block_is_counts(block) -> bool:
+    v = _values(block)
+    return v.size == 0 or bool(np.isfinite(v).all() and (v >= 0).all() and _near_integers(v))
+
+
+def looks_like_counts(X, *, n_rows: int | None = 500) -> bool:
+    """Whether the first ``n_rows`` rows of ``X`` (``None``: all rows, streamed) are non-negative (near-)integers."""
+    if n_rows is None:
+        return all(_block_is_counts(block) for _start, _stop, block in iter_row_chunks(X, chunk_size=4096))
     block = X[: min(n_rows, X.shape[0])]
     if hasattr(block, "to_memory"):
         block = block.to_memory()
-    v = _values(block).astype(np.float64, copy=False)
-    if v.size == 0:
-        return True
-    if (v < 0).any() or not np.isfinite(v).all():
-        return False
-    dev = np.abs(v - np.rint(v))
-    return bool((dev <= integer_tolerance(v)).all())
+    return _block_is_counts(block)
 
 
-def check_counts(X, *, arg: str = "layer", layer: str | None = None) -> None:
+def check_counts(X, *, arg: str = "layer", layer: str | None = None, chunk_size: int = 4096) -> None:
     """Raise :class:`NotCountsError` with the fix when ``X`` does not look like raw counts.
 
-    Also rejects NaN, infinite and negative values (:class:`InvalidExpressionError`).
+    Every row is checked, streamed in chunks of ``chunk_size`` rows (a backed matrix is never loaded whole), so a
+    concatenation of raw counts and normalized data is caught wherever the normalized rows are. Also rejects NaN,
+    infinite and negative values (:class:`InvalidExpressionError`).
     """
     where = "adata.X" if layer is None else f"adata.layers[{layer!r}]"
-    check_expression_values(X, arg=where)
-    if not looks_like_counts(X):
+    for start, _stop, block in iter_row_chunks(X, chunk_size=chunk_size):
+        check_block_values(block, arg=where, row_offset=start)
+        v = _values(block)
+        if v.size == 0 or _near_integers(v):
+            continue
+        first = start + next(i for i in range(block.shape[0]) if not _near_integers(_values(block[i : i + 1])))
+        mixed = (
+            f" The first such row is row {first}, and rows before it hold counts: the data may concatenate raw "
+            "and normalized datasets."
+            if first > 0
+            else ""
+        )
         msg = (
             f"{where} does not look like raw counts (it has non-integer values): it is probably normalized "
             f"or log-transformed. Pass the raw counts with `{arg}=` (e.g. `{arg}='counts'` after "
             "`adata.layers['counts'] = adata.raw.X` or before normalizing), or recover them with "
-            "`cellformers.pp.counts_from_normalized(adata)`."
+            f"`cellformers.pp.counts_from_normalized(adata)`.{mixed}"
         )
         raise NotCountsError(msg)
