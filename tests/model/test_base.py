@@ -81,3 +81,56 @@ def test_second_train_call_runs_in_training_mode(adata, toy_model_cls):
     model.train(**kw, callbacks=[_Mode()])
     assert seen
     assert all(seen)
+
+
+# ---------------------------------------------------------------- the vocabulary map_genes recorded
+def test_model_uses_vocab_recorded_by_map_genes(adata, toy_model_cls, seeded_references, caplog):
+    import logging
+
+    import cellformers as cf
+
+    cf.pp.map_genes(adata, vocab="scfoundation-19264")
+    toy_model_cls.setup_anndata(adata)
+    logger = logging.getLogger("cellformers")
+    logger.addHandler(caplog.handler)
+    try:
+        model = toy_model_cls(adata)  # no `vocab=`: the one map_genes used
+    finally:
+        logger.removeHandler(caplog.handler)
+    assert model.vocab.name == "scfoundation-19264"
+    assert "using the vocabulary 'scfoundation-19264' that `cellformers.pp.map_genes` recorded" in caplog.text
+    ids = adata.var["cellformers_token_id"].to_numpy()
+    np.testing.assert_array_equal(model.module.input_gene_ids.numpy(), ids[ids >= 0])
+    assert [model.vocab.tokens[i] for i in ids[ids >= 0]] == list(adata.var_names[ids >= 0])
+
+
+def test_model_refuses_other_vocab_than_map_genes(adata, toy_model_cls, seeded_references):
+    import cellformers as cf
+
+    cf.pp.map_genes(adata, vocab="scfoundation-19264")
+    toy_model_cls.setup_anndata(adata)
+    with pytest.raises(GeneMappingError, match="vocab='scfoundation-19264'"):
+        toy_model_cls(adata, vocab="scgpt-default")
+    assert toy_model_cls(adata, vocab="scfoundation-19264").vocab.name == "scfoundation-19264"
+
+
+def test_model_custom_vocab_of_map_genes_must_be_passed(adata, toy_model_cls):
+    import cellformers as cf
+
+    vocab = GeneVocab(list(adata.var_names[::-1]) + ["EXTRA1", "EXTRA2"])
+    cf.pp.map_genes(adata, vocab)
+    toy_model_cls.setup_anndata(adata)
+    with pytest.raises(GeneMappingError, match="pass the same vocabulary"):
+        toy_model_cls(adata)
+    model = toy_model_cls(adata, vocab=vocab)
+    ids = adata.var["cellformers_token_id"].to_numpy()
+    np.testing.assert_array_equal(model.module.input_gene_ids.numpy(), ids)
+
+
+def test_model_rebuilds_data_vocab_of_map_genes(adata, toy_model_cls):
+    import cellformers as cf
+
+    cf.pp.map_genes(adata, GeneVocab.from_adata(adata))  # as `make demo` does
+    toy_model_cls.setup_anndata(adata)
+    model = toy_model_cls(adata)
+    assert model.vocab.genes == list(adata.var_names)
