@@ -44,7 +44,7 @@ def _run_blocks(page: str, *, quick: bool) -> None:
             assert "max_epochs=10" in code
             code = code.replace("max_epochs=10", "max_epochs=1")
         namespace: dict = {}
-        exec(compile(code, f"<{page}>", "exec"), namespace)  # noqa: S102
+        exec(compile(code, f"<{page}>", "exec"), namespace)
         adata = namespace["adata"]
         assert adata.obsm["X_xtrimogene"].shape[0] == adata.n_obs
         assert namespace["model"].vocab.name == "scfoundation-19264"
