@@ -232,6 +232,7 @@ def run_demo(
         fig, axes = plt.subplots(1, n, figsize=(3.6 * n + 2.6, 3.8), squeeze=False, layout="constrained")
         for i, (ax, key) in enumerate(zip(axes[0], embeddings, strict=True)):
             legend = "right margin" if i == n - 1 else "none"
+            tl.umap(adata, key)
             pl.embedding(adata, basis=key, color=label_key, ax=ax, show=False, title=key, legend_loc=legend)
         fig.savefig(out / "umap.png", dpi=110)
         plt.close(fig)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import numbers
 import os
 from pathlib import Path
 
@@ -29,8 +30,11 @@ class CellformersConfig:
         Where reference files and checkpoints are downloaded. Defaults to ``$CELLFORMERS_CACHE`` or
         ``~/.cache/cellformers``.
     seed
-        Global seed. Every random choice that must not depend on batch size or cell order (masking,
-        tie-breaking in binning, subsampling) derives its generator from this seed and the cell name.
+        Global seed, the only one to set. Every random choice that must not depend on batch size or cell order
+        (masking, tie-breaking in binning, subsampling) derives its generator from this seed and the cell name;
+        setting it also sets :attr:`scvi.settings.seed <scvi._settings.ScviConfig.seed>`, which seeds Python's
+        ``random``, NumPy and torch (Lightning's ``seed_everything``) and scvi-tools' train/validation split, so
+        training (initial weights, shuffling, dropout) repeats too.
     progress_bar
         Whether inference loops show a progress bar.
     warnings_stacklevel
@@ -52,9 +56,27 @@ class CellformersConfig:
 
     def __init__(self) -> None:
         self._cache_dir: Path | None = None
-        self.seed: int = 0
+        self._seed: int = 0
         self.progress_bar: bool = True
         self.warnings_stacklevel: int = 2
+
+    @property
+    def seed(self) -> int:
+        """Global seed; setting it seeds scvi-tools, torch, NumPy and ``random`` as well."""
+        return self._seed
+
+    @seed.setter
+    def seed(self, seed: int) -> None:
+        if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
+            msg = f"`seed` must be an integer, got {seed!r}."
+            raise TypeError(msg)
+        import scvi
+
+        flags = os.environ.get("XLA_FLAGS")
+        scvi.settings.seed = int(seed)  # Lightning's seed_everything, and scvi-tools' data splits
+        if flags is not None and "--xla_gpu_deterministic_ops=true" in flags:
+            os.environ["XLA_FLAGS"] = flags  # scvi-tools appends the flag again at every call
+        self._seed = int(seed)
 
     @property
     def cache_dir(self) -> Path:

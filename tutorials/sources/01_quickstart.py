@@ -37,7 +37,7 @@ warnings.filterwarnings("ignore", module="lightning")
 logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
 scvi.settings.verbosity = logging.WARNING  # scvi-tools' notes on AnnData set-up
 cf.settings.progress_bar = False  # no progress bars in the stored outputs
-scvi.settings.seed = 0  # seeds torch, numpy and Python's random
+cf.settings.seed = 0  # the one seed: cellformers, scvi-tools, torch, NumPy, random
 sc.settings.set_figure_params(dpi=80, frameon=False)
 print(f"cellformers {cf.__version__}, torch {torch.__version__}, {torch.get_num_threads()} CPU threads")
 
@@ -135,8 +135,8 @@ cf.tl.baselines(adata, methods=("pca", "scvi"), layer="counts", max_epochs=40)
 # ## 5. Clusters and UMAPs
 #
 # {func}`~cellformers.tl.leiden_search` finds the Leiden resolution that gives a chosen number of clusters (by
-# dichotomy, as in the xTrimoGene appendix); {func}`cellformers.pl.embedding` computes a UMAP of any embedding and
-# plots it in one call.
+# dichotomy, as in the xTrimoGene appendix); {func}`cellformers.tl.umap` computes a UMAP of any embedding (into
+# `adata.obsm["X_umap_<embedding>"]`, leaving scanpy's `X_umap` alone) and {func}`cellformers.pl.embedding` draws it.
 
 # %%
 embeddings = ["X_pca_hvg", "X_scvi", "X_xtrimogene"]
@@ -145,6 +145,7 @@ for key in embeddings:
 
 fig, axes = plt.subplots(2, 3, figsize=(13, 8), layout="constrained")
 for j, key in enumerate(embeddings):
+    cf.tl.umap(adata, key)
     cf.pl.embedding(
         adata,
         basis=key,

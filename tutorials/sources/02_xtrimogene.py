@@ -35,7 +35,7 @@ warnings.filterwarnings("ignore", module="lightning")
 logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
 scvi.settings.verbosity = logging.WARNING  # scvi-tools' notes on AnnData set-up
 cf.settings.progress_bar = False  # no progress bars in the stored outputs
-scvi.settings.seed = 0
+cf.settings.seed = 0  # the one seed: cellformers, scvi-tools, torch, NumPy, random
 sc.settings.set_figure_params(dpi=80, frameon=False)
 
 SHARED = Path(os.environ.get("CELLFORMERS_SHARED", "../../shared"))
@@ -134,6 +134,7 @@ results[["ARI", "NMI", "ARI_cell", "NMI_cell", "ASW_cell", "AvgBIO"]].round(3)
 # %%
 fig, axes = plt.subplots(1, 3, figsize=(15, 4.2), layout="constrained")
 for ax, key in zip(axes, embeddings, strict=True):
+    cf.tl.umap(adata, key)
     cf.pl.embedding(
         adata,
         basis=key,
@@ -247,7 +248,7 @@ show = [g for g in show if g in markers]
 for g in show:
     adata.obs[f"{g} observed"] = lognorm[:, g].X.toarray().ravel()
     adata.obs[f"{g} imputed"] = np.asarray(adata.layers["xtrimogene_imputed"][:, adata.var_names.get_loc(g)])
-# the UMAP of HVG-PCA computed by cf.pl.embedding above (adata.obsm["X_umap_pca_hvg"])
+# the UMAP of HVG-PCA computed by cf.tl.umap above (adata.obsm["X_umap_pca_hvg"])
 sc.pl.embedding(
     adata,
     basis="X_umap_pca_hvg",

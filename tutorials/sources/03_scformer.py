@@ -32,7 +32,7 @@ warnings.filterwarnings("ignore", module="lightning")
 logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
 scvi.settings.verbosity = logging.WARNING  # scvi-tools' notes on AnnData set-up
 cf.settings.progress_bar = False  # no progress bars in the stored outputs
-scvi.settings.seed = 0
+cf.settings.seed = 0  # the one seed: cellformers, scvi-tools, torch, NumPy, random
 sc.settings.set_figure_params(dpi=80, frameon=False)
 SHARED = Path(os.environ.get("CELLFORMERS_SHARED", "../../shared"))
 
@@ -60,6 +60,7 @@ pd.crosstab(adata.obs["cell_type"], adata.obs["batch"])
 
 # %%
 cf.tl.baselines(adata, methods=("pca", "harmony"), layer="counts", batch_key="batch")
+cf.tl.umap(adata, "X_pca_hvg")
 fig, axes = plt.subplots(1, 2, figsize=(10, 4), layout="constrained")
 cf.pl.embedding(adata, basis="X_pca_hvg", color="batch", ax=axes[0], show=False, title="HVG-PCA: batch")
 cf.pl.embedding(adata, basis="X_pca_hvg", color="cell_type", ax=axes[1], show=False, title="HVG-PCA: cell line")
@@ -126,6 +127,7 @@ cf.pl.benchmark(adata, metrics=["AvgBIO", "AvgBATCH", "Overall"], kind="bar")
 fig, axes = plt.subplots(2, len(embeddings), figsize=(4 * len(embeddings), 7), layout="constrained")
 for j, key in enumerate(embeddings):
     last = j == len(embeddings) - 1
+    cf.tl.umap(adata, key)
     cf.pl.embedding(
         adata,
         basis=key,

@@ -33,7 +33,7 @@ warnings.filterwarnings("ignore", module="lightning")
 logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
 scvi.settings.verbosity = logging.WARNING  # scvi-tools' notes on AnnData set-up
 cf.settings.progress_bar = False  # no progress bars in the stored outputs
-scvi.settings.seed = 0
+cf.settings.seed = 0  # the one seed: cellformers, scvi-tools, torch, NumPy, random
 sc.settings.set_figure_params(dpi=80, frameon=False)
 pd.set_option("display.max_colwidth", 150)
 SHARED = Path(os.environ.get("CELLFORMERS_SHARED", "../../shared"))
@@ -179,6 +179,7 @@ results[["ARI", "NMI", "ARI_cell", "NMI_cell", "ASW_cell", "AvgBIO"]].round(3)
 # %%
 fig, axes = plt.subplots(1, 3, figsize=(15, 4.2), layout="constrained")
 for ax, key in zip(axes, embeddings, strict=True):
+    cf.tl.umap(adata, key)
     cf.pl.embedding(
         adata,
         basis=key,

@@ -31,7 +31,7 @@ warnings.filterwarnings("ignore", module="lightning")
 logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
 scvi.settings.verbosity = logging.WARNING  # scvi-tools' notes on AnnData set-up
 cf.settings.progress_bar = False  # no progress bars in the stored outputs
-scvi.settings.seed = 0
+cf.settings.seed = 0  # the one seed: cellformers, scvi-tools, torch, NumPy, random
 sc.settings.set_figure_params(dpi=80, frameon=False)
 SHARED = Path(os.environ.get("CELLFORMERS_SHARED", "../../shared"))
 
@@ -182,6 +182,7 @@ cf.tl.transfer_labels(query, reference, labels_key="cell_type", use_rep="X_xtrim
 agreement = (query.obs["cell_type_transferred"].astype(str) == query.obs["xtrimogene_label"].astype(str)).mean()
 print(f"kNN transfer and the fine-tuned head agree on {agreement:.1%} of the query cells")
 
+cf.tl.umap(query, "X_xtrimogene")
 fig, axes = plt.subplots(1, 3, figsize=(16, 4.3), layout="constrained")
 cf.pl.embedding(query, basis="X_xtrimogene", color="cell_type", ax=axes[0], show=False, title="pbmc3k labels")
 cf.pl.embedding(query, basis="X_xtrimogene", color="xtrimogene_label", ax=axes[1], show=False, title="classifier head")

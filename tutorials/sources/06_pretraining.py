@@ -48,7 +48,7 @@ warnings.filterwarnings("ignore", module="lightning")
 logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
 scvi.settings.verbosity = logging.WARNING  # scvi-tools' notes on AnnData set-up
 cf.settings.progress_bar = False  # no progress bars in the stored outputs
-scvi.settings.seed = 0
+cf.settings.seed = 0  # the one seed: cellformers, scvi-tools, torch, NumPy, random
 sc.settings.set_figure_params(dpi=80, frameon=False)
 # a cache of its own, so that the downloads below really happen (by default: ~/.cache/cellformers)
 cf.settings.cache_dir = Path("cellformers_cache").resolve()
@@ -367,6 +367,7 @@ scores = pd.Series(
 scores.round(3)
 
 # %%
+cf.tl.umap(zheng, "X_xtrimogene")
 fig, axes = plt.subplots(1, 2, figsize=(12, 4.5), layout="constrained")
 cf.pl.embedding(zheng, basis="X_xtrimogene", color="cell_type", ax=axes[0], show=False, title="FACS population")
 cf.pl.embedding(

@@ -21,7 +21,6 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 import scanpy as sc
-import scvi
 import torch
 
 import cellformers as cf
@@ -30,7 +29,7 @@ from cellformers.__main__ import main as cellformers_main
 warnings.filterwarnings("ignore")
 logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
 logging.getLogger("cellformers").setLevel(logging.WARNING)
-scvi.settings.seed = 0
+cf.settings.seed = 0  # the one seed: cellformers, scvi-tools, torch, NumPy, random
 QUIET = {"enable_progress_bar": False, "enable_model_summary": False, "precision": "bf16-mixed"}
 
 bundled = sc.datasets.pbmc68k_reduced()
@@ -104,13 +103,15 @@ cf.tl.baselines(adata, methods=("pca", "harmony"), layer="counts", batch_key="ba
 embeddings = ["X_pca_hvg", "X_harmony", "X_xtrimogene"]
 for key in embeddings:
     cf.tl.leiden_search(adata, use_rep=key, n_clusters=4, key_added=f"leiden_{key}")
+cf.tl.umap(adata, "X_xtrimogene")
 fig, axes = plt.subplots(1, 2)
 cf.pl.embedding(adata, basis="X_xtrimogene", color="cell_type", ax=axes[0], show=False, title="t", legend_loc="none")
 cf.pl.embedding(adata, basis="X_xtrimogene", color="leiden_X_xtrimogene", ax=axes[1], show=False, legend_loc="on data")
 plt.close(fig)
 assert "X_umap_pca_hvg" not in adata.obsm
-cf.pl.embedding(adata, basis="X_pca_hvg", color="cell_type", show=False)
+cf.tl.umap(adata, "X_pca_hvg")
 assert "X_umap_pca_hvg" in adata.obsm
+cf.pl.embedding(adata, "X_pca_hvg", color="cell_type", show=False)
 sc.pl.embedding(adata, basis="X_umap_pca_hvg", color=["cell_type"], show=False)
 results = cf.tl.benchmark(adata, embeddings=embeddings, label_key="cell_type", batch_key="batch")
 assert {

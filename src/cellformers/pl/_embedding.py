@@ -1,14 +1,15 @@
-"""UMAP of any embedding, coloured by ``obs`` keys, thin over :func:`scanpy.pl.embedding`."""
+"""Scatter plot of an embedding or of its UMAP, coloured by ``obs`` keys, thin over :func:`scanpy.pl.embedding`."""
 
 from __future__ import annotations
 
+import logging
 from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
 
 from cellformers._exceptions import MissingKeyError
-from cellformers._utils import check_key
+from cellformers.tl._umap import resolve_rep, umap_key
 
 from ._utils import finish
 
@@ -20,12 +21,9 @@ if TYPE_CHECKING:
     from matplotlib.axes import Axes
     from matplotlib.figure import Figure
 
+logger = logging.getLogger(__name__)
 
-def _resolve_basis(adata: AnnData, basis: str) -> str:
-    if basis not in adata.obsm and f"X_{basis}" in adata.obsm:
-        return f"X_{basis}"
-    check_key(adata, "obsm", basis, arg="basis")
-    return basis
+__all__ = ["embedding"]
 
 
 def _check_color(adata: AnnData, color: str | Sequence[str] | None) -> None:
@@ -40,35 +38,35 @@ def _check_color(adata: AnnData, color: str | Sequence[str] | None) -> None:
         raise MissingKeyError(msg)
 
 
-def _umap(adata: AnnData, basis: str, *, n_neighbors: int, random_state: int, recompute: bool) -> str:
-    """UMAP of ``adata.obsm[basis]`` cached in ``adata.obsm['X_umap_<basis>']`` (recomputed when params differ)."""
-    import scanpy as sc
-    from anndata import AnnData
-
-    key = f"X_umap_{basis.removeprefix('X_')}"
-    params = {"basis": basis, "n_neighbors": int(n_neighbors), "random_state": int(random_state)}
-    cached = adata.uns.get(key, {}).get("params", {}) if isinstance(adata.uns.get(key), dict) else {}
-    if not recompute and key in adata.obsm and {k: cached.get(k) for k in params} == params:
+def _plot_key(adata: AnnData, basis: str, *, components: object) -> str:
+    """The ``adata.obsm`` key to draw for ``basis``: itself (two columns, or ``components``), else its UMAP."""
+    dims = np.shape(adata.obsm[basis])
+    if len(dims) != 2 or dims[1] < 2:
+        msg = f"`basis={basis!r}`: adata.obsm[{basis!r}] must have at least two dimensions, got shape {dims}."
+        raise ValueError(msg)
+    if dims[1] == 2 or components is not None:
+        return basis
+    key = umap_key(basis)
+    record = adata.uns.get(key)
+    params = record.get("params", {}) if isinstance(record, dict) else {}
+    if key in adata.obsm and params.get("use_rep", basis) == basis:
+        logger.info(f"drawing adata.obsm[{key!r}], the UMAP of adata.obsm[{basis!r}]")
         return key
-    X = adata.obsm[basis]
-    X = X.to_numpy() if isinstance(X, pd.DataFrame) else X
-    X = np.asarray(X.toarray() if hasattr(X, "toarray") else X, dtype=np.float32)
-    tmp = AnnData(obs=pd.DataFrame(index=adata.obs_names.copy()), obsm={"X_rep": X})
-    sc.pp.neighbors(tmp, n_neighbors=min(n_neighbors, tmp.n_obs - 1), use_rep="X_rep", random_state=random_state)
-    sc.tl.umap(tmp, random_state=random_state)
-    adata.obsm[key] = np.asarray(tmp.obsm["X_umap"], dtype=np.float32)
-    adata.uns[key] = {"params": params}
-    return key
+    name = basis.removeprefix("X_")
+    msg = (
+        f"adata.obsm[{basis!r}] has {dims[1]} dimensions and no UMAP of it was computed. Compute it first: "
+        f"`cellformers.tl.umap(adata, {basis!r})` (writes adata.obsm[{key!r}]), then "
+        f"`cellformers.pl.embedding(adata, {basis!r}, ...)`; or draw two of its dimensions, as "
+        f"`scanpy.pl.embedding` does: `cellformers.pl.embedding(adata, {name!r}, components='1,2')`."
+    )
+    raise MissingKeyError(msg)
 
 
 def embedding(
     adata: AnnData,
-    *,
     basis: str,
+    *,
     color: str | Sequence[str] | None = None,
-    n_neighbors: int = 15,
-    random_state: int = 0,
-    recompute: bool = False,
     ax: Axes | None = None,
     show: bool | None = None,
     save: str | os.PathLike | None = None,
@@ -77,11 +75,11 @@ def embedding(
 ) -> Figure | Axes | list[Axes] | None:
     """Scatter plot of an embedding (its UMAP when it has more than two dimensions), coloured by ``obs`` keys or genes.
 
-    A two-dimensional ``adata.obsm[basis]`` is drawn as is. Otherwise a UMAP of it is computed
-    (:func:`scanpy.pp.neighbors` with ``use_rep=basis`` and :func:`scanpy.tl.umap`, on a private AnnData, so the
-    caller's neighbours and ``X_umap`` are untouched) and cached in ``adata.obsm['X_umap_<basis>']`` (e.g.
-    ``X_umap_scvi`` for ``basis="X_scvi"``) with its parameters in ``adata.uns['X_umap_<basis>']``; it is reused
-    while those parameters match. The drawing is :func:`scanpy.pl.embedding`.
+    Called like :func:`scanpy.pl.embedding` (``cf.pl.embedding(adata, "X_scvi", color="cell_type")``), and like
+    it, never writes to ``adata``. A two-dimensional ``adata.obsm[basis]`` is drawn as is. For a wider one, its
+    UMAP computed by :func:`cellformers.tl.umap` (``adata.obsm['X_umap_<basis>']``, e.g. ``X_umap_scvi`` for
+    ``basis="X_scvi"``) is drawn; without one, an error says how to compute it. With ``components=``, the
+    chosen dimensions of ``basis`` itself are drawn, as scanpy does.
 
     Parameters
     ----------
@@ -91,12 +89,6 @@ def embedding(
         Key of ``adata.obsm`` with the embedding (``"X_scvi"``; ``"scvi"`` works too).
     color
         Column(s) of ``adata.obs`` or gene(s) to colour by; several make a grid of panels.
-    n_neighbors
-        Number of neighbours of the graph the UMAP is computed from.
-    random_state
-        Seed of the neighbour search and of UMAP.
-    recompute
-        Compute the UMAP again even when a cached one matches.
     ax
         A matplotlib axes object to draw into (one ``color`` only).
     show
@@ -106,38 +98,31 @@ def embedding(
     return_fig
         Return the :class:`~matplotlib.figure.Figure`.
     **kwargs
-        Passed to :func:`scanpy.pl.embedding` (``palette``, ``size``, ``legend_loc``, ``title``, …).
+        Passed to :func:`scanpy.pl.embedding` (``components``, ``palette``, ``size``, ``legend_loc``, ``title``, …).
 
     Returns
     -------
     The figure if ``return_fig=True``; else the axes (a list for several colours) if the plot is not shown; else
-    ``None``. May set `adata.obsm['X_umap_<basis>']` and `adata.uns['X_umap_<basis>']` (the UMAP cache).
+    ``None``.
 
     Examples
     --------
     >>> import cellformers as cf
     >>> adata = cf.data.synthetic_counts(n_cells=100, n_genes=50)
     >>> cf.tl.baselines(adata, methods=["pca"], n_comps=10)
-    >>> axes = cf.pl.embedding(adata, basis="X_pca_hvg", color=["labels", "batch"], show=False)
+    >>> cf.tl.umap(adata, "X_pca_hvg")  # adata.obsm["X_umap_pca_hvg"]
+    >>> axes = cf.pl.embedding(adata, "X_pca_hvg", color=["labels", "batch"], show=False)
     >>> len(axes)
     2
     """
     import scanpy as sc
 
-    basis = _resolve_basis(adata, basis)
+    basis = resolve_rep(adata, basis, arg="basis")
     _check_color(adata, color)
     if ax is not None and not isinstance(color, str | None) and len(color) > 1:
         msg = "`ax` can only be used with a single `color`."
         raise ValueError(msg)
-    dims = np.shape(adata.obsm[basis])
-    if len(dims) != 2 or dims[1] < 2:
-        msg = f"`basis={basis!r}`: adata.obsm[{basis!r}] must have at least two dimensions, got shape {dims}."
-        raise ValueError(msg)
-    plot_key = (
-        basis
-        if dims[1] == 2
-        else _umap(adata, basis, n_neighbors=n_neighbors, random_state=random_state, recompute=recompute)
-    )
+    plot_key = _plot_key(adata, basis, components=kwargs.get("components"))
     axes = sc.pl.embedding(adata, basis=plot_key, color=color, ax=ax, show=False, return_fig=False, **kwargs)
     first = axes[0] if isinstance(axes, list) else axes
     return finish(first.figure, axes, show=show, save=save, return_fig=return_fig)

@@ -9,6 +9,8 @@ from ._embed import embed, gene_embeddings, impute
 from ._impute_eval import evaluate_imputation, mask_expression, train_and_impute
 from ._leiden import leiden_search
 from ._transfer import transfer_labels
+from ._umap import umap
+from ._untrained import embed_untrained
 
 __all__: list[str] = [
     "annotate",
@@ -16,6 +18,7 @@ __all__: list[str] = [
     "baselines",
     "benchmark",
     "embed",
+    "embed_untrained",
     "gene_embeddings",
     "impute",
     "evaluate_imputation",
@@ -23,4 +26,5 @@ __all__: list[str] = [
     "mask_expression",
     "train_and_impute",
     "transfer_labels",
+    "umap",
 ]
