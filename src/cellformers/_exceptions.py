@@ -13,6 +13,7 @@ __all__ = [
     "ChecksumError",
     "GeneMappingError",
     "InvalidExpressionError",
+    "InvalidLabelsError",
     "MissingKeyError",
     "NotCountsError",
     "UnknownCategoryError",
@@ -83,6 +84,26 @@ class GeneMappingError(CellformersError, ValueError):
     ... except cf.GeneMappingError as err:
     ...     print(err)
     Only 0 of 20 genes (0.0%) map to vocabulary 'custom', below `min_coverage=0.5`. ...
+    """
+
+
+class InvalidLabelsError(CellformersError, ValueError):
+    """A labels column cannot be used as asked: every label is missing, or fewer than two cell types are left.
+
+    Examples
+    --------
+    A classifier needs at least two cell types:
+
+    >>> import cellformers as cf
+    >>> adata = cf.data.synthetic_counts(n_cells=60, n_genes=20)
+    >>> adata.obs["cell_type"] = "T cell"
+    >>> cf.model.ScFormer.setup_anndata(adata)
+    >>> model = cf.model.ScFormer(adata, n_layers=1, d_model=16, n_heads=2, d_ff=16)
+    >>> try:
+    ...     model.train_annotator("cell_type", max_epochs=1)
+    ... except cf.InvalidLabelsError as err:
+    ...     print(err)
+    `labels_key='cell_type'` has 1 distinct label(s) among the labelled cells; at least two cell types are needed to train a classifier.
     """
 
 

@@ -106,3 +106,12 @@ def check_counts(X, *, arg: str = "layer", layer: str | None = None, chunk_size:
             f"`cellformers.pp.counts_from_normalized(adata)`.{mixed}"
         )
         raise NotCountsError(msg)
+
+
+def check_batch_size(batch_size: int | None, arg: str = "batch_size") -> None:
+    """Raise a ``ValueError`` unless ``batch_size`` is ``None`` or a positive integer."""
+    if batch_size is None:
+        return
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int | np.integer) or batch_size < 1:
+        msg = f"`{arg}` must be a positive integer or None (the default), got {batch_size!r}."
+        raise ValueError(msg)

@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 
 from cellformers._docs import doc_dsp
-from cellformers._exceptions import MissingKeyError
+from cellformers._exceptions import InvalidLabelsError, MissingKeyError
 from cellformers._settings import settings
 from cellformers._utils import check_key, resolve_adata
 
@@ -272,14 +272,14 @@ def benchmark(
     n_missing = int((~known).sum())
     if n_missing == known.size:
         msg = f"`label_key={label_key!r}`: every value of adata.obs[{label_key!r}] is missing."
-        raise ValueError(msg)
+        raise InvalidLabelsError(msg)
     classes = pd.unique(labels[known])
     if classes.size < 2:
         msg = (
             f"`label_key={label_key!r}` has a single cell type ({classes[0]!r}); clustering and silhouette scores "
             "need at least two. Pass a column with several cell types."
         )
-        raise ValueError(msg)
+        raise InvalidLabelsError(msg)
     if n_missing:
         msg = (
             f"{n_missing} cells have no label in adata.obs[{label_key!r}]; they are left out of the label-based scores."

@@ -8,7 +8,9 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from cellformers._exceptions import InvalidExpressionError
 from cellformers._utils import resolve_adata
+from cellformers._utils._validation import check_batch_size
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -62,7 +64,11 @@ def _chunked(adata: AnnData, fn: Callable[[AnnData], np.ndarray], chunk_size: in
     Chunks are independent copies, so registering them with the model never writes into the caller's object, and a
     backed ``AnnData`` is never loaded whole.
     """
+    check_batch_size(chunk_size, arg="chunk_size")
     n = adata.n_obs
+    if n == 0:
+        msg = f"`adata` has no cells (shape {adata.shape}); there is nothing to compute."
+        raise InvalidExpressionError(msg)
     size = n if chunk_size is None and not adata.isbacked else (chunk_size or _DEFAULT_CHUNK)
     parts = []
     for start in range(0, n, size):

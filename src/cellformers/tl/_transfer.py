@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 from natsort import natsorted
 
-from cellformers._exceptions import InvalidExpressionError
+from cellformers._exceptions import InvalidExpressionError, InvalidLabelsError
 from cellformers._utils import check_key, resolve_adata
 
 if TYPE_CHECKING:
@@ -101,7 +101,7 @@ def transfer_labels(
     known = labels.notna().to_numpy()
     if known.sum() == 0:
         msg = f"`reference.obs[{labels_key!r}]` has no labels (all missing)."
-        raise ValueError(msg)
+        raise InvalidLabelsError(msg)
     if n_neighbors < 1:
         msg = f"`n_neighbors` must be at least 1, got {n_neighbors}."
         raise ValueError(msg)
@@ -110,13 +110,17 @@ def transfer_labels(
     k = min(n_neighbors, int(known.sum()))
 
     adata = adata.copy() if copy else adata
-    nn = NearestNeighbors(n_neighbors=k).fit(ref_emb[known])
-    dist, idx = nn.kneighbors(query_emb)
+    n_query = query_emb.shape[0]
+    if n_query:
+        nn = NearestNeighbors(n_neighbors=k).fit(ref_emb[known])
+        dist, idx = nn.kneighbors(query_emb)
+    else:  # no query cells: empty columns (scikit-learn refuses an empty query)
+        dist, idx = np.zeros((0, k)), np.zeros((0, k), dtype=np.int64)
     weights = 1.0 / (dist + 1e-8)
-    votes = np.zeros((query_emb.shape[0], classes.size))
-    np.add.at(votes, (np.repeat(np.arange(query_emb.shape[0]), k), codes[idx].ravel()), weights.ravel())
+    votes = np.zeros((n_query, classes.size))
+    np.add.at(votes, (np.repeat(np.arange(n_query), k), codes[idx].ravel()), weights.ravel())
     best = votes.argmax(axis=1)
-    confidence = votes[np.arange(votes.shape[0]), best] / votes.sum(axis=1)
+    confidence = votes[np.arange(n_query), best] / votes.sum(axis=1)
 
     key = key_added or f"{labels_key}_transferred"
     adata.obs[key] = pd.Categorical(classes[best], categories=natsorted(classes))

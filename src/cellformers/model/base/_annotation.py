@@ -15,8 +15,10 @@ import torch
 import torch.nn.functional as F
 from natsort import natsorted
 
+from cellformers._exceptions import InvalidLabelsError
 from cellformers._settings import settings
 from cellformers._utils import autocast_context, cell_generator, check_key
+from cellformers._utils._validation import check_batch_size
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -398,6 +400,7 @@ class AnnotationMixin:
         if lr <= 0 or backbone_lr <= 0:
             msg = f"`lr` and `backbone_lr` must be positive, got {lr} and {backbone_lr}."
             raise ValueError(msg)
+        check_batch_size(batch_size)
         seed = settings.seed if seed is None else int(seed)
         self._check_annotation_ready()
 
@@ -410,7 +413,7 @@ class AnnotationMixin:
                 f"`labels_key={labels_key!r}` has {len(classes)} distinct label(s) among the labelled cells; at least "
                 "two cell types are needed to train a classifier."
             )
-            raise ValueError(msg)
+            raise InvalidLabelsError(msg)
         code_of = {c: i for i, c in enumerate(classes)}
         y_all = np.full(labels.shape[0], -1, dtype=np.int64)
         y_all[known] = [code_of[lab] for lab in labels[known]]
@@ -699,6 +702,7 @@ class AnnotationMixin:
             msg = "The model has no cell-type classifier: call `model.train_annotator(labels_key=...)` first."
             raise ValueError(msg)
         ann = self.annotator_
+        check_batch_size(batch_size)  # before the AnnData is set up: a bad argument writes nothing
         ann.head.to(self.device)
         adata = self._validate_anndata(adata)
         idx = np.arange(adata.n_obs) if indices is None else np.asarray(indices, dtype=np.int64)

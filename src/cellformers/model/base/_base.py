@@ -15,9 +15,16 @@ from scvi.data.fields import CategoricalObsField, LayerField, NumericalObsField
 from scvi.model.base import BaseModelClass, UnsupervisedTrainingMixin
 
 from cellformers._constants import CELL_SEED_OBS_COLUMN, REGISTRY_KEYS_CF, UNS_KEYS, VAR_KEYS
-from cellformers._exceptions import GeneMappingError, MissingKeyError, NotCountsError, UnknownCategoryError
+from cellformers._exceptions import (
+    GeneMappingError,
+    InvalidExpressionError,
+    MissingKeyError,
+    NotCountsError,
+    UnknownCategoryError,
+)
 from cellformers._settings import settings
 from cellformers._utils import autocast_context, cell_seed, check_counts, check_key, get_matrix, resolve_adata, row_nnz
+from cellformers._utils._validation import check_batch_size
 from cellformers.pretrained import PretrainedMixin
 from cellformers.train import MaskedModelingTrainingPlan
 
@@ -132,6 +139,7 @@ class CellformersModel(AnnotationMixin, PretrainedMixin, UnsupervisedTrainingMix
         """
         if adata is not None:
             adata = resolve_adata(adata)
+            _check_has_cells(adata)
             if self.get_anndata_manager(adata) is None:
                 self._check_new_anndata(adata)
         added = False
@@ -426,6 +434,12 @@ class CellformersModel(AnnotationMixin, PretrainedMixin, UnsupervisedTrainingMix
         output is written into one preallocated array, so peak memory is the output plus one minibatch.
         """
         self._check_if_trained(warn=False)
+        check_batch_size(batch_size)  # before the AnnData is set up: a bad argument writes nothing
+        if adata is not None:
+            _check_has_cells(resolve_adata(adata))
+        data = self.adata if adata is None else resolve_adata(adata)
+        if indices is not None and data is not None:
+            _check_indices(indices, data.n_obs)
         adata = self._validate_anndata(adata)
         batch_size = self._batch_size(batch_size)
         requested = np.arange(adata.n_obs) if indices is None else np.asarray(indices)
@@ -501,6 +515,31 @@ def _load_mapped_vocab(name: str, adata: AnnData) -> GeneVocab:
         )
         raise GeneMappingError(msg)
     return GeneVocab.load(name)
+
+
+def _check_indices(indices, n_obs: int) -> None:
+    """Raise a ``ValueError`` unless ``indices`` are cell positions in ``range(n_obs)`` or a mask of ``n_obs`` cells."""
+    idx = np.asarray(indices)
+    if idx.dtype == bool:
+        if idx.shape != (n_obs,):
+            msg = f"`indices` is a boolean mask of shape {idx.shape}; it must have one entry per cell ({n_obs})."
+            raise ValueError(msg)
+        return
+    if idx.size and (idx.dtype.kind not in "iu" or idx.min() < 0 or idx.max() >= n_obs):
+        msg = (
+            f"`indices` must be integer cell positions from 0 to {n_obs - 1} (or a boolean mask), got {indices!r:.80}."
+        )
+        raise ValueError(msg)
+
+
+def _check_has_cells(adata: AnnData) -> None:
+    """Raise :class:`~cellformers.InvalidExpressionError` for an AnnData without cells, before anything is written."""
+    if adata.n_obs == 0:
+        msg = (
+            f"`adata` has no cells (shape {adata.shape}); there is nothing to compute. Check the filtering or "
+            "subsetting that produced it."
+        )
+        raise InvalidExpressionError(msg)
 
 
 def _warn_unused_categories(column: pd.Series, key: str, arg: str) -> None:
