@@ -125,6 +125,20 @@ def _isolated_cache(tmp_path_factory, monkeypatch):
 
 
 @pytest.fixture(autouse=True)
+def _float32():
+    """Tests run in float32 whatever the CPU, so results do not depend on bf16 units (``precision="auto"``).
+
+    The ``"auto"`` resolution itself is tested with the hardware query monkeypatched (tests/_utils/test_torch.py).
+    """
+    import cellformers
+
+    old = cellformers.settings.precision
+    cellformers.settings.precision = "32"
+    yield
+    cellformers.settings.precision = old
+
+
+@pytest.fixture(autouse=True)
 def _seed():
     import cellformers
 

@@ -36,7 +36,14 @@ class CellformersConfig:
         ``random``, NumPy and torch (Lightning's ``seed_everything``) and scvi-tools' train/validation split, so
         training (initial weights, shuffling, dropout) repeats too.
     progress_bar
-        Whether inference loops show a progress bar.
+        Whether long loops show a progress bar: tqdm bars over the minibatches of embedding, imputation and
+        annotation and over the epochs of the cell-type classifier, and Lightning's bar during ``train`` (the
+        default of its ``enable_progress_bar``). A ``progress_bar=`` argument (``tl.embed``, ``tl.impute``) or
+        ``enable_progress_bar=`` overrides it for one call.
+    precision
+        Default numeric precision of training and inference when a call does not name one: ``"auto"`` (bf16 autocast
+        where the hardware has bf16 units: CUDA with bf16, a CPU with AVX512_BF16 or AMX; float32 elsewhere), or
+        ``"32"`` / ``"bf16-mixed"`` to pin it.
     warnings_stacklevel
         Stack level used by :func:`warnings.warn` in the package.
 
@@ -58,6 +65,7 @@ class CellformersConfig:
         self._cache_dir: Path | None = None
         self._seed: int = 0
         self.progress_bar: bool = True
+        self.precision: str = "auto"
         self.warnings_stacklevel: int = 2
 
     @property

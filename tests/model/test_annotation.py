@@ -222,7 +222,9 @@ def test_full_finetuning_updates_backbone_and_restores_flags(xtg):
     model.train(max_epochs=1, **TRAIN)
     flags = {n: p.requires_grad for n, p in model.module.named_parameters()}
     before = {k: v.clone() for k, v in model.module.state_dict().items()}
-    ann = model.train_annotator("labels", freeze="none", max_epochs=2, backbone_lr=1e-3, precision="bf16-mixed")
+    ann = model.train_annotator(
+        "labels", freeze="none", max_epochs=2, backbone_lr=1e-3, precision="bf16-mixed", warm_start=False
+    )
     assert ann.params["freeze"] == "none"
     assert ann.params["backbone_lr"] == 1e-3
     changed = [k for k, v in model.module.state_dict().items() if not torch.equal(v, before[k])]
@@ -243,7 +245,7 @@ def test_other_models_finetune_frozen_and_full(cls, kwargs):
     assert np.isfinite(ann.history["validation_loss"]).all()
     flags = {n: p.requires_grad for n, p in model.module.named_parameters()}
     before = {k: v.clone() for k, v in model.module.state_dict().items()}
-    model.train_annotator("labels", freeze="none", max_epochs=1, backbone_lr=1e-2)
+    model.train_annotator("labels", freeze="none", max_epochs=1, backbone_lr=1e-2, warm_start=False)
     changed = [k for k, v in model.module.state_dict().items() if not torch.equal(v, before[k])]
     assert changed, "full fine-tuning did not reach the backbone"
     assert {n: p.requires_grad for n, p in model.module.named_parameters()} == flags
@@ -267,3 +269,37 @@ def test_annotator_survives_save_and_load(xtg, tmp_path):
     loaded = XTrimoGene.load(tmp_path / "m", adata=adata)
     assert loaded.annotator_.classes == model.annotator_.classes
     pd.testing.assert_frame_equal(loaded.predict_cell_types(soft=True), expected, atol=1e-5, rtol=0)
+
+
+def test_full_finetuning_warm_starts_from_the_frozen_head(xtg):
+    """Full fine-tuning first fits the frozen head, then never keeps weights worse on validation than it."""
+    adata, _ = xtg
+    data = adata.copy()
+    XTrimoGene.setup_anndata(data)
+    torch.manual_seed(0)
+    model = XTrimoGene(data, **XTG_TINY)
+    model.train(max_epochs=1, **TRAIN)
+    frozen = model.train_annotator("labels", max_epochs=50, seed=1)
+    full = model.train_annotator("labels", freeze="none", max_epochs=2, backbone_lr=1e-3, seed=1)
+    assert full.params["warm_start"] is True
+    hist = full.history
+    assert list(hist["phase"].unique()) == ["head", "full"]
+    assert (hist["phase"] == "head").sum() == 50
+    # the head phase is the frozen fit of the same seed
+    np.testing.assert_allclose(
+        hist.loc[hist["phase"] == "head", "validation_loss"].to_numpy(), frozen.history["validation_loss"].to_numpy()
+    )
+    kept = hist.loc[hist["epoch"] == full.best_epoch].iloc[0]
+    assert kept["validation_macro_f1"] >= frozen.metrics["validation"]["macro_f1"] - 1e-9
+
+
+def test_classification_metrics_support_and_supported_macro_f1():
+    truth = ["a"] * 6 + ["b"] * 6 + ["c"] * 2
+    pred = ["a"] * 6 + ["b"] * 5 + ["c"] + ["a", "a"]
+    m = classification_metrics(truth, pred)
+    assert m["per_class"]["c"]["support"] == 2
+    assert m["n_classes_supported"] == 2
+    f1 = {c: v["f1"] for c, v in m["per_class"].items()}
+    assert m["macro_f1_supported"] == pytest.approx((f1["a"] + f1["b"]) / 2)
+    assert m["macro_f1"] == pytest.approx(np.mean(list(f1.values())))
+    assert classification_metrics(truth, pred, min_support=1)["n_classes_supported"] == 3

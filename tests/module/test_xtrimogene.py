@@ -274,3 +274,21 @@ def test_masked_imputation_reads_every_gene_where_it_was_masked():
     assert visible.shape == out.shape
     with pytest.raises(ValueError, match="n_passes"):
         m.impute(x, seed, n_passes=0)
+
+
+def test_trivial_loss_is_the_per_gene_mean_of_the_masked_training_targets():
+    """Train-mode loss fits the baseline; eval-mode loss on the same cells (same per-cell masks) scores it."""
+    torch.manual_seed(0)
+    module = XTrimoGeneModule(list(range(40)), n_tokens=43, **TINY)
+    tensors = _tensors()
+    module.train()
+    fit, _, out = module(tensors)
+    assert "trivial_loss" not in out.extra_metrics
+    seen = fit[MODULE_KEYS.MASK].float()
+    mean = (fit[MODULE_KEYS.TARGET] * seen).sum(0) / seen.sum(0).clamp_min(1)
+    module.eval()
+    inf, _, out = module(tensors)
+    target, mask = inf[MODULE_KEYS.TARGET], inf[MODULE_KEYS.MASK]
+    expected = (((target - mean) ** 2) * mask).sum() / mask.sum()
+    torch.testing.assert_close(out.extra_metrics["trivial_loss"], expected)
+    torch.testing.assert_close(out.extra_metrics["pretext_loss"], out.extra_metrics["masked_mse"])

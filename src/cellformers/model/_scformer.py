@@ -20,6 +20,7 @@ from cellformers.train import BatchGroupedDataSplitter
 from .base import CellformersModel
 
 if TYPE_CHECKING:
+    import os
     from collections.abc import Sequence
 
     from anndata import AnnData
@@ -187,6 +188,11 @@ class ScFormer(CellformersModel):
     """
 
     _model_name: ClassVar[str] = "scformer"
+    # what `train` compares the validation pretext loss with, and what to try when it does not beat it
+    _trivial_name: ClassVar[str] = "each gene's value distribution over the masked training positions"
+    _trivial_hint: ClassVar[str] = (
+        "For scFormer from scratch: score zero genes too (include_zero_genes=True on highly variable genes), and leave ECS/DAR off until the masked losses fall."
+    )
     _module_cls = ScFormerModule
     _data_splitter_cls = BatchGroupedDataSplitter
 
@@ -317,31 +323,63 @@ class ScFormer(CellformersModel):
     def train(
         self,
         max_epochs: int | None = 30,
+        *,
         batch_size: int = 16,
         train_size: float | None = 0.9,
+        validation_size: float | None = None,
+        accelerator: str = "auto",
+        devices: int | list[int] | str = "auto",
+        precision: str | int | None = None,
+        early_stopping: bool = False,
+        check_val_every_n_epoch: int | None = 1,
+        enable_progress_bar: bool | None = None,
+        plan_kwargs: dict | None = None,
+        datasplitter_kwargs: dict | None = None,
+        checkpoint_dir: str | os.PathLike | None = None,
+        resume: bool = False,
         group_by_batch: bool | None = None,
         load_best: bool = True,
         ecs_warmup_epochs: int = 0,
-        plan_kwargs: dict | None = None,
-        datasplitter_kwargs: dict | None = None,
-        check_val_every_n_epoch: int | None = 1,
         **kwargs,
-    ):
+    ) -> None:
         """Train with scvi-tools' :meth:`~scvi.model.base.UnsupervisedTrainingMixin.train`, scFormer's defaults.
 
         Section 5: 30 epochs, minibatches of 16, a 9:1 train/validation split, Adam at ``lr=1e-3`` decayed by
         0.9 after every epoch (``SCFORMER_PLAN_DEFAULTS``, overridden by ``plan_kwargs``), and the weights
         of the epoch with the best validation MGM loss are kept. On a CPU, minibatches of 16 are slow; larger
-        ones (64–128) train several times faster per epoch.
+        ones (64–128) train several times faster per epoch. The parameters up to ``resume`` are those of every
+        model's ``train`` (:meth:`~cellformers.model.base.CellformersModel.train`), in the same order.
 
         Parameters
         ----------
         max_epochs
-            Number of epochs.
+            Number of epochs (30, section 5).
         batch_size
-            Cells per minibatch.
+            Cells per minibatch (16, section 5).
         train_size
-            Fraction of cells used for training, the rest for validation.
+            Fraction of cells used for training, the rest for validation (0.9, section 5).
+        validation_size
+            Fraction of cells used for validation; ``None``: the rest after ``train_size``.
+        accelerator
+            ``"cpu"``, ``"gpu"``, ``"mps"`` or ``"auto"``.
+        devices
+            Devices to train on (Lightning's ``devices``).
+        precision
+            Lightning precision; ``None``: :attr:`cellformers.settings.precision`.
+        early_stopping
+            Stop when the validation loss stops improving (scvi-tools' early stopping).
+        check_val_every_n_epoch
+            Validation frequency (every epoch by default, so ``history_`` holds the per-epoch validation losses).
+        enable_progress_bar
+            Show Lightning's progress bar; ``None``: :attr:`cellformers.settings.progress_bar`.
+        plan_kwargs
+            Passed to :class:`~cellformers.train.MaskedModelingTrainingPlan`.
+        datasplitter_kwargs
+            Passed to :class:`~cellformers.train.BatchGroupedDataSplitter`.
+        checkpoint_dir
+            Directory of a per-epoch Lightning checkpoint (see :meth:`~cellformers.model.base.CellformersModel.train`).
+        resume
+            Continue from the checkpoint in ``checkpoint_dir``.
         group_by_batch
             Draw each training minibatch from a single batch (as DSBN expects in scGPT). ``None``: when DSBN is on.
         load_best
@@ -351,15 +389,8 @@ class ScFormer(CellformersModel):
             Train without the ECS loss for this many epochs first (not in the paper). From scratch, all cell
             embeddings start nearly parallel, and ECS at weight 10 then dominates MGM/MVC and scrambles the
             embedding (see the ablations in ``benchmarks/scformer_integration.py``).
-        plan_kwargs
-            Passed to :class:`~cellformers.train.MaskedModelingTrainingPlan`.
-        datasplitter_kwargs
-            Passed to :class:`~cellformers.train.BatchGroupedDataSplitter`.
-        check_val_every_n_epoch
-            Validation frequency (every epoch by default, so ``history_`` holds the per-epoch validation losses).
         **kwargs
-            Passed to :meth:`~scvi.model.base.UnsupervisedTrainingMixin.train` (``precision="bf16-mixed"``,
-            ``accelerator``, ``early_stopping`` …).
+            Other :class:`lightning.pytorch.Trainer` options (``callbacks``, ``gradient_clip_val``, …).
         """
         plan_kwargs = {**SCFORMER_PLAN_DEFAULTS, **(plan_kwargs or {})}
         datasplitter_kwargs = dict(datasplitter_kwargs or {})
@@ -379,9 +410,17 @@ class ScFormer(CellformersModel):
             max_epochs=max_epochs,
             batch_size=batch_size,
             train_size=train_size,
+            validation_size=validation_size,
+            accelerator=accelerator,
+            devices=devices,
+            precision=precision,
+            early_stopping=early_stopping,
+            check_val_every_n_epoch=check_val_every_n_epoch,
+            enable_progress_bar=enable_progress_bar,
             plan_kwargs=plan_kwargs,
             datasplitter_kwargs=datasplitter_kwargs,
-            check_val_every_n_epoch=check_val_every_n_epoch,
+            checkpoint_dir=checkpoint_dir,
+            resume=resume,
             callbacks=callbacks,
             **kwargs,
         )

@@ -28,6 +28,7 @@ from ._scformer import SCFORMER_PLAN_DEFAULTS, _KeepBest
 from .base import CellformersModel
 
 if TYPE_CHECKING:
+    import os
     from collections.abc import Mapping, Sequence
 
     from anndata import AnnData
@@ -340,39 +341,67 @@ class ScFormerPerturbation(CellformersModel):
     def train(
         self,
         max_epochs: int = 10,
+        *,
         batch_size: int = 16,
+        validation_size: float = 0.1,
+        accelerator: str = "auto",
+        devices: int | list[int] | str = "auto",
+        precision: str | int | None = None,
+        early_stopping: bool = False,
+        check_val_every_n_epoch: int | None = 1,
+        enable_progress_bar: bool | None = None,
+        plan_kwargs: dict | None = None,
+        checkpoint_dir: str | os.PathLike | None = None,
+        resume: bool = False,
         train_perturbations: Sequence[str] | None = None,
         train_indices: Sequence[int] | None = None,
-        validation_size: float = 0.1,
         load_best: bool = True,
-        plan_kwargs: dict | None = None,
         **kwargs,
-    ):
+    ) -> None:
         """Train on (control, perturbed) pairs.
 
         Section 5: the perturbation model converges within a few epochs; the weights of the epoch with the best
-        validation loss are kept. Optimiser defaults as :class:`~cellformers.model.ScFormer`.
+        validation loss are kept. Optimiser defaults as :class:`~cellformers.model.ScFormer`. The common
+        parameters come in the order of every model's ``train`` (:meth:`~cellformers.model.base.CellformersModel.train`;
+        the pairs are drawn by this model, so ``train_size`` and ``datasplitter_kwargs`` do not apply), then this
+        model's own.
 
         Parameters
         ----------
         max_epochs
             Number of epochs.
         batch_size
-            Pairs per minibatch.
+            Pairs per minibatch (16, as scFormer).
+        validation_size
+            Fraction of the training cells kept for validation.
+        accelerator
+            ``"cpu"``, ``"gpu"``, ``"mps"`` or ``"auto"``.
+        devices
+            Devices to train on (Lightning's ``devices``).
+        precision
+            Lightning precision; ``None``: :attr:`cellformers.settings.precision`.
+        early_stopping
+            Stop when the validation loss stops improving (scvi-tools' early stopping).
+        check_val_every_n_epoch
+            Validation frequency (every epoch by default).
+        enable_progress_bar
+            Show Lightning's progress bar; ``None``: :attr:`cellformers.settings.progress_bar`.
+        plan_kwargs
+            Passed to :class:`~cellformers.train.MaskedModelingTrainingPlan`.
+        checkpoint_dir
+            Directory of a per-epoch Lightning checkpoint (see :meth:`~cellformers.model.base.CellformersModel.train`).
+        resume
+            Continue from the checkpoint in ``checkpoint_dir``.
         train_perturbations
             Perturbations whose cells are used for training (labels as in ``adata.obs``; ``"A+ctrl"`` and ``"A"``
             are the same); ``None`` uses all. Hold out the test perturbations here (section 4.3: test
             perturbations are unseen in training).
         train_indices
             Alternatively, the perturbed cells to train on (e.g. all but one cell type).
-        validation_size
-            Fraction of the training cells kept for validation.
         load_best
             Restore the epoch with the lowest validation MGM loss.
-        plan_kwargs
-            Passed to :class:`~cellformers.train.MaskedModelingTrainingPlan`.
         **kwargs
-            Passed to :meth:`~scvi.model.base.UnsupervisedTrainingMixin.train` (``precision``, ``accelerator`` …).
+            Other :class:`lightning.pytorch.Trainer` options (``callbacks``, ``gradient_clip_val``, …).
         """
         control = self._setup_args["control_value"]
         labels = self._labels()
@@ -411,9 +440,21 @@ class ScFormerPerturbation(CellformersModel):
         keep_cb = _KeepBest("mgm_loss_validation") if (load_best and n_val > 0) else None
         if keep_cb is not None:
             callbacks.append(keep_cb)
-        kwargs.setdefault("check_val_every_n_epoch", 1)
         out = super().train(
-            max_epochs=max_epochs, datamodule=dm, plan_kwargs=plan_kwargs, callbacks=callbacks, **kwargs
+            max_epochs=max_epochs,
+            batch_size=batch_size,
+            accelerator=accelerator,
+            devices=devices,
+            precision=precision,
+            early_stopping=early_stopping,
+            check_val_every_n_epoch=check_val_every_n_epoch,
+            enable_progress_bar=enable_progress_bar,
+            plan_kwargs=plan_kwargs,
+            checkpoint_dir=checkpoint_dir,
+            resume=resume,
+            datamodule=dm,
+            callbacks=callbacks,
+            **kwargs,
         )
         if keep_cb is not None and keep_cb.epoch is not None:
             self.best_epoch_ = keep_cb.epoch

@@ -20,6 +20,7 @@ from cellformers.train import ScPaLMTrainingPlan
 from .base import CellformersModel
 
 if TYPE_CHECKING:
+    import os
     from collections.abc import Sequence
 
     from anndata import AnnData
@@ -127,6 +128,11 @@ class ScPaLM(CellformersModel):
     """
 
     _model_name: ClassVar[str] = "scpalm"
+    # what `train` compares the validation pretext loss with, and what to try when it does not beat it
+    _trivial_name: ClassVar[str] = "each gene's mean normalized expression over the training cells"
+    _trivial_hint: ClassVar[str] = (
+        "For scPaLM from scratch: train on highly variable genes (on all genes the per-gene means explain most of the error)."
+    )
     _module_cls = ScPaLMModule
     _training_plan_cls = ScPaLMTrainingPlan
 
@@ -237,19 +243,60 @@ class ScPaLM(CellformersModel):
         self,
         max_epochs: int | None = None,
         *,
+        batch_size: int = 128,
+        train_size: float | None = None,
+        validation_size: float | None = None,
+        accelerator: str = "auto",
+        devices: int | list[int] | str = "auto",
+        precision: str | int | None = None,
+        early_stopping: bool = False,
+        check_val_every_n_epoch: int | None = 1,
+        enable_progress_bar: bool | None = None,
+        plan_kwargs: dict | None = None,
+        datasplitter_kwargs: dict | None = None,
+        checkpoint_dir: str | os.PathLike | None = None,
+        resume: bool = False,
         stage: Literal[1, 2] | None = None,
         max_epochs_stage2: int | None = None,
         lr: float | None = None,
-        batch_size: int = 128,
-        plan_kwargs: dict | None = None,
         **kwargs,
     ) -> None:
         """Train stage 1 (pathway learning), stage 2 (cell aggregation), or both in turn.
+
+        The parameters up to ``resume`` are those of every model's ``train``
+        (:meth:`~cellformers.model.base.CellformersModel.train`), in the same order; scPaLM's own follow.
 
         Parameters
         ----------
         max_epochs
             Epochs of the stage (of stage 1 when ``stage=None``). ``None``: scvi-tools' heuristic capped at 100.
+        batch_size
+            Minibatch size (128, appendix B.1).
+        train_size
+            Fraction of the cells used for training, the rest for validation; ``None``: scvi-tools' 0.9.
+        validation_size
+            Fraction of the cells used for validation; ``None``: the rest after ``train_size``.
+        accelerator
+            ``"cpu"``, ``"gpu"``, ``"mps"`` or ``"auto"``.
+        devices
+            Devices to train on (Lightning's ``devices``).
+        precision
+            Lightning precision; ``None``: :attr:`cellformers.settings.precision`.
+        early_stopping
+            Stop a stage when its validation loss stops improving (scvi-tools' early stopping).
+        check_val_every_n_epoch
+            Validation frequency (every epoch by default).
+        enable_progress_bar
+            Show Lightning's progress bar; ``None``: :attr:`cellformers.settings.progress_bar`.
+        plan_kwargs
+            Passed to :class:`~cellformers.train.ScPaLMTrainingPlan` (schedule, weight decay, …).
+        datasplitter_kwargs
+            Passed to scvi-tools' data splitter.
+        checkpoint_dir
+            Directory of a per-epoch Lightning checkpoint per stage (see
+            :meth:`~cellformers.model.base.CellformersModel.train`).
+        resume
+            Continue from the checkpoint in ``checkpoint_dir``.
         stage
             ``1``, ``2`` or ``None`` for both (stage 1, then stage 2 with the stage-1 parts frozen).
         max_epochs_stage2
@@ -257,13 +304,8 @@ class ScPaLM(CellformersModel):
         lr
             Learning rate of every stage run by this call; ``None`` uses the paper's (``1e-3`` for stage 1,
             ``5e-4`` for stage 2).
-        batch_size
-            Minibatch size (128 in the paper).
-        plan_kwargs
-            Passed to :class:`~cellformers.train.ScPaLMTrainingPlan` (schedule, weight decay, …).
         **kwargs
-            Passed to :meth:`scvi.model.base.UnsupervisedTrainingMixin.train` (``accelerator``, ``precision``,
-            ``train_size``, ``early_stopping``, …) and to the Lightning trainer.
+            Other :class:`lightning.pytorch.Trainer` options (``callbacks``, ``gradient_clip_val``, …).
         """
         if stage not in (None, 1, 2):
             msg = f"`stage` must be 1, 2 or None (both), got {stage!r}."
@@ -287,7 +329,23 @@ class ScPaLM(CellformersModel):
             # Lightning keeps the modules' train/eval mode at the start of `fit`; the plan enforces it again
             self.module.set_stage(s)
             self.module.train()
-            super().train(max_epochs=epochs, batch_size=batch_size, plan_kwargs=pk, **kwargs)
+            super().train(
+                max_epochs=epochs,
+                batch_size=batch_size,
+                train_size=train_size,
+                validation_size=validation_size,
+                accelerator=accelerator,
+                devices=devices,
+                precision=precision,
+                early_stopping=early_stopping,
+                check_val_every_n_epoch=check_val_every_n_epoch,
+                enable_progress_bar=enable_progress_bar,
+                plan_kwargs=pk,
+                datasplitter_kwargs=datasplitter_kwargs,
+                checkpoint_dir=checkpoint_dir,
+                resume=resume,
+                **kwargs,
+            )
             self._merge_history(previous)
             self.module.trained_stages[s - 1] = True
         self.module.set_stage(1 if stage is None else stages[-1])

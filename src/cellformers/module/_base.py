@@ -13,6 +13,8 @@ if TYPE_CHECKING:
 
     from torch import Tensor
 
+    from cellformers.nn import TrivialBaseline
+
 
 class GeneTokenModule(BaseModuleClass):
     """A :class:`~scvi.module.base.BaseModuleClass` that knows which vocabulary token each input column is.
@@ -98,6 +100,39 @@ class GeneTokenModule(BaseModuleClass):
         """
         msg = f"{type(self).__name__} does not define `cell_embedding`, so it cannot be fine-tuned with a head."
         raise NotImplementedError(msg)
+
+    def score_trivial(
+        self,
+        baseline: TrivialBaseline,
+        target: Tensor,
+        positions: Tensor,
+        gene_index: Tensor | None = None,
+        *,
+        per_cell: bool = False,
+    ) -> Tensor | None:
+        """Fit ``baseline`` on a training minibatch, or return its loss on an evaluation minibatch.
+
+        In training mode the scored positions update the per-gene statistics and ``None`` is returned. In evaluation
+        mode the trivial predictor's loss is reduced like the module's own: pooled over all scored positions, or
+        (``per_cell=True``) averaged per cell and then over the cells with a scored position. ``None`` before any
+        training minibatch was seen.
+        """
+        if self.training:
+            baseline.update(target, positions, gene_index)
+            return None
+        if not baseline.fitted:
+            return None
+        w = positions.float()
+        if gene_index is not None:
+            w = w * (gene_index >= 0).float()
+        per_pos = baseline.per_position(target, gene_index) * w
+        if not per_cell:
+            return per_pos.sum() / w.sum().clamp_min(1.0)
+        n = w.sum(-1)
+        has = n > 0
+        if not bool(has.any()):
+            return None
+        return (per_pos.sum(-1)[has] / n[has]).mean()
 
     def select_genes(self, x: Tensor) -> Tensor:
         """Keep the vocabulary-mapped columns of ``x`` (``(batch, n_vars)`` -> ``(batch, n_genes)``)."""

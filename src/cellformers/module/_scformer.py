@@ -24,6 +24,7 @@ from cellformers.nn import (
     ExpressionHead,
     MVCHead,
     TransformerEncoder,
+    TrivialBaseline,
 )
 
 from ._base import GeneTokenModule
@@ -269,6 +270,8 @@ class ScFormerModule(GeneTokenModule):
         self.target_sum = float(target_sum)
         self.cls_value = float(cls_value)
         self.n_out = self.n_bins if mgm_loss == "ce" else 1
+        # per-gene bin marginal (CE) or mean (MSE) of the scored targets: the predictor that ignores the cell
+        self.trivial = TrivialBaseline(self.n_genes, self.n_bins if mgm_loss == "ce" else None)
 
         # ---- input embedding (eq. 5)
         self.gene_embedding = nn.Embedding(n_tokens, d_model, padding_idx=self.pad_id)
@@ -585,8 +588,8 @@ class ScFormerModule(GeneTokenModule):
             SCFORMER_KEYS.MVC_PREDICTION: self.mvc_head(gene_embedding, cell_in) if self.mvc_head is not None else None,
         }
 
-    def _value_loss(self, pred: Tensor, target: Tensor, positions: Tensor) -> tuple[Tensor, Tensor]:
-        """Per-position CE over bins or squared error, averaged per cell over ``positions``; also the batch mean."""
+    def _value_loss(self, pred: Tensor, target: Tensor, positions: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """Per-position CE over bins or squared error: per-cell means over ``positions``, batch mean, per position."""
         pred = pred.float()
         if self.mgm_loss == "ce":
             tgt = target.round().long().clamp(0, self.n_bins - 1)
@@ -598,7 +601,7 @@ class ScFormerModule(GeneTokenModule):
         per_cell = (per_pos * w).sum(1) / n.clamp_min(1.0)
         has = n > 0
         mean = per_cell[has].mean() if bool(has.any()) else per_cell.sum() * 0.0
-        return per_cell, mean
+        return per_cell, mean, per_pos
 
     def loss_positions(self, tensors: dict[str, Tensor], inference_outputs: dict[str, Tensor]) -> Tensor:
         """Positions scored by MGM and MVC: the masked ones (eq. 7–8)."""
@@ -611,7 +614,13 @@ class ScFormerModule(GeneTokenModule):
     def loss(
         self, tensors: dict[str, Tensor], inference_outputs: dict[str, Tensor], generative_outputs: dict[str, Tensor]
     ) -> LossOutput:
-        """``L = L_MGM + L_MVC + w_ECS · L_ECS + w_DAR · L_DAR`` (section 3.4, weights from section 5)."""
+        """``L = L_MGM + L_MVC + w_ECS · L_ECS + w_DAR · L_DAR`` (section 3.4, weights from section 5).
+
+        ``extra_metrics["pretext_loss"]`` is ``L_MGM + L_MVC``; in evaluation ``"trivial_loss"`` is the same sum for
+        the per-gene bin marginal (CE) or mean (MSE) of the scored training targets
+        (:class:`~cellformers.nn.TrivialBaseline`), and each head's loss is also split into zero and non-zero
+        targets beside its trivial counterpart (``mgm_loss_zero``, ``mgm_loss_zero_trivial``, ...).
+        """
         positions = self.loss_positions(tensors, inference_outputs)
         target = self.loss_target(tensors, inference_outputs)
         cell = inference_outputs[MODULE_KEYS.CELL_EMBEDDING]
@@ -619,16 +628,33 @@ class ScFormerModule(GeneTokenModule):
         total = zero
         extra: dict[str, Tensor] = {}
         per_cell = None
-        if self.mgm_head is not None:
-            pc, mgm = self._value_loss(generative_outputs[MODULE_KEYS.PREDICTION], target, positions)
-            total = total + mgm
-            per_cell = pc
-            extra["mgm_loss"] = mgm.detach()
-        if self.mvc_head is not None:
-            pc, mvc = self._value_loss(generative_outputs[SCFORMER_KEYS.MVC_PREDICTION], target, positions)
-            total = total + mvc
+        gene_index = inference_outputs.get(SCFORMER_KEYS.GENE_INDEX)
+        trivial = self.score_trivial(self.trivial, target, positions, gene_index, per_cell=True)
+        nonzero = positions & (target > 0)
+        pretext = zero
+        n_heads = 0
+        for name, key, head in (
+            ("mgm", MODULE_KEYS.PREDICTION, self.mgm_head),
+            ("mvc", SCFORMER_KEYS.MVC_PREDICTION, self.mvc_head),
+        ):
+            if head is None:
+                continue
+            pc, term, per_pos = self._value_loss(generative_outputs[key], target, positions)
+            total = total + term
+            pretext = pretext + term.detach()
+            n_heads += 1
             per_cell = pc if per_cell is None else per_cell
-            extra["mvc_loss"] = mvc.detach()
+            extra[f"{name}_loss"] = term.detach()
+            if trivial is not None:
+                # the same loss on zero and non-zero targets: "expressed or not" vs the level of expressed genes
+                for part, where in (("nonzero", nonzero), ("zero", positions & ~nonzero)):
+                    w = where.float()
+                    extra[f"{name}_loss_{part}"] = (per_pos.detach() * w).sum() / w.sum().clamp_min(1.0)
+                    extra[f"{name}_loss_{part}_trivial"] = self.score_trivial(self.trivial, target, where, gene_index)
+        if n_heads:
+            extra["pretext_loss"] = pretext
+            if trivial is not None:
+                extra["trivial_loss"] = trivial * n_heads
         if self.ecs is not None:
             ecs = self.ecs(cell)
             if self.ecs_active:

@@ -12,7 +12,13 @@ from torch import nn
 
 from cellformers._constants import MODULE_KEYS
 from cellformers._utils import counter_uniform
-from cellformers.nn import PermutationInvariantEmbedding, TokenContrastiveLoss, TransformerEncoder, VectorQuantizer
+from cellformers.nn import (
+    PermutationInvariantEmbedding,
+    TokenContrastiveLoss,
+    TransformerEncoder,
+    TrivialBaseline,
+    VectorQuantizer,
+)
 
 from ._base import GeneTokenModule
 
@@ -191,6 +197,8 @@ class ScPaLMModule(GeneTokenModule):
         activation: Literal["gelu", "relu"] = "gelu",
     ):
         super().__init__(gene_token_ids, n_tokens)
+        # per-gene mean of the normalized expression: the reconstruction that ignores the cell
+        self.trivial = TrivialBaseline(self.n_genes)
         if not 0 < keep_ratio < 1:
             msg = f"`keep_ratio` must be in (0, 1), got {keep_ratio}."
             raise ValueError(msg)
@@ -429,7 +437,12 @@ class ScPaLMModule(GeneTokenModule):
         return {MODULE_KEYS.PREDICTION: self.decode_cell(h, keep)}
 
     def loss(self, tensors, inference_outputs, generative_outputs, **kwargs) -> LossOutput:
-        """Stage 1: MSE over all genes + VQ loss. Stage 2: MSE over the left-out region + contrastive loss."""
+        """Stage 1: MSE over all genes + VQ loss. Stage 2: MSE over the left-out region + contrastive loss.
+
+        ``extra_metrics["pretext_loss"]`` is the stage's MSE; in evaluation ``"trivial_loss"`` is the MSE of each
+        gene's mean normalized expression over the training cells on the same genes
+        (:class:`~cellformers.nn.TrivialBaseline`).
+        """
         x_norm = inference_outputs[_X_NORM]
         pred = generative_outputs[MODULE_KEYS.PREDICTION]
         sq = (pred - x_norm) ** 2
@@ -442,12 +455,20 @@ class ScPaLMModule(GeneTokenModule):
                 "vq_loss": vq_loss.detach(),
                 "perplexity": inference_outputs[_PERPLEXITY],
                 "codes_used": inference_outputs[_N_USED].float(),
+                "pretext_loss": rec.mean().detach(),
             }
+            trivial = self.score_trivial(self.trivial, x_norm, torch.ones_like(x_norm, dtype=torch.bool))
+            if trivial is not None:
+                extra["trivial_loss"] = trivial
             return LossOutput(loss=loss, reconstruction_loss=rec, extra_metrics=extra)
-        mask = self.left_out_genes(inference_outputs[_KEEP]).to(sq.dtype)
+        left = self.left_out_genes(inference_outputs[_KEEP])
+        mask = left.to(sq.dtype)
         rec = (sq * mask).sum(-1) / mask.sum(-1).clamp_min(1)
         loss = rec.mean()
-        extra = {"masked_mse": rec.mean().detach()}
+        extra = {"masked_mse": rec.mean().detach(), "pretext_loss": rec.mean().detach()}
+        trivial = self.score_trivial(self.trivial, x_norm, left, per_cell=True)
+        if trivial is not None:
+            extra["trivial_loss"] = trivial
         if self.contrastive and _H_CELL_2 in inference_outputs:
             cl = self.contrastive_loss(inference_outputs[MODULE_KEYS.CELL_EMBEDDING], inference_outputs[_H_CELL_2])
             loss = loss + self.contrastive_weight * cl

@@ -14,7 +14,7 @@ from torch import nn
 from cellformers._constants import MODULE_KEYS, REGISTRY_KEYS_CF
 from cellformers._utils import counter_uniform
 from cellformers.module._base import GeneTokenModule
-from cellformers.nn import Performer, TransformerEncoder, make_value_embedding
+from cellformers.nn import Performer, TransformerEncoder, TrivialBaseline, make_value_embedding
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -218,6 +218,8 @@ class XTrimoGeneModule(GeneTokenModule):
         gradient_checkpointing: bool = False,
     ):
         super().__init__(gene_token_ids, n_tokens)
+        # per-gene mean of the masked targets: the predictor that knows nothing about the cell
+        self.trivial = TrivialBaseline(self.n_genes)
         _check_choice("mask_strategy", mask_strategy, ("balanced", "rate"))
         _check_choice("zero_embedding", zero_embedding, ("learned", "value"))
         _check_choice("decoder_input", decoder_input, ("concat", "add"))
@@ -661,7 +663,11 @@ class XTrimoGeneModule(GeneTokenModule):
         generative_outputs: dict[str, Tensor],
         **kwargs,
     ) -> LossOutput:
-        """Mean squared error on the masked positions (eq. 5); per-cell means as ``reconstruction_loss``."""
+        """Mean squared error on the masked positions (eq. 5); per-cell means as ``reconstruction_loss``.
+
+        In evaluation, ``extra_metrics["trivial_loss"]`` is the same error for each gene's mean over the masked
+        training positions (:class:`~cellformers.nn.TrivialBaseline`), also split into zero and non-zero targets.
+        """
         pred = generative_outputs[MODULE_KEYS.PREDICTION].float()
         target = inference_outputs[MODULE_KEYS.TARGET]
         mask = inference_outputs[MODULE_KEYS.MASK]
@@ -676,7 +682,13 @@ class XTrimoGeneModule(GeneTokenModule):
             "masked_mse_nonzero": (se * nz).sum().detach() / nz.sum().clamp_min(1),
             "masked_mse_zero": (se * z).sum().detach() / z.sum().clamp_min(1),
             "encoder_length": (~inference_outputs[MODULE_KEYS.PADDING_MASK]).sum(-1).float().mean().detach(),
+            "pretext_loss": loss.detach(),
         }
+        trivial = self.score_trivial(self.trivial, target, mask)
+        if trivial is not None:
+            extra["trivial_loss"] = trivial
+            for name, part in (("nonzero", nz), ("zero", z)):
+                extra[f"masked_mse_{name}_trivial"] = self.score_trivial(self.trivial, target, part)
         return LossOutput(loss=loss, reconstruction_loss=per_cell, extra_metrics=extra)
 
 

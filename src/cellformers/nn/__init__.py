@@ -12,6 +12,7 @@ from ._mvc_head import MVCHead
 from ._performer import Performer, PerformerAttention, PerformerBlock
 from ._permutation_invariant import PermutationInvariantEmbedding
 from ._transformer import MultiheadSelfAttention, TransformerBlock, TransformerEncoder
+from ._trivial_baseline import TrivialBaseline
 from ._value_embedding import EqualBinEmbedding, RoundBinEmbedding, UpBinEmbedding, make_value_embedding
 from ._value_encoders import CategoricalValueEncoder, ContinuousValueEncoder
 from ._vector_quantizer import QuantizerOutput, VectorQuantizer, codebook_usage
@@ -40,6 +41,7 @@ __all__ = [
     "PermutationInvariantEmbedding",
     "QuantizerOutput",
     "TokenContrastiveLoss",
+    "TrivialBaseline",
     "VectorQuantizer",
     "codebook_usage",
     "spherical_kmeans",

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from ._benchmark import benchmark
 from ._embedding import embedding
+from ._history import history
 
 __all__: list[str] = [
     "benchmark",
     "embedding",
+    "history",
 ]

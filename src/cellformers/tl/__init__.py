@@ -10,6 +10,7 @@ from ._impute_eval import evaluate_imputation, mask_expression, train_and_impute
 from ._leiden import leiden_search
 from ._transfer import transfer_labels
 from ._umap import umap
+from ._untrained import embed_untrained
 
 __all__: list[str] = [
     "annotate",
@@ -17,6 +18,7 @@ __all__: list[str] = [
     "baselines",
     "benchmark",
     "embed",
+    "embed_untrained",
     "gene_embeddings",
     "impute",
     "evaluate_imputation",

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from cellformers._utils._torch import bf16_hardware, resolve_precision
+
+from ._learning_signal import learning_signal, warn_if_trivial
 from ._plan import MaskedModelingTrainingPlan
 from ._samplers import BatchGroupedAnnDataLoader, BatchGroupedDataSplitter, BatchGroupedSampler
 from ._scpalm_plan import ScPaLMTrainingPlan
@@ -12,4 +15,8 @@ __all__ = [
     "BatchGroupedSampler",
     "MaskedModelingTrainingPlan",
     "ScPaLMTrainingPlan",
+    "bf16_hardware",
+    "resolve_precision",
+    "learning_signal",
+    "warn_if_trivial",
 ]

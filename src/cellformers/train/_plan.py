@@ -154,11 +154,42 @@ class MaskedModelingTrainingPlan(TrainingPlan):
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, self._lr_lambda())
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
+    def on_train_epoch_end(self) -> None:
+        """Log the learning rate at the end of the epoch (``history["lr"]``)."""
+        optimizer = self.optimizers(use_pl_optimizer=False)
+        optimizer = optimizer[0] if isinstance(optimizer, list) else optimizer
+        self.log("lr", float(optimizer.param_groups[0]["lr"]), on_step=False, on_epoch=True)
+
+    def on_validation_epoch_start(self) -> None:
+        """Reset the sums behind ``trivial_ratio_validation``."""
+        self._signal_sums = [0.0, 0.0]
+
+    def on_validation_epoch_end(self) -> None:
+        """Log ``trivial_ratio_validation``: the epoch's pretext loss over its trivial predictor's loss.
+
+        Below 1 the model predicts the held-out cells better than a predictor that knows each gene's statistics and
+        nothing about the cell; at or above 1 it has not learned anything cell-specific yet.
+        """
+        pretext, trivial = getattr(self, "_signal_sums", (0.0, 0.0))
+        if trivial > 0 and not self.trainer.sanity_checking:
+            self.log(
+                "trivial_ratio_validation",
+                pretext / trivial,
+                on_step=False,
+                on_epoch=True,
+                sync_dist=self.use_sync_dist,
+            )
+
     # no_grad, not inference_mode: with DDP (`sync_dist`), Lightning reduces the logged values in place at the end
     # of the epoch, outside inference mode, which fails on inference tensors
     @torch.no_grad()
     def compute_and_log_metrics(self, loss_output: LossOutput, metrics, mode: str):
-        """Log the mean per-cell loss and every scalar in ``extra_metrics`` as ``<name>_<mode>``."""
+        """Log the mean per-cell loss and every scalar in ``extra_metrics`` as ``<name>_<mode>``.
+
+        Modules that score a pretext task return ``pretext_loss`` and, in evaluation, ``trivial_loss`` (the loss of
+        the per-gene trivial predictor of the same target, :class:`~cellformers.nn.TrivialBaseline`); their ratio
+        over the validation epoch is logged as ``trivial_ratio_validation``.
+        """
         n = loss_output.n_obs_minibatch
         self.log(
             f"reconstruction_loss_{mode}",
@@ -168,7 +199,13 @@ class MaskedModelingTrainingPlan(TrainingPlan):
             batch_size=n,
             sync_dist=self.use_sync_dist,
         )
-        for key, value in (loss_output.extra_metrics or {}).items():
+        extra = loss_output.extra_metrics or {}
+        if mode == "validation" and "pretext_loss" in extra and "trivial_loss" in extra:
+            sums = getattr(self, "_signal_sums", None)
+            if sums is not None:
+                sums[0] += float(extra["pretext_loss"]) * n
+                sums[1] += float(extra["trivial_loss"]) * n
+        for key, value in extra.items():
             if isinstance(value, torch.Tensor):
                 if value.ndim != 0:
                     continue

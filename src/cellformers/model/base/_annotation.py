@@ -18,6 +18,7 @@ from natsort import natsorted
 from cellformers._exceptions import InvalidLabelsError
 from cellformers._settings import settings
 from cellformers._utils import autocast_context, cell_generator, check_key
+from cellformers._utils._progress import track
 from cellformers._utils._validation import check_batch_size
 
 if TYPE_CHECKING:
@@ -110,23 +111,43 @@ def stratified_split(
     }
 
 
-def classification_metrics(y_true: Sequence[str], y_pred: Sequence[str]) -> dict[str, float]:
-    """Macro-F1, macro-precision (xTrimoGene Table 2) and accuracy.
+def classification_metrics(y_true: Sequence[str], y_pred: Sequence[str], *, min_support: int = 5) -> dict:
+    """Macro-F1, macro-precision (xTrimoGene Table 2) and accuracy, with per-class support.
 
     Macro averages run over the classes present in ``y_true`` or ``y_pred`` (scikit-learn's default); a class that
-    is never predicted has precision 0 (scikit-learn's ``zero_division=0``).
+    is never predicted has precision 0 (scikit-learn's ``zero_division=0``). A class with two test cells moves
+    macro-F1 as much as one with two hundred, so ``macro_f1_supported`` also averages over the classes with at least
+    ``min_support`` true cells only.
+
+    Parameters
+    ----------
+    y_true, y_pred
+        True and predicted labels.
+    min_support
+        Fewest true cells of a class counted in ``macro_f1_supported``.
 
     Returns
     -------
-    ``{"macro_f1", "macro_precision", "accuracy", "n_cells"}``; NaN scores for empty input.
+    ``{"macro_f1", "macro_precision", "accuracy", "n_cells", "macro_f1_supported", "n_classes_supported",
+    "per_class"}`` where ``per_class`` maps each class to ``{"support", "f1", "precision"}``; NaN scores for
+    empty input.
     """
     y_true = np.asarray(y_true, dtype=object).astype(str)
     y_pred = np.asarray(y_pred, dtype=object).astype(str)
     if y_true.shape != y_pred.shape:
         msg = f"`y_true` and `y_pred` differ in length ({y_true.size} and {y_pred.size})."
         raise ValueError(msg)
+    nan = float("nan")
     if y_true.size == 0:
-        return {"macro_f1": float("nan"), "macro_precision": float("nan"), "accuracy": float("nan"), "n_cells": 0}
+        return {
+            "macro_f1": nan,
+            "macro_precision": nan,
+            "accuracy": nan,
+            "n_cells": 0,
+            "macro_f1_supported": nan,
+            "n_classes_supported": 0,
+            "per_class": {},
+        }
     classes = np.unique(np.concatenate([y_true, y_pred]))
     k = classes.size
     t, p = np.searchsorted(classes, y_true), np.searchsorted(classes, y_pred)
@@ -134,11 +155,18 @@ def classification_metrics(y_true: Sequence[str], y_pred: Sequence[str]) -> dict
     tp, n_pred, n_true = np.diag(confusion), confusion.sum(0), confusion.sum(1)
     precision = np.divide(tp, n_pred, out=np.zeros(k), where=n_pred > 0)
     f1 = 2 * tp / (n_true + n_pred)  # each class of the union is in y_true or y_pred, so the sum is positive
+    supported = n_true >= max(1, int(min_support))
     return {
         "macro_f1": float(f1.mean()),
         "macro_precision": float(precision.mean()),
         "accuracy": float(tp.sum() / y_true.size),
         "n_cells": int(y_true.size),
+        "macro_f1_supported": float(f1[supported].mean()) if supported.any() else nan,
+        "n_classes_supported": int(supported.sum()),
+        "per_class": {
+            str(c): {"support": int(n_true[i]), "f1": float(f1[i]), "precision": float(precision[i])}
+            for i, c in enumerate(classes)
+        },
     }
 
 
@@ -194,7 +222,7 @@ class CellTypeAnnotator:
     >>> list(annotator.history.columns)
     ['epoch', 'train_loss', 'validation_loss', 'validation_macro_f1', 'validation_accuracy']
     >>> sorted(annotator.metrics["test"])
-    ['accuracy', 'macro_f1', 'macro_precision', 'n_cells']
+    ['accuracy', 'macro_f1', 'macro_f1_supported', 'macro_precision', 'n_cells', 'n_classes_supported', 'per_class']
     """
 
     head: CellTypeClassifier
@@ -307,6 +335,7 @@ class AnnotationMixin:
         n_hidden: int | None = None,
         dropout_rate: float = 0.0,
         class_weight: Literal["balanced"] | None = None,
+        warm_start: bool = True,
     ) -> CellTypeAnnotator:
         """Fine-tune a cell-type classifier on the model's cell embedding.
 
@@ -320,6 +349,9 @@ class AnnotationMixin:
         With ``freeze="encoder"`` the backbone is frozen: its embeddings are computed once (evaluation mode, like
         ``get_latent_representation``) and only the head is trained, which is fast and leaves the model unchanged.
         With ``freeze="none"`` the backbone is fine-tuned with the head and **its weights are updated in place**
+        (``warm_start=True``, the default: after the head was first fitted on the frozen embeddings with the frozen
+        head's epoch budget and model selection, so the fine-tuning starts from a working head and is kept only
+        where it beats it on validation)
         (to those of the best epoch), so the model's embeddings change; the backbone runs in evaluation mode (no
         dropout, no codebook or batch-norm statistic updates, deterministic gene subsampling), so training sees the
         same features as prediction.
@@ -361,6 +393,10 @@ class AnnotationMixin:
             Dropout of the head.
         class_weight
             ``"balanced"`` weighs the loss of each class by ``n_cells / (n_classes · n_class_cells)``.
+        warm_start
+            With ``freeze="none"``: fit the head on the frozen embeddings first (50 epochs, model selection on
+            validation), then fine-tune backbone and head from there for ``max_epochs``; the kept weights are the
+            best on validation of both phases (the warm start included). ``False`` fine-tunes a fresh head.
 
         Returns
         -------
@@ -435,7 +471,8 @@ class AnnotationMixin:
 
         features = None
         labelled = np.sort(np.concatenate([train_idx, val_idx, test_idx]))
-        if frozen:
+        warm = warm_start and not frozen
+        if frozen or warm:
             emb = self._predict_batches(module.cell_embedding, adata, labelled, batch_size, precision)
             features = torch.zeros(labels.shape[0], emb.shape[1], dtype=torch.float32)
             features[torch.from_numpy(labelled)] = torch.from_numpy(emb)
@@ -446,28 +483,40 @@ class AnnotationMixin:
             )
 
         devices = [] if device.type == "cpu" else None
+        fit = {
+            "adata": adata,
+            "y_all": y_all,
+            "parts": (train_idx, val_idx),
+            "lr": (lr, backbone_lr),
+            "weight_decay": weight_decay,
+            "batch_size": batch_size,
+            "precision": precision,
+            "seed": seed,
+            "selection_metric": selection_metric,
+            "patience": early_stopping_patience,
+            "class_weights": weights,
+        }
         with torch.random.fork_rng(devices=devices):
             torch.manual_seed(seed)
             head = CellTypeClassifier(initial.shape[1], len(classes), n_hidden=n_hidden, dropout_rate=dropout_rate)
             head.fit_scaling(initial)
             head.to(device)
-            result = self._fit_head(
-                head,
-                adata=adata,
-                features=features,
-                y_all=y_all,
-                parts=(train_idx, val_idx),
-                max_epochs=max_epochs,
-                lr=(lr, backbone_lr),
-                weight_decay=weight_decay,
-                batch_size=batch_size,
-                precision=precision,
-                seed=seed,
-                selection_metric=selection_metric,
-                patience=early_stopping_patience,
-                class_weights=weights,
+            if warm:  # phase 1: the frozen head, with the frozen head's budget and model selection
+                head_best, history = self._fit_head(head, features=features, max_epochs=50, **fit)
+                history.insert(0, "phase", "head")
+                features = None
+            best_epoch, phase_history = self._fit_head(
+                head, features=features, max_epochs=max_epochs, select_start=warm, **fit
             )
-        best_epoch, history = result
+            if warm:
+                phase_history.insert(0, "phase", "full")
+                offset = int(history["epoch"].max()) + 1
+                phase_history["epoch"] += offset
+                # epoch -1 of phase 2 is the warm start itself: then the head phase's best epoch is kept
+                best_epoch = best_epoch + offset if best_epoch >= 0 else head_best
+                history = pd.concat([history, phase_history], ignore_index=True)
+            else:
+                history = phase_history
         head.eval()
         metrics = {}
         for name, idx in (("validation", val_idx), ("test", test_idx)):
@@ -502,6 +551,7 @@ class AnnotationMixin:
                 "n_hidden": 0 if n_hidden is None else int(n_hidden),
                 "dropout_rate": float(dropout_rate),
                 "class_weight": class_weight or "none",
+                "warm_start": bool(warm),
             },
         )
         self.annotator_ = annotator
@@ -535,6 +585,7 @@ class AnnotationMixin:
         selection_metric: str,
         patience: int | None,
         class_weights: torch.Tensor | None,
+        select_start: bool = False,
     ) -> tuple[int, pd.DataFrame]:
         """Train ``head`` (and the backbone when ``features`` is None); restore the best epoch's weights."""
         train_idx, val_idx = parts
@@ -561,8 +612,14 @@ class AnnotationMixin:
         best: tuple[float, float] | None = None
         best_epoch, best_state, stale = 0, None, 0
         rows = []
+        if select_start and val_idx.size:
+            # the warm-started head is the first candidate of model selection (epoch -1)
+            head.eval()
+            row = self._validation_row(adata, val_idx, y_all, batch_size, precision, features, head)
+            best = self._selection_score(row, selection_metric)
+            best_epoch, best_state = -1, self._snapshot(head, frozen)
         try:
-            for epoch in range(max_epochs):
+            for epoch in track(range(max_epochs), description="cell-type classifier: epochs"):
                 head.train()
                 module.eval()  # the backbone always runs in evaluation mode (see train_annotator)
                 order = train_idx[rng.permutation(train_idx.size)]
@@ -587,21 +644,8 @@ class AnnotationMixin:
                     loss_sum += float(loss.detach()) * b.size
                 row = {"epoch": epoch, "train_loss": loss_sum / max(1, train_idx.size)}
                 if val_idx.size:
-                    probs = self._annotator_probabilities(adata, val_idx, batch_size, precision, features, head)
-                    y_val = y_all[val_idx]
-                    p_true = np.clip(probs[np.arange(val_idx.size), y_val], 1e-12, None)
-                    pred = probs.argmax(1)
-                    m = classification_metrics(y_val.astype(str), pred.astype(str))
-                    row.update(
-                        validation_loss=float(-np.log(p_true).mean()),
-                        validation_macro_f1=m["macro_f1"],
-                        validation_accuracy=m["accuracy"],
-                    )
-                    score = (
-                        (-row["validation_macro_f1"], row["validation_loss"])
-                        if selection_metric == "macro_f1"
-                        else (row["validation_loss"], -row["validation_macro_f1"])
-                    )
+                    row.update(self._validation_row(adata, val_idx, y_all, batch_size, precision, features, head))
+                    score = self._selection_score(row, selection_metric)
                     if best is None or score < best:
                         best, best_epoch, stale = score, epoch, 0
                         best_state = self._snapshot(head, frozen)
@@ -628,6 +672,24 @@ class AnnotationMixin:
         if not val_idx.size:
             logger.warning("annotation: no validation cells, so the last epoch is kept (no model selection)")
         return best_epoch, pd.DataFrame(rows)
+
+    def _validation_row(self, adata, val_idx, y_all, batch_size, precision, features, head) -> dict[str, float]:
+        """Validation loss, macro-F1 and accuracy of ``head`` (evaluation mode)."""
+        probs = self._annotator_probabilities(adata, val_idx, batch_size, precision, features, head)
+        y_val = y_all[val_idx]
+        p_true = np.clip(probs[np.arange(val_idx.size), y_val], 1e-12, None)
+        m = classification_metrics(y_val.astype(str), probs.argmax(1).astype(str))
+        return {
+            "validation_loss": float(-np.log(p_true).mean()),
+            "validation_macro_f1": m["macro_f1"],
+            "validation_accuracy": m["accuracy"],
+        }
+
+    @staticmethod
+    def _selection_score(row: dict[str, float], selection_metric: str) -> tuple[float, float]:
+        if selection_metric == "macro_f1":
+            return (-row["validation_macro_f1"], row["validation_loss"])
+        return (row["validation_loss"], -row["validation_macro_f1"])
 
     def _snapshot(self, head: torch.nn.Module, frozen: bool) -> dict[str, dict[str, torch.Tensor]]:
         state = {"head": copy.deepcopy({k: v.detach().cpu() for k, v in head.state_dict().items()})}

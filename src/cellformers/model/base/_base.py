@@ -23,10 +23,21 @@ from cellformers._exceptions import (
     UnknownCategoryError,
 )
 from cellformers._settings import settings
-from cellformers._utils import autocast_context, cell_seed, check_counts, check_key, get_matrix, resolve_adata, row_nnz
+from cellformers._utils import (
+    autocast_context,
+    cell_seed,
+    check_counts,
+    check_key,
+    get_matrix,
+    resolve_adata,
+    resolve_precision,
+    row_nnz,
+    training_device,
+)
+from cellformers._utils._progress import show_progress, track
 from cellformers._utils._validation import check_batch_size
 from cellformers.pretrained import PretrainedMixin
-from cellformers.train import MaskedModelingTrainingPlan
+from cellformers.train import MaskedModelingTrainingPlan, warn_if_trivial
 
 from ._annotation import AnnotationMixin
 
@@ -296,13 +307,57 @@ class CellformersModel(AnnotationMixin, PretrainedMixin, UnsupervisedTrainingMix
         return vocab, ids
 
     # ------------------------------------------------------------------ training
-    def train(self, *args, checkpoint_dir: str | os.PathLike | None = None, resume: bool = False, **kwargs):
+    def train(
+        self,
+        max_epochs: int | None = None,
+        *,
+        batch_size: int = 128,
+        train_size: float | None = None,
+        validation_size: float | None = None,
+        accelerator: str = "auto",
+        devices: int | list[int] | str = "auto",
+        precision: str | int | None = None,
+        early_stopping: bool = False,
+        check_val_every_n_epoch: int | None = 1,
+        enable_progress_bar: bool | None = None,
+        plan_kwargs: dict | None = None,
+        datasplitter_kwargs: dict | None = None,
+        checkpoint_dir: str | os.PathLike | None = None,
+        resume: bool = False,
+        **kwargs,
+    ) -> None:
         """scvi-tools' :meth:`~scvi.model.base.UnsupervisedTrainingMixin.train`, optionally checkpointed and resumable.
+
+        Every model's ``train`` takes these parameters in this order (``max_epochs``, then keywords), with its own
+        defaults where its paper has them (batch size: xTrimoGene 128, scFormer 16, scPaLM 128), then its own
+        options.
 
         Parameters
         ----------
-        *args
-            Passed on (``max_epochs``, …).
+        max_epochs
+            Number of passes over the training cells; ``None``: scvi-tools' heuristic from the number of cells.
+        batch_size
+            Cells per minibatch.
+        train_size
+            Fraction of the cells used for training, the rest for validation; ``None``: scvi-tools' 0.9.
+        validation_size
+            Fraction of the cells used for validation; ``None``: the rest after ``train_size``.
+        accelerator
+            ``"cpu"``, ``"gpu"``, ``"mps"`` or ``"auto"``.
+        devices
+            Devices to train on (Lightning's ``devices``).
+        precision
+            Lightning precision (``"32-true"``, ``"bf16-mixed"``, …); ``None``: :attr:`cellformers.settings.precision`.
+        early_stopping
+            Stop when the validation loss stops improving (scvi-tools' early stopping).
+        check_val_every_n_epoch
+            Validation frequency (every epoch by default, so ``history_`` holds the per-epoch validation losses).
+        enable_progress_bar
+            Show Lightning's progress bar; ``None``: :attr:`cellformers.settings.progress_bar`.
+        plan_kwargs
+            Passed to the training plan (``lr``, ``weight_decay``, warm-up and schedule, …).
+        datasplitter_kwargs
+            Passed to the data splitter (``shuffle``, ``drop_last``, …).
         checkpoint_dir
             Directory receiving a Lightning checkpoint, ``last.ckpt`` (``last-stage<k>.ckpt`` for scPaLM's stages),
             after every epoch: weights, optimiser and schedule state, epoch, callback states. Each file is written
@@ -315,9 +370,32 @@ class CellformersModel(AnnotationMixin, PretrainedMixin, UnsupervisedTrainingMix
             ``scvi.settings.seed``, which fixes the train/validation split). Lightning checkpoints are pickles:
             resume only from checkpoints you wrote. ``history_`` then holds the resumed epochs only.
         **kwargs
-            Passed on: ``plan_kwargs``, ``batch_size``, ``precision``, other :class:`lightning.pytorch.Trainer`
-            options, and ``ckpt_path`` (a Lightning checkpoint to resume from, as in scvi-tools).
+            Other :class:`lightning.pytorch.Trainer` options (``callbacks``, ``gradient_clip_val``, …), ``datamodule``
+            and ``ckpt_path`` (a Lightning checkpoint to resume from, as in scvi-tools). ``precision``
+            defaults to :attr:`cellformers.settings.precision` (``"auto"``: ``"bf16-mixed"`` where the hardware has
+            bf16 units, ``"32-true"`` elsewhere; see :func:`cellformers.train.resolve_precision`).
+
+        Notes
+        -----
+        Each validation epoch also records the loss of the trivial predictor of the same target
+        (``history["trivial_loss_validation"]``, beside ``history["pretext_loss_validation"]`` and their ratio
+        ``history["trivial_ratio_validation"]``); a warning says so when training ended without beating it.
         """
+        kwargs = {
+            "max_epochs": max_epochs,
+            "batch_size": batch_size,
+            "train_size": train_size,
+            "validation_size": validation_size,
+            "accelerator": accelerator,
+            "devices": devices,
+            "precision": precision,
+            "early_stopping": early_stopping,
+            "check_val_every_n_epoch": check_val_every_n_epoch,
+            "enable_progress_bar": show_progress(enable_progress_bar),
+            "plan_kwargs": plan_kwargs,
+            "datasplitter_kwargs": datasplitter_kwargs,
+            **kwargs,
+        }
         if checkpoint_dir is not None:
             from cellformers.train._checkpointing import resumable_train_kwargs
 
@@ -325,7 +403,17 @@ class CellformersModel(AnnotationMixin, PretrainedMixin, UnsupervisedTrainingMix
         elif resume:
             msg = "`resume=True` needs `checkpoint_dir=` (the directory the interrupted run wrote its checkpoint to)."
             raise ValueError(msg)
-        return super().train(*args, **kwargs)
+        # validation every epoch (the default) gives the per-epoch validation loss and its trivial baseline; without
+        # validation cells Lightning would fail on the missing validation loader
+        train_size, validation_size = kwargs.get("train_size"), kwargs.get("validation_size")
+        if train_size is not None and float(train_size) >= 1.0 and not validation_size:
+            kwargs["check_val_every_n_epoch"] = None
+        kwargs["precision"] = resolve_precision(
+            kwargs.get("precision"), training_device(kwargs.get("accelerator"), kwargs.get("device"))
+        )
+        out = super().train(**kwargs)
+        warn_if_trivial(self)
+        return out
 
     def save(
         self,
@@ -373,7 +461,15 @@ class CellformersModel(AnnotationMixin, PretrainedMixin, UnsupervisedTrainingMix
             shutil.rmtree(tmp, ignore_errors=True)
 
     @classmethod
-    def load(cls, dir_path: str | os.PathLike, adata: AnnData | None = None, *args, **kwargs):
+    def load(
+        cls,
+        dir_path: str | os.PathLike,
+        adata: AnnData | None = None,
+        accelerator: str = "auto",
+        device: int | str = "auto",
+        prefix: str | None = None,
+        backup_url: str | None = None,
+    ) -> CellformersModel:
         """scvi-tools' :meth:`~scvi.model.base.BaseModelClass.load`, refusing model files that could run code.
 
         ``model.pt`` is a pickle. Before scvi-tools unpickles it, it is read with an unpickler that resolves only
@@ -386,14 +482,69 @@ class CellformersModel(AnnotationMixin, PretrainedMixin, UnsupervisedTrainingMix
             Directory written by :meth:`save`.
         adata
             AnnData set up like the saved model's, or ``None`` to load the AnnData saved with it (if any).
-        *args, **kwargs
-            Passed to :meth:`scvi.model.base.BaseModelClass.load` (``accelerator``, ``device``, ``prefix``, ...).
+        accelerator
+            ``"cpu"``, ``"gpu"``, ``"mps"`` or ``"auto"``.
+        device
+            Device to load onto (``"auto"``, an index or a torch device string).
+        prefix
+            Prefix of the file names (as given to :meth:`save`).
+        backup_url
+            URL to download ``model.pt`` from when it is missing.
+
+        Returns
+        -------
+        The model, trained as saved.
         """
         from cellformers.model.base._safe_load import check_model_file
 
-        prefix = kwargs.get("prefix", args[2] if len(args) > 2 else None) or ""
-        check_model_file(os.path.join(os.fspath(dir_path), f"{prefix}model.pt"))
-        return super().load(os.fspath(dir_path), adata, *args, **kwargs)
+        check_model_file(os.path.join(os.fspath(dir_path), f"{prefix or ''}model.pt"))
+        return super().load(
+            os.fspath(dir_path), adata, accelerator=accelerator, device=device, prefix=prefix, backup_url=backup_url
+        )
+
+    def untrained_copy(self, seed: int | None = None) -> CellformersModel:
+        """The same architecture on the same data, with freshly initialised weights, ready for inference.
+
+        The reference every training result is read against: an embedding of the untrained network already
+        carries structure (random projections of expression), so "training added X" is the trained model's score
+        minus this one's. The copy is marked as trained so its getters run; it shares this model's AnnData and
+        registration.
+
+        Parameters
+        ----------
+        seed
+            Seed of the weight initialisation (``None``: :attr:`cellformers.settings.seed`).
+
+        Returns
+        -------
+        A new model of the same class and constructor options.
+
+        Examples
+        --------
+        >>> import cellformers as cf
+        >>> adata = cf.data.synthetic_counts(n_cells=60, n_genes=30)
+        >>> cf.model.ScFormer.setup_anndata(adata)
+        >>> model = cf.model.ScFormer(adata, n_layers=1, d_model=8, n_heads=2, d_ff=8)
+        >>> model.train(max_epochs=1, enable_progress_bar=False)
+        >>> reference = model.untrained_copy()
+        >>> reference.get_latent_representation().shape
+        (60, 8)
+        """
+        params = getattr(self, "init_params_", None) or {}
+        if "non_kwargs" not in params:
+            msg = f"{type(self).__name__} has no recorded constructor options (`init_params_`); it cannot be rebuilt."
+            raise ValueError(msg)
+        non_kwargs = dict(params["non_kwargs"])
+        kwargs = {k: v for group in params.get("kwargs", {}).values() for k, v in group.items()}
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(settings.seed if seed is None else int(seed))
+            copy = type(self)(self.adata, **non_kwargs, **kwargs)
+        copy.module.eval()
+        copy.is_trained_ = True
+        stages = getattr(copy.module, "trained_stages", None)
+        if isinstance(stages, torch.Tensor):
+            stages.fill_(True)
+        return copy
 
     # ------------------------------------------------------------------ inference
     def _batch_size(self, batch_size: int | None) -> int:
@@ -460,7 +611,7 @@ class CellformersModel(AnnotationMixin, PretrainedMixin, UnsupervisedTrainingMix
         out: np.ndarray | None = None
         start = 0
         try:
-            for tensors in dl:
+            for tensors in track(dl, description=f"{type(self).__name__}: minibatches"):
                 with autocast_context(self.device, precision):
                     y = fn(tensors)
                 y = y.detach().float().cpu().numpy()
