@@ -115,9 +115,9 @@ def _run_examples(name: str) -> None:
 
 @pytest.fixture
 def _example_session(monkeypatch):
-    """Quiet logs, no network, and nothing an example registers or plots outlives it.
+    """Quiet logs and progress bars, no network, and nothing an example registers or plots outlives it.
 
-    The package's log messages go to stdout (rich), where doctest would read them as output.
+    The package's log messages and progress bars go to stdout, where doctest would read them as output.
     """
     import logging
     import socket
@@ -129,6 +129,7 @@ def _example_session(monkeypatch):
         raise OSError(msg)
 
     monkeypatch.setattr(socket.socket, "connect", no_network)
+    monkeypatch.setattr(cf.settings, "progress_bar", False)  # progress bars go to stdout too
     loggers = [logging.getLogger(n) for n in ("cellformers", "scvi", "lightning", "lightning.pytorch")]
     levels = [lg.level for lg in loggers]
     for lg in loggers:

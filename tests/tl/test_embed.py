@@ -61,3 +61,51 @@ def test_embed_mudata(trained):
     mdata = mudata.MuData({"rna": adata.copy()})
     tl.embed(mdata, model)
     assert mdata.mod["rna"].obsm["X_toy"].shape[0] == adata.n_obs
+
+
+# ---------------------------------------------------------------- a pretrained model on the user's own AnnData
+def test_embed_and_impute_on_the_anndata_given_to_from_pretrained(tmp_path):
+    import pandas as pd
+
+    import cellformers as cf
+
+    train = synthetic_counts(n_cells=80, n_genes=30, random_state=0)
+    cf.model.XTrimoGene.setup_anndata(train)
+    tiny = {"encoder_layers": 1, "encoder_dim": 16, "encoder_heads": 2, "decoder_layers": 1, "decoder_dim": 8}
+    model = cf.model.XTrimoGene(train, preset="3M", **tiny)
+    model.train(max_epochs=1, enable_progress_bar=False)
+    model.save_pretrained(tmp_path / "ckpt")
+
+    # the user's data: other genes (20 of the checkpoint's 30, in another order, and 10 it does not have)
+    full = synthetic_counts(n_cells=50, n_genes=40, random_state=3)
+    genes = list(full.var_names[25:5:-1]) + list(full.var_names[30:40])
+    user = full[:, genes].copy()
+    user_before = user.copy()
+    loaded = cf.model.XTrimoGene.from_pretrained(tmp_path / "ckpt", user)
+    assert loaded.pretrained_info_["aligned_copy"] is True
+    assert loaded.adata is not user
+    assert list(user.var_names) == list(user_before.var_names)
+
+    tl.embed(user, loaded)  # the common path: the user's own object
+    np.testing.assert_allclose(user.obsm["X_xtrimogene"], loaded.get_latent_representation(), atol=1e-5)
+    tl.impute(user, loaded)
+    imputed = user.layers["xtrimogene_imputed"]
+    assert imputed.shape == user.shape
+    reference = pd.DataFrame(loaded.get_imputed_expression(), columns=loaded.adata.var_names)
+    common = [g for g in user.var_names if g in set(loaded.adata.var_names)]
+    pos = [user.var_names.get_loc(g) for g in common]
+    np.testing.assert_allclose(imputed[:, pos], reference[common].to_numpy(), atol=1e-5)
+    assert np.isnan(imputed[:, [g not in set(common) for g in user.var_names]]).all()
+    # the user's AnnData got the outputs, nothing else changed
+    assert list(user.var_names) == list(user_before.var_names)
+    np.testing.assert_array_equal(user.X.toarray(), user_before.X.toarray())
+
+
+def test_embed_of_a_model_trained_here_still_asks_for_aligned_genes(trained):
+    from cellformers import GeneMappingError
+
+    adata, model = trained
+    reordered = adata[:, ::-1]
+    other = ad.AnnData(X=reordered.X.copy(), obs=reordered.obs[[]].copy(), var=reordered.var[[]].copy())
+    with pytest.raises(GeneMappingError, match="align_to_reference"):
+        tl.embed(other, model)

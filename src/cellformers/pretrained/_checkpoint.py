@@ -374,9 +374,12 @@ def _adata_for_checkpoint(
         msg = f"{err} (`min_gene_coverage` of `from_pretrained`)"
         raise GeneMappingError(msg) from err
     aligned.var[VAR_KEYS.TOKEN_ID] = np.asarray(token_ids, dtype=np.int64)
+    n_common = int(pd.Index(var_names).isin(np.asarray(adata.var_names).astype(str)).sum())
     logger.info(
-        "the data's genes differ from the checkpoint's: the model works on an aligned copy, `model.adata` (same "
-        "cells, the checkpoint's genes); pass that copy to `cellformers.tl` functions"
+        f"the data's genes differ from the checkpoint's: the model is attached to an aligned copy, `model.adata` "
+        f"(same cells, the checkpoint's {len(var_names)} genes, {n_common} of them in `adata`, the others "
+        "zero-filled); `adata` is not modified. `cellformers.tl.embed(adata, model)` and `tl.impute` take `adata` "
+        "as it is and align it the same way"
     )
     return aligned, True
 
@@ -793,6 +796,9 @@ def _load(
         "cellformers_version": config.get("cellformers_version"),
         "vocabulary": config.get("vocabulary"),
         "training_summary": summary,
+        # `adata` had other genes: the model is attached to an aligned copy (tl.embed/tl.impute align the same way)
+        "aligned_copy": bool(copied and adata is not None),
+        "min_gene_coverage": float(min_gene_coverage),
     }
     model.to_device(torch_device)
     model.module.eval()
@@ -1196,7 +1202,10 @@ class PretrainedMixin:
         says what to add; ``setup_kwargs`` renames a column or the layer). When the genes or their token ids differ
         from the checkpoint's, the model is attached to an aligned copy (:func:`cellformers.pp.align_to_reference`:
         same cells, the checkpoint's genes in its order, missing ones zero-filled), available as ``model.adata``;
-        ``adata`` itself is then left untouched. When they match, ``adata`` is set up in place, as by
+        ``adata`` itself is then left untouched, ``pretrained_info_['aligned_copy']`` is ``True`` and a message
+        says so. :func:`cellformers.tl.embed` and :func:`cellformers.tl.impute` take ``adata`` itself and align it
+        the same way (``cf.tl.embed(adata, model)`` writes into ``adata.obsm``); the model's own getters need
+        ``model.adata`` or an aligned AnnData. When they match, ``adata`` is set up in place, as by
         ``setup_anndata``.
 
         **Without** ``adata``: the module is built from the checkpoint alone (on a two-cell placeholder that is

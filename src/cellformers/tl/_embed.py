@@ -10,6 +10,7 @@ import numpy as np
 
 from cellformers._exceptions import InvalidExpressionError
 from cellformers._utils import resolve_adata
+from cellformers._utils._progress import progress_bar_override
 from cellformers._utils._validation import check_batch_size
 
 if TYPE_CHECKING:
@@ -58,11 +59,43 @@ def _default_options(method: Callable, model: CellformersModel, kwargs: dict[str
     return out
 
 
-def _chunked(adata: AnnData, fn: Callable[[AnnData], np.ndarray], chunk_size: int | None) -> np.ndarray:
+def _checkpoint_genes(adata: AnnData, model: CellformersModel) -> tuple[list[str], float] | None:
+    """The pretrained model's genes when ``adata`` has other genes (and the coverage ``from_pretrained`` asked).
+
+    A checkpoint's genes are fixed: :meth:`~cellformers.pretrained.PretrainedMixin.from_pretrained` aligns the data
+    it is given to them (:func:`cellformers.pp.align_to_reference`), and so do ``tl.embed`` / ``tl.impute``, chunk
+    by chunk, so that ``cf.tl.embed(adata, model)`` works on the very AnnData passed to ``from_pretrained``.
+    Models trained here are not aligned to: their data must have their genes (a clear error says so).
+    """
+    import pandas as pd
+
+    info = getattr(model, "pretrained_info_", None)
+    if not info or model.get_anndata_manager(adata) is not None:
+        return None
+    genes = [str(g) for g in model.get_var_names()]
+    if pd.Index(np.asarray(adata.var_names).astype(str)).equals(pd.Index(genes)):
+        return None
+    coverage = float(info.get("min_gene_coverage", 0.5))
+    n_common = int(pd.Index(genes).isin(np.asarray(adata.var_names).astype(str)).sum())
+    logger.info(
+        f"`adata` has other genes than the pretrained model: aligned to its {len(genes)} genes chunk by chunk, as "
+        f"`from_pretrained` does ({n_common} present, the others zero-filled; `adata` is not modified)"
+    )
+    return genes, coverage
+
+
+def _chunked(
+    adata: AnnData,
+    fn: Callable[[AnnData], np.ndarray],
+    chunk_size: int | None,
+    *,
+    align: tuple[list[str], float] | None = None,
+) -> np.ndarray:
     """Apply ``fn`` to row chunks of ``adata`` (loaded to memory one at a time) and stack the results.
 
     Chunks are independent copies, so registering them with the model never writes into the caller's object, and a
-    backed ``AnnData`` is never loaded whole.
+    backed ``AnnData`` is never loaded whole. With ``align=(genes, min_coverage)``, each chunk is aligned to those
+    genes first (:func:`cellformers.pp.align_to_reference`).
     """
     check_batch_size(chunk_size, arg="chunk_size")
     n = adata.n_obs
@@ -74,6 +107,10 @@ def _chunked(adata: AnnData, fn: Callable[[AnnData], np.ndarray], chunk_size: in
     for start in range(0, n, size):
         sub = adata[start : min(start + size, n)]
         sub = sub.to_memory() if adata.isbacked else sub.copy()
+        if align is not None:
+            from cellformers.pp import align_to_reference
+
+            sub = align_to_reference(sub, align[0], min_coverage=align[1])
         parts.append(np.asarray(fn(sub)))
     return np.concatenate(parts, axis=0)
 
@@ -85,13 +122,17 @@ def embed(
     key_added: str | None = None,
     batch_size: int | None = None,
     chunk_size: int | None = None,
+    progress_bar: bool | None = None,
     copy: bool = False,
     **kwargs: Any,
 ) -> AnnData | None:
     """Cell embeddings of a trained model.
 
     Works the same for :class:`~cellformers.model.XTrimoGene`, :class:`~cellformers.model.ScFormer` and
-    :class:`~cellformers.model.ScPaLM`; results do not depend on ``batch_size`` or ``chunk_size``.
+    :class:`~cellformers.model.ScPaLM`; results do not depend on ``batch_size`` or ``chunk_size``. For a
+    pretrained model (:meth:`~cellformers.pretrained.PretrainedMixin.from_pretrained`), ``adata`` may have other
+    genes than the checkpoint's: it is aligned to them chunk by chunk, as ``from_pretrained`` does, so the
+    AnnData given to ``from_pretrained`` can be passed here as it is.
 
     Parameters
     ----------
@@ -106,6 +147,8 @@ def embed(
         Minibatch size of the forward passes.
     chunk_size
         Cells loaded into memory at a time (default: all for in-memory data, 8192 for backed data).
+    progress_bar
+        Show a progress bar over the minibatches; ``None``: :attr:`cellformers.settings.progress_bar`.
     copy
         Return a modified copy instead of writing to ``adata``.
     **kwargs
@@ -139,7 +182,14 @@ def embed(
     name = _model_name(model)
     key = key_added or f"X_{name}"
     logger.info(f"computing {type(model).__name__} embedding")
-    emb = _chunked(adata, lambda sub: model.get_latent_representation(sub, batch_size=batch_size, **kwargs), chunk_size)
+    align = _checkpoint_genes(adata, model)
+    with progress_bar_override(progress_bar):
+        emb = _chunked(
+            adata,
+            lambda sub: model.get_latent_representation(sub, batch_size=batch_size, **kwargs),
+            chunk_size,
+            align=align,
+        )
     adata.obsm[key] = emb.astype(np.float32, copy=False)
     options = {**_default_options(model.get_latent_representation, model, kwargs), **kwargs}
     adata.uns[key_added or name] = {"params": _model_params(model, batch_size=batch_size, **options)}
@@ -154,10 +204,14 @@ def impute(
     key_added: str | None = None,
     batch_size: int | None = None,
     chunk_size: int | None = None,
+    progress_bar: bool | None = None,
     copy: bool = False,
     **kwargs: Any,
 ) -> AnnData | None:
     """Imputed (denoised) expression of every gene, from the model's decoder.
+
+    As :func:`embed`, ``adata`` may have other genes than a pretrained model's: it is aligned to them chunk by
+    chunk, and the imputation is written for the genes of ``adata`` (NaN for those the model does not have).
 
     Parameters
     ----------
@@ -171,6 +225,8 @@ def impute(
         Minibatch size of the forward passes.
     chunk_size
         Cells loaded into memory at a time.
+    progress_bar
+        Show a progress bar over the minibatches; ``None``: :attr:`cellformers.settings.progress_bar`.
     copy
         Return a modified copy instead of writing to ``adata``.
     **kwargs
@@ -201,7 +257,21 @@ def impute(
     name = _model_name(model)
     key = key_added or f"{name}_imputed"
     logger.info(f"imputing expression with {type(model).__name__}")
-    values = _chunked(adata, lambda sub: model.get_imputed_expression(sub, batch_size=batch_size, **kwargs), chunk_size)
+    align = _checkpoint_genes(adata, model)
+    with progress_bar_override(progress_bar):
+        values = _chunked(
+            adata,
+            lambda sub: model.get_imputed_expression(sub, batch_size=batch_size, **kwargs),
+            chunk_size,
+            align=align,
+        )
+    if align is not None:  # back to the genes of `adata`
+        import pandas as pd
+
+        col = pd.Index(align[0]).get_indexer(np.asarray(adata.var_names).astype(str))
+        out = np.full((values.shape[0], adata.n_vars), np.nan, dtype=np.float32)
+        out[:, col >= 0] = values[:, col[col >= 0]]
+        values = out
     adata.layers[key] = values.astype(np.float32, copy=False)
     adata.uns[key] = {"params": _model_params(model, batch_size=batch_size, **kwargs)}
     logger.info(f"added {key!r} (adata.layers)")
