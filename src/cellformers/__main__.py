@@ -26,7 +26,13 @@ def main(argv: list[str] | None = None) -> int:
         help="comma-separated models to train (xtrimogene,scformer,scpalm), 'all' or 'none'",
     )
     demo.add_argument("--quick", action="store_true", help="fewer epochs (for smoke tests)")
+    demo.add_argument(
+        "--precision",
+        default="auto",
+        help="'auto' (bf16 where the CPU/GPU has bf16 units, float32 elsewhere), '32' or 'bf16-mixed'",
+    )
 
+    from ._exceptions import CellformersError
     from ._pretrain import add_pretrain_parser, run_pretrain_command
 
     add_pretrain_parser(sub)
@@ -42,9 +48,16 @@ def main(argv: list[str] | None = None) -> int:
             batch_key=args.batch_key,
             models=args.models,
             quick=args.quick,
+            precision=args.precision,
         )
     elif args.command == "pretrain":
-        return run_pretrain_command(args)
+        try:
+            return run_pretrain_command(args)
+        except (CellformersError, ValueError, FileNotFoundError) as err:
+            # bad input: the package's message in one line, no traceback (argparse's style)
+            message = " ".join(str(err).split())
+            print(f"{parser.prog} {args.command}: error: {type(err).__name__}: {message}", file=sys.stderr)
+            return 2
     return 0
 
 

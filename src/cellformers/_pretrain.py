@@ -149,6 +149,21 @@ def _read_backed(path: Path) -> AnnData:
         raise ValueError(msg) from err
 
 
+def _check_files_hold_counts(files: Sequence[Path], layer: str | None, n_rows: int = 2048) -> None:
+    """Fail fast, before any download, when the first rows of a file are not raw counts (all rows are checked later)."""
+    for path in files:
+        adata = _read_backed(path)
+        try:
+            X = get_matrix(adata, layer)
+            try:
+                check_counts(X[: min(n_rows, adata.n_obs)], layer=layer)
+            except ValueError as err:
+                msg = f"{path}: {err}"
+                raise type(err)(msg) from err
+        finally:
+            adata.file.close()
+
+
 def index_file(
     path: Path,
     vocab: GeneVocab,
@@ -188,12 +203,11 @@ def index_file(
         n_expr = np.zeros(adata.n_obs, dtype=np.int64)
         for start, stop, block in iter_row_chunks(X, chunk_size=chunk_size):
             csr = block if sparse.issparse(block) else sparse.csr_matrix(block)
-            if start == 0:
-                try:
-                    check_counts(csr, layer=layer)
-                except ValueError as err:
-                    msg = f"{path}: {err}"
-                    raise type(err)(msg) from err
+            try:  # every chunk: a file may concatenate raw and normalized cells
+                check_counts(csr, layer=layer)
+            except ValueError as err:
+                msg = f"{path} (rows {start}–{stop - 1}): {err}"
+                raise type(err)(msg) from err
             check_block_values(csr, arg=where, row_offset=start)
             keep_entry = (csr.data != 0) & in_vocab[csr.indices]
             rows = np.repeat(np.arange(stop - start), np.diff(csr.indptr))
@@ -665,6 +679,7 @@ def pretrain(
     seed = 0 if seed is None else seed
     out = Path(out).expanduser()
     files = resolve_files(data)
+    _check_files_hold_counts(files, layer)  # before the vocabulary is downloaded
     gene_vocab = resolve_vocab(PRETRAIN_MODELS[model][1] if vocab is None else vocab)
     if vocab is None:
         vocab_label = PRETRAIN_MODELS[model][1]

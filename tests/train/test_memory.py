@@ -1,0 +1,90 @@
+"""Training memory estimate and the default training batch size chosen from it (issue 21, item 7)."""
+
+from __future__ import annotations
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from scipy import sparse
+
+import cellformers as cf
+from cellformers.train import _memory
+
+GiB = 2**30
+#: The machine of the report: 24 GiB of memory. The chosen batch must plan to use at most 60% of it.
+BUDGET = int(0.6 * 24 * GiB)
+
+
+def _pbmc_like(n_cells=64, n_genes=2000, seed=0):
+    """Counts with about half of the genes expressed per cell (pbmc3k's densest cells: ~1,260 of ~2,700 genes)."""
+    rng = np.random.default_rng(seed)
+    X = sparse.csr_matrix(rng.poisson(0.7, size=(n_cells, n_genes)).astype(np.float32))
+    var = pd.DataFrame(index=[f"GENE{i}" for i in range(n_genes)])
+    return ad.AnnData(X=X, var=var, obs=pd.DataFrame(index=[f"cell{i}" for i in range(n_cells)]))
+
+
+@pytest.fixture(scope="module")
+def xtrimogene_10m():
+    adata = _pbmc_like()
+    cf.model.XTrimoGene.setup_anndata(adata)
+    return cf.model.XTrimoGene(adata)  # the default preset, 10M
+
+
+def test_the_default_batch_for_the_10m_preset_on_2000_genes_fits_a_24_gib_machine(xtrimogene_10m):
+    batch, estimate = _memory.default_train_batch_size(xtrimogene_10m, budget=BUDGET)
+    assert estimate <= BUDGET
+    assert 8 <= batch <= 128
+    assert batch & (batch - 1) == 0  # a power of two
+    # scvi-tools' fixed default of 128 would not have fitted: the estimate says so
+    assert _memory.estimate_training_memory(xtrimogene_10m, 128) > 24 * GiB
+
+
+def test_the_estimate_grows_linearly_with_the_batch(xtrimogene_10m):
+    e16, e32, e64 = (_memory.estimate_training_memory(xtrimogene_10m, b) for b in (16, 32, 64))
+    assert e16 < e32 < e64
+    assert (e64 - e32) == pytest.approx(2 * (e32 - e16), rel=1e-6)
+
+
+def test_probing_leaves_the_model_and_the_random_state_alone(xtrimogene_10m):
+    module = xtrimogene_10m.module
+    module.train()
+    state = {k: v.clone() for k, v in module.state_dict().items()}
+    rng = torch.random.get_rng_state()
+    _memory.estimate_training_memory(xtrimogene_10m, 8)
+    assert module.training
+    assert torch.equal(rng, torch.random.get_rng_state())
+    assert all(torch.equal(v, module.state_dict()[k]) for k, v in state.items())
+    assert all(p.grad is None for p in module.parameters())
+
+
+def test_a_run_that_will_not_fit_is_warned_about_with_the_estimate(xtrimogene_10m, monkeypatch):
+    monkeypatch.setattr(_memory, "available_memory", lambda device=None: 2 * GiB)
+    with pytest.warns(UserWarning, match=r"batch_size=128` needs about [\d.]+ GiB"):
+        assert _memory.resolve_train_batch_size(xtrimogene_10m, 128, accelerator="cpu") == 128
+
+
+def test_no_batch_size_is_chosen_from_the_available_memory(xtrimogene_10m, monkeypatch):
+    monkeypatch.setattr(_memory, "available_memory", lambda device=None: 8 * GiB)
+    batch = _memory.resolve_train_batch_size(xtrimogene_10m, None, accelerator="cpu")
+    assert 1 <= batch < 128
+    assert _memory.estimate_training_memory(xtrimogene_10m, batch) <= 0.6 * 8 * GiB
+
+
+def _tiny_scformer():
+    adata = cf.data.synthetic_counts(n_cells=40, n_genes=30)
+    cf.model.ScFormer.setup_anndata(adata)
+    return cf.model.ScFormer(adata, n_layers=1, d_model=16, n_heads=2, d_ff=16)
+
+
+def test_plenty_of_memory_keeps_the_usual_default():
+    model = _tiny_scformer()
+    batch, _ = _memory.default_train_batch_size(model, budget=64 * GiB)
+    assert batch == 128
+
+
+@pytest.mark.parametrize("batch_size", [0, -1, 1.5])
+def test_a_bad_batch_size_is_refused(batch_size):
+    with pytest.raises(ValueError, match="batch_size"):
+        _memory.resolve_train_batch_size(_tiny_scformer(), batch_size)
