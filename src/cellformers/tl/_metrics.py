@@ -224,7 +224,9 @@ def graph_connectivity(connectivities: ArrayLike, labels: ArrayLike) -> float:
     ``GraphConn = 1/|C| · Σ_c |LCC(G_c)| / N_c``: for each cell type ``c``, the kNN graph restricted to the
     ``N_c`` cells of that type is split into connected components (edges taken as undirected), and the size of the
     largest one is divided by ``N_c``; the mean is taken over cell types. 1 means each cell type is one connected
-    piece of the graph.
+    piece of the graph. On scanpy's (symmetric) connectivities this is scib's score, and scib-metrics'
+    ``graph_connectivity`` given the same graph; by default scib-metrics reads the directed kNN graph with strongly
+    connected components instead, which can only give a lower score (``tests/tl/test_metrics_scib.py``).
 
     Parameters
     ----------
