@@ -137,3 +137,47 @@ def test_ecs_warmup_callback():
     model.train(max_epochs=2, batch_size=30, ecs_warmup_epochs=1, enable_progress_bar=False)
     assert model.module.ecs_active
     assert "ecs_loss_train" in model.history_
+
+
+# ---------------------------------------------------------------- a whole gene set as tokens (issue 20)
+def _wide_adata(n_genes: int):
+    import anndata as ad
+    from scipy import sparse
+
+    rng = np.random.default_rng(0)
+    X = sparse.random(
+        40, n_genes, density=0.05, format="csr", random_state=rng, data_rvs=lambda k: rng.integers(1, 5, k)
+    )
+    adata = ad.AnnData(X.astype(np.float32))
+    adata.var_names = [f"G{i}" for i in range(n_genes)]
+    adata.obs_names = [f"c{i}" for i in range(40)]
+    cf.model.ScFormer.setup_anndata(adata)
+    return adata
+
+
+TINY_WIDE = {"n_layers": 1, "d_model": 8, "n_heads": 2, "d_ff": 8}
+
+
+def test_whole_gene_set_warns_with_the_expected_cost():
+    adata = _wide_adata(2400)
+    with pytest.warns(UserWarning, match=r"2400 gene tokens per cell") as record:
+        cf.model.ScFormer(adata, **TINY_WIDE)
+    msg = str(record[0].message)
+    assert "4.0x" in msg  # (2401 / 1201)^2
+    assert "GiB of attention scores" in msg
+    assert "highly_variable_genes" in msg
+    assert "max_length=1200" in msg
+    assert "include_zero_genes=False" in msg
+
+
+@pytest.mark.parametrize(
+    ("n_genes", "options"),
+    [(1200, {}), (2400, {"max_length": 1200}), (2400, {"include_zero_genes": False})],
+)
+def test_paper_length_or_a_cap_does_not_warn(n_genes, options):
+    import warnings
+
+    adata = _wide_adata(n_genes)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)
+        cf.model.ScFormer(adata, **TINY_WIDE, **options)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import warnings
 from typing import TYPE_CHECKING, ClassVar, Literal
 
 import numpy as np
@@ -14,6 +15,7 @@ from scvi.data import AnnDataManager
 from scvi.utils import setup_anndata_dsp
 
 from cellformers._exceptions import MissingKeyError
+from cellformers._settings import settings
 from cellformers.module import ScFormerModule
 from cellformers.train import BatchGroupedDataSplitter
 
@@ -107,7 +109,9 @@ class ScFormer(CellformersModel):
         adata = adata[:, tmp.var["highly_variable"]].copy()  # raw counts, HVGs only
 
     With ``include_zero_genes=True`` (paper) every HVG is a token of every cell; ``max_length`` caps the number of
-    tokens (random subsets in training, per-cell seeded subsets at inference).
+    tokens (random subsets in training, per-cell seeded subsets at inference). Given more than 1,200 genes as
+    tokens of every cell (a whole gene set, no ``max_length``), the model warns with the expected cost: attention
+    grows with the square of the length.
 
     Parameters
     ----------
@@ -195,6 +199,8 @@ class ScFormer(CellformersModel):
     )
     _module_cls = ScFormerModule
     _data_splitter_cls = BatchGroupedDataSplitter
+    #: scFormer's practice (section 4.1): 1,200 highly variable genes as the tokens of a cell; longer inputs warn
+    _paper_length: ClassVar[int] = 1200
 
     def __init__(
         self,
@@ -273,7 +279,31 @@ class ScFormer(CellformersModel):
             f"mask_ratio: {mask_ratio}, zero genes: {include_zero_genes}, max_length: {max_length}, "
             f"parameters: {n_params / 1e6:.2f}M"
         )
+        self._warn_long_input(n_heads)
         self.init_params_ = self._get_init_params(locals())
+
+    def _warn_long_input(self, n_heads: int) -> None:
+        """Warn, with the expected cost, when every cell gets more gene tokens than scFormer's 1,200 HVGs."""
+        m = self.module
+        if m.include_zero_genes is False:  # expressed genes only: the length varies per cell
+            return
+        length = m.n_genes if m.max_length is None else min(m.n_genes, int(m.max_length))
+        if length <= self._paper_length:
+            return
+        tokens = length + 1  # and <cls>
+        factor = (tokens / (self._paper_length + 1)) ** 2
+        gib = 16 * n_heads * tokens**2 * 4 / 2**30
+        msg = (
+            f"ScFormer gets {length} gene tokens per cell: every gene of `adata` in the vocabulary, zeros included "
+            f"(`include_zero_genes={m.include_zero_genes!r}`, `max_length={m.max_length}`). Attention grows with the "
+            f"square of that length: each layer costs about {factor:.1f}x what it costs on scFormer's "
+            f"{self._paper_length} highly variable genes (section 4.1), with {gib:.2f} GiB of attention scores per "
+            "layer for a minibatch of 16 cells where no fused attention kernel applies. Subset `adata` to its highly "
+            "variable genes first (`sc.pp.highly_variable_genes(lognorm, n_top_genes=1200)` on a log-normalized "
+            "copy, then `adata = adata[:, hvg].copy()`; see the class docstring), or cap the tokens with "
+            f"`max_length={self._paper_length}`, or use the expressed genes only (`include_zero_genes=False`)."
+        )
+        warnings.warn(msg, UserWarning, stacklevel=settings.warnings_stacklevel + 1)
 
     @staticmethod
     def _external_tokens(adata: AnnData, external_tokens) -> np.ndarray:
