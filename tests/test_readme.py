@@ -61,3 +61,12 @@ def test_quickstart_code_runs(page, pbmc_file):
 @pytest.mark.parametrize("page", list(PAGES))
 def test_quickstart_code_runs_verbatim(page, pbmc_file):
     _run_blocks(page, quick=False)
+
+
+def test_readme_run_times_name_the_kind_of_cpu():
+    """A run time depends on whether the CPU has bfloat16 units: each stated time says which kind it was on."""
+    text = " ".join(PAGES["README.md"].read_text(encoding="utf-8").split())
+    sentences = [s for s in re.split(r"(?<=\.)\s+(?=[A-Z])", text) if re.search(r"\d+ minutes", s)]
+    assert sentences, "the README states no run time"
+    for sentence in sentences:
+        assert "bfloat16" in sentence, f"run time without the kind of CPU it was measured on: {sentence!r}"
