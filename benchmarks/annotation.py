@@ -288,7 +288,7 @@ def transfer_task(models: list[str], args) -> dict:
         res: dict = {"pretrain": info}
         t0 = time.perf_counter()
         _pin_threads()
-        prec = "bf16" if args.precision.startswith("bf16") else None
+        prec = cf.train.resolve_precision(args.precision, "cpu", training=False)
         cf.tl.embed(r, model, key_added="X_model", precision=prec)
         cf.tl.embed(q, model, key_added="X_model", precision=prec)
         cf.tl.transfer_labels(q, r, labels_key=LABELS_KEY, use_rep="X_model", key_added="knn")
@@ -331,7 +331,7 @@ def main() -> None:
     p.add_argument("--scvi-epochs", type=int, default=100)
     p.add_argument("--no-transfer", action="store_true")
     p.add_argument("--reference-donor", default=None)
-    p.add_argument("--precision", default="bf16-mixed")
+    p.add_argument("--precision", default="auto", help="auto: bf16 only where the CPU has bf16 units")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--quick", action="store_true", help="1 pre-training epoch, 1 fine-tuning epoch, 5 scVI epochs")
@@ -363,6 +363,8 @@ def main() -> None:
             "torch_threads": torch.get_num_threads(),
             "platform": platform.platform(),
             "torch": torch.__version__,
+            "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+            "bf16_units": cf.train.bf16_hardware("cpu")[1],
             "loadavg_start": os.getloadavg(),
         },
         "annotation": {},

@@ -97,7 +97,7 @@ def train_scformer(
         **train_opts,
     )
     train_s = time.perf_counter() - t0
-    prec = None if precision == "32" else "bf16"
+    prec = cf.train.resolve_precision(precision, "cpu", training=False)
     t0 = time.perf_counter()
     z = model.get_latent_representation(precision=prec, batch_size=64)
     embed_s = time.perf_counter() - t0
@@ -148,7 +148,9 @@ def main():
     p.add_argument("--skip-baselines", action="store_true")
     p.add_argument("--scvi-epochs", type=int, default=None)
     p.add_argument("--threads", type=int, default=1, help="torch threads (1 is fastest on a shared 2-core machine)")
-    p.add_argument("--precision", default="32", help="Lightning precision, e.g. 32 or bf16-mixed")
+    p.add_argument(
+        "--precision", default="auto", help="Lightning precision: auto (bf16 only with bf16 units), 32 or bf16-mixed"
+    )
     p.add_argument("--out", default=None)
     args = p.parse_args()
 
@@ -205,6 +207,8 @@ def main():
             "processor": platform.processor(),
             "cpus": os.cpu_count(),
             "torch_threads": torch.get_num_threads(),
+            "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+            "bf16_units": cf.train.bf16_hardware("cpu")[1],
             "load_avg_at_end": os.getloadavg(),
         },
         "table": table[cols].to_dict(orient="index"),

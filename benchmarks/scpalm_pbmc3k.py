@@ -6,7 +6,7 @@
 Steps:
 1. ``ScPaLM(preset="small", n_pathway_tokens=...)`` trained on the raw counts of ``pbmc3k_processed.h5ad`` (all
    13,714 genes, vocabulary built from the data): stage 1 (pathway VQ autoencoder, lr 1e-3), then stage 2 (cell token,
-   lr 5e-4), AdamW, batch 128, ``precision="bf16-mixed"``.
+   lr 5e-4), AdamW, batch 128, ``precision="auto"`` (bf16 only where the CPU has bf16 units).
 2. Codebook usage of the pathway tokens over all cells (perplexity, codes used of K).
 3. ``cellformers.tl.benchmark`` of h_C, of the mean pathway token (Table 6's "Mean") and of HVG-PCA
    (``cellformers.tl.baselines``), labels ``cell_type``; plus Leiden at resolution 1.0 (section 4.2) with ARI/NMI.
@@ -67,7 +67,7 @@ def main() -> None:
     parser.add_argument(
         "--batch-size", type=int, default=32, help="minibatch (paper: 128; smaller = more steps on CPU)"
     )
-    parser.add_argument("--precision", default="bf16-mixed")
+    parser.add_argument("--precision", default="auto", help="auto: bf16 only where the CPU has bf16 units")
     parser.add_argument("--accelerator", default="cpu")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--skip-imputation", action="store_true")
@@ -105,6 +105,8 @@ def main() -> None:
             "cpu_count": os.cpu_count(),
             "torch_threads": torch.get_num_threads(),
             "platform": platform.platform(),
+            "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+            "bf16_units": cf.train.bf16_hardware("cpu")[1],
             "loadavg_start": load_before,
         },
     }

@@ -33,7 +33,16 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from cellformers._constants import VAR_KEYS
 from cellformers._exceptions import CheckpointError, GeneMappingError
 from cellformers._settings import settings
-from cellformers._utils import cell_seed, check_block_values, check_counts, get_matrix, iter_row_chunks
+from cellformers._utils import (
+    cell_seed,
+    check_block_values,
+    check_counts,
+    get_matrix,
+    iter_row_chunks,
+    resolve_precision,
+    training_device,
+)
+from cellformers.train import warn_if_trivial
 
 if TYPE_CHECKING:
     from collections.abc import Iterator, Sequence
@@ -634,7 +643,8 @@ def pretrain(
     plan_kwargs
         Options of the training plan (``lr``, ``warmup_steps``, ...).
     precision
-        Lightning precision, e.g. ``"bf16-mixed"``; ``None``: 32-bit.
+        Lightning precision, e.g. ``"bf16-mixed"`` or ``"32"``; ``None`` or ``"auto"``:
+        :attr:`cellformers.settings.precision` (``"auto"``: bf16 where the hardware has bf16 units, else 32-bit).
     accelerator, devices, strategy
         Lightning's (``strategy="ddp"`` for several GPUs).
     num_workers
@@ -775,7 +785,7 @@ def pretrain(
             accelerator=accelerator,
             devices=devices,
             strategy=strategy,
-            precision=precision,
+            precision=resolve_precision(precision, training_device(accelerator)),
             callbacks=[checkpointing],
             logger=sim_logger,
             reload_dataloaders_every_n_epochs=1,
@@ -810,6 +820,7 @@ def pretrain(
     net.module.eval()
     merged = _merge_history(history_old, history)
     net.history_ = merged
+    warn_if_trivial(net)
     history_path.write_text(json.dumps(_history_json(merged)) + "\n", encoding="utf-8")
     config_path.write_text(json.dumps(config, indent=1) + "\n", encoding="utf-8")  # epochs reached
 
@@ -856,7 +867,11 @@ def add_pretrain_parser(sub) -> None:
     p.add_argument("--val-fraction", type=float, default=0.02, help="cells held out for validation (0.02)")
     p.add_argument("--model-kwargs", default="{}", help="JSON object of model options, e.g. '{\"encoder_dim\": 64}'")
     p.add_argument("--plan-kwargs", default="{}", help="JSON object of training-plan options, e.g. '{\"lr\": 1e-4}'")
-    p.add_argument("--precision", default=None, help="Lightning precision, e.g. bf16-mixed (default 32-bit)")
+    p.add_argument(
+        "--precision",
+        default="auto",
+        help="Lightning precision: auto (default: bf16 where the CPU/GPU has bf16 units, else 32), 32 or bf16-mixed",
+    )
     p.add_argument("--accelerator", default="auto", help="Lightning accelerator (auto, cpu, gpu)")
     p.add_argument("--devices", default="auto", help="number of devices or 'auto'")
     p.add_argument("--strategy", default="auto", help="Lightning strategy, e.g. ddp")

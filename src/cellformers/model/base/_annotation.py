@@ -17,7 +17,7 @@ from natsort import natsorted
 
 from cellformers._exceptions import InvalidLabelsError
 from cellformers._settings import settings
-from cellformers._utils import autocast_context, cell_generator, check_key
+from cellformers._utils import autocast_context, cell_generator, check_key, resolve_precision
 from cellformers._utils._progress import track
 from cellformers._utils._validation import check_batch_size
 
@@ -284,9 +284,9 @@ class CellTypeAnnotator:
 
 
 def _check_training_precision(precision: str | None) -> None:
-    if precision is None or str(precision) in ("32", "32-true", "bf16", "bf16-mixed", "bf16-true"):
+    if precision is None or str(precision) in ("auto", "32", "32-true", "bf16", "bf16-mixed", "bf16-true"):
         return
-    msg = f"`precision` must be None, '32' or 'bf16-mixed' for fine-tuning, got {precision!r}."
+    msg = f"`precision` must be None, 'auto', '32' or 'bf16-mixed' for fine-tuning, got {precision!r}."
     raise ValueError(msg)
 
 
@@ -379,7 +379,8 @@ class AnnotationMixin:
         batch_size
             Cells per minibatch (also of the embedding passes).
         precision
-            ``"bf16-mixed"`` (or ``"bf16"``) for bfloat16 autocast, ``None``/``"32"`` for float32.
+            ``"bf16-mixed"`` (or ``"bf16"``) for bfloat16 autocast, ``"32"`` for float32; ``None``/``"auto"``:
+            :attr:`cellformers.settings.precision` (bf16 where the hardware has bf16 units).
         seed
             Seed of the split, the head's initialisation and the minibatch order; ``None`` uses
             ``cellformers.settings.seed``.
@@ -545,7 +546,7 @@ class AnnotationMixin:
                 "backbone_lr": backbone_lr if not frozen else 0.0,
                 "weight_decay": float(weight_decay),
                 "batch_size": int(batch_size),
-                "precision": str(precision) if precision is not None else "32",
+                "precision": str(resolve_precision(precision, device, training=False)),
                 "seed": seed,
                 "selection_metric": selection_metric,
                 "n_hidden": 0 if n_hidden is None else int(n_hidden),
