@@ -5,7 +5,10 @@ through a pipe: no driver, no Python package beyond the standard library), and c
 
 - is served without error, and every file it loads from the site is found (no 4xx/5xx, no failed local request);
 - renders: a title, a first heading, the theme's layout and style sheets, and a body of text;
-- shows its figures: every ``<img>`` has loaded and has a size (the tutorial page must have at least one).
+- shows its figures: every ``<img>`` has loaded and has a size (the tutorial page must have at least one);
+- lays them out: no title, heading, navigation entry or API table cell is cut off (its text wider than its box,
+  e.g. ``cellformers.model.XTrimoG…``), no figure reaches past the text column, the page never scrolls sideways,
+  and tutorial pages give their column at least :data:`MIN_TUTORIAL_WIDTH` pixels (1280-pixel window).
 
 A screenshot of each page is written to ``docs/_build/screenshots/`` (the first screen and the full page).
 Requests to other hosts (MathJax from a CDN, say) are reported but do not fail the check, so it runs offline.
@@ -46,8 +49,17 @@ DEFAULT_OUT = HERE / "_build" / "screenshots"
 DEFAULT_PAGES: dict[str, int] = {
     "index.html": 0,
     "api/generated/cellformers.model.XTrimoGene.html": 0,
+    "api/generated/cellformers.pl.embedding.html": 0,
     "tutorials/notebooks/01_quickstart.html": 1,
+    "tutorials/notebooks/03_scformer.html": 1,
 }
+#: Smallest width in pixels of a tutorial's text column, so that UMAP grids and heatmaps are readable.
+MIN_TUTORIAL_WIDTH = 900
+#: Elements whose text must fit their box (checked with scrollWidth > clientWidth).
+_TEXT_BOXES = (
+    "h1, h2, h3, .bd-breadcrumbs li, .bd-sidebar-primary li, .bd-sidebar-secondary li, .bd-toc-item, nav.bd-links li, "
+    "table.autosummary td, dt.sig, .bd-header .navbar-item"
+)
 BROWSERS = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable", "chrome")
 
 _PAGE_STATE_JS = """
@@ -66,9 +78,42 @@ _PAGE_STATE_JS = """
     body_font: getComputedStyle(document.body).fontFamily,
     images: imgs,
     height: Math.max(document.body.scrollHeight, document.documentElement.scrollHeight),
+    article_width: article ? article.getBoundingClientRect().width : 0,
+    page_overflow: document.documentElement.scrollWidth - window.innerWidth,
+    cut: Array.from(document.querySelectorAll(TEXT_BOXES)).filter(e => {
+      // innermost boxes only (an entry, not the list holding it)
+      if (!e.offsetWidth || getComputedStyle(e).display === "inline" || e.querySelector(TEXT_BOXES)) return false;
+      if (e.scrollWidth > e.clientWidth + 1) return true;  // its text is wider than its own box
+      // or its text runs past the window, or past an ancestor that clips (overflow hidden/clip)
+      let text = null;
+      const walker = document.createTreeWalker(e, NodeFilter.SHOW_TEXT);
+      for (let n = walker.nextNode(); n; n = walker.nextNode()) {
+        if (!n.textContent.trim()) continue;
+        const range = document.createRange();
+        range.selectNodeContents(n);
+        for (const b of range.getClientRects()) {
+          text = text ? {left: Math.min(text.left, b.left), right: Math.max(text.right, b.right)} : b;
+        }
+      }
+      if (!text) return false;
+      if (text.right > window.innerWidth + 1) return true;
+      for (let p = e.parentElement; p && p !== document.body; p = p.parentElement) {
+        const o = getComputedStyle(p).overflowX;
+        if (o === "auto" || o === "scroll") return false;
+        if (o === "hidden" || o === "clip") {
+          const box = p.getBoundingClientRect();
+          return text.right > box.right + 1 || text.left < box.left - 1;
+        }
+      }
+      return false;
+    }).map(e => e.innerText.replace(/[#¶]/g, "").trim().slice(0, 80)),
+    overflowing_images: (article ? Array.from(article.querySelectorAll("img")) : []).filter(i => {
+      const r = i.getBoundingClientRect(), a = article.getBoundingClientRect();
+      return r.width > 0 && (r.right > a.right + 2 || r.left < a.left - 2);
+    }).map(i => (i.currentSrc || i.src).slice(-80)),
   };
 })()
-"""
+""".replace("TEXT_BOXES", json.dumps(_TEXT_BOXES))
 
 
 def find_chromium(explicit: str | None = None) -> str | None:
@@ -369,6 +414,7 @@ def check_page(browser: Browser, base: str, page: str, min_images: int, out: Pat
     figures = [i for i in report.images if i["width"] >= 100 and i["height"] >= 100]
     if len(figures) < min_images:
         report.problems.append(f"{len(figures)} figures shown, at least {min_images} expected")
+    report.problems += layout_problems(page, state)
 
     stem = page.replace("/", "__").removesuffix(".html")
     out.mkdir(parents=True, exist_ok=True)
@@ -378,6 +424,24 @@ def check_page(browser: Browser, base: str, page: str, min_images: int, out: Pat
     browser.screenshot(full, full_height=min(int(state["height"]), 12000))
     report.screenshots = [str(first), str(full)]
     return report
+
+
+def layout_problems(page: str, state: dict[str, Any]) -> list[str]:
+    """Cut-off text, figures past the text column, sideways scrolling, and a too narrow tutorial column."""
+    problems = []
+    if state.get("cut"):
+        problems.append(f"{len(state['cut'])} titles or entries cut off: {state['cut'][:5]}")
+    if state.get("overflowing_images"):
+        problems.append(
+            f"{len(state['overflowing_images'])} figures overflow the text column: {state['overflowing_images'][:3]}"
+        )
+    if state.get("page_overflow", 0) > 1:
+        problems.append(f"the page scrolls sideways by {state['page_overflow']} pixels")
+    if page.startswith("tutorials/") and state.get("article_width", 0) < MIN_TUTORIAL_WIDTH:
+        problems.append(
+            f"tutorial column {state.get('article_width', 0):.0f} px wide, at least {MIN_TUTORIAL_WIDTH} expected"
+        )
+    return problems
 
 
 def run_checks(

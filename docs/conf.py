@@ -149,6 +149,8 @@ intersphinx_timeout = 30
 
 # -- HTML ---------------------------------------------------------------------------------------------------------
 
+_TUTORIALS = sorted(p.stem for p in (Path(__file__).parent.parent / "tutorials" / "sources").glob("[!_]*.py"))
+
 html_theme = "pydata_sphinx_theme"
 html_title = project
 html_static_path = ["_static"]
@@ -160,7 +162,15 @@ html_theme_options = {
     "navigation_with_keys": False,
     "show_toc_level": 2,
     "header_links_before_dropdown": 7,
+    # tutorials get the page's width for their figures: no "on this page" column (their headings are few); named one
+    # by one, since a page matching two wildcard patterns is a warning
+    "secondary_sidebar_items": {
+        "**": ["page-toc", "sourcelink"],
+        **{f"tutorials/notebooks/{name}": [] for name in _TUTORIALS},
+    },
 }
+# nor the section navigation on the left
+html_sidebars = {"tutorials/notebooks/*": []}
 html_context = {
     "github_user": "cellformers",
     "github_repo": "cellformers",

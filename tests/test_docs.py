@@ -125,3 +125,17 @@ def test_only_missing_cellformers_objects_fail_the_build():
     assert not ext._private_object_exists("cellformers._settings.NoSuchThing")
     assert not ext._private_object_exists("cellformers.settings")  # public: must resolve as a documented object
     assert ext._private_object_exists("cellformers.settings", private_only=False)
+
+
+@pytest.mark.parametrize("name", ["XTrimoGene", "ScFormer", "ScPaLM"])
+def test_model_pages_leave_out_scvi_members_that_do_not_apply(name):
+    """A model page lists what a cellformers user calls, not scvi-tools' members for other models (issue 20)."""
+    import cellformers as cf
+
+    ext = _docs_extension()
+    members = ext.class_members(getattr(cf.model, name))
+    shown = set(members["methods"]) | set(members["table"])
+    for hidden in ("differential_abundance", "get_normalized_expression", "run_id", "run_name", "convert_legacy_save"):
+        assert hidden not in shown
+    for kept in ("train", "save", "load", "from_pretrained", "get_latent_representation", "adata", "history"):
+        assert kept in shown

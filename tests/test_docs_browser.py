@@ -68,3 +68,43 @@ def test_checker_reports_missing_pages_and_files(tmp_path):
     assert any("images did not load" in p for p in index.problems)
     assert any("theme not applied" in p for p in index.problems)
     assert absent.problems == ["absent.html is not in the built site"]
+
+
+def test_layout_problems_name_cut_titles_overflowing_figures_and_narrow_tutorials():
+    checker = _checker()
+    state = {"cut": ["cellformers.model.XTrimoG"], "overflowing_images": ["umap.png"], "page_overflow": 40}
+    problems = checker.layout_problems("api/x.html", {**state, "article_width": 600})
+    assert any("cut off" in p and "XTrimoG" in p for p in problems)
+    assert any("overflow the text column" in p for p in problems)
+    assert any("scrolls sideways by 40" in p for p in problems)
+    assert not any("tutorial column" in p for p in problems)  # API pages may be narrower
+    narrow = checker.layout_problems("tutorials/notebooks/a.html", {"article_width": 656})
+    assert narrow == [f"tutorial column 656 px wide, at least {checker.MIN_TUTORIAL_WIDTH} expected"]
+    assert checker.layout_problems("tutorials/notebooks/a.html", {"article_width": 1100}) == []
+
+
+def test_browser_finds_a_cut_title_and_an_overflowing_figure(tmp_path):
+    """A page laid out badly on purpose: the check names the cut heading and the figure wider than its column."""
+    checker = _checker()
+    if checker.find_chromium() is None:
+        pytest.skip("no Chromium: `apt-get install chromium` (Debian) or set CHROMIUM")
+    site = tmp_path / "site"
+    (site / "tutorials").mkdir(parents=True)
+    png = "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mP8z8BQDwAEhQGAhKmMIQAAAABJRU5ErkJggg=="
+    (site / "fig.png").write_bytes(__import__("base64").b64decode(png))
+    style = (
+        "<style>h1{width:200px;overflow:hidden;white-space:nowrap}article{width:500px}"
+        "img{width:900px;height:200px}</style>"
+    )
+    body = "<p>" + "text " * 100 + "</p>"
+    (site / "tutorials" / "bad.html").write_text(
+        f"<html><head><title>t</title>{style}</head><body><article><h1>cellformers.model.XTrimoGene long title</h1>"
+        f"{body}<img src='../fig.png'></article></body></html>"
+    )
+    (site / "index.html").write_text("<html><head><title>i</title></head><body><h1>i</h1></body></html>")
+    (report,) = checker.run_checks(html=site, pages={"tutorials/bad.html": 0}, out=tmp_path / "shots")
+    problems = " | ".join(report.problems)
+    assert "cut off" in problems
+    assert "cellformers.model.XTrimoGene" in problems
+    assert "overflow the text column" in problems
+    assert "tutorial column 500 px wide" in problems

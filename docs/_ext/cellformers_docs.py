@@ -246,11 +246,36 @@ def build_api_index() -> _ApiIndex:
 
 
 _EXTERNAL_MODULES = ("builtins", "abc", "typing", "torch", "lightning", "pytorch_lightning")
+#: Members a model inherits from scvi-tools' ``BaseModelClass`` that its page shows: those a cellformers user calls.
+#: The others do not apply to these models (``differential_abundance``, ``get_normalized_expression``, the MLflow
+#: ``run_id``/``run_name``) or are registry plumbing, and are left out of the page (they still work).
+SCVI_MODEL_MEMBERS_SHOWN = frozenset(
+    {
+        "adata",
+        "adata_manager",
+        "device",
+        "get_anndata_manager",
+        "get_var_names",
+        "history",
+        "is_trained",
+        "test_indices",
+        "to_device",
+        "train_indices",
+        "validation_indices",
+        "view_anndata_setup",
+        "view_setup_args",
+    }
+)
 
 
 def _is_external(klass: type) -> bool:
     module = klass.__module__ or ""
     return any(module == m or module.startswith(f"{m}.") for m in _EXTERNAL_MODULES)
+
+
+def _hidden_scvi_member(klass: type, name: str) -> bool:
+    """Whether ``name``, defined on scvi-tools' model base classes, stays off a cellformers model's page."""
+    return (klass.__module__ or "").startswith("scvi.model") and name not in SCVI_MODEL_MEMBERS_SHOWN
 
 
 def _docstring_attributes(cls: type) -> set[str]:
@@ -275,8 +300,9 @@ def _docstring_attributes(cls: type) -> set[str]:
 def class_members(cls: type) -> dict[str, list[str]]:
     """Public attributes and methods of ``cls`` for its API page.
 
-    Members inherited from torch, Lightning or Python itself are left out; members from scvi-tools (``train``,
-    ``save``, ``load`` ...) stay, because users call them on our models. ``table`` lists attributes for the summary
+    Members inherited from torch, Lightning or Python itself are left out; of the members a model inherits from
+    scvi-tools' model base classes only those users call on our models stay (:data:`SCVI_MODEL_MEMBERS_SHOWN`:
+    ``adata``, ``history``, ``get_var_names``, ...; ``train``, ``save`` and ``load`` are cellformers' own). ``table`` lists attributes for the summary
     table; ``attributes`` those to document with ``autoattribute`` (not the ones napoleon already documents from the
     docstring's ``Attributes`` section).
     """
@@ -287,7 +313,7 @@ def class_members(cls: type) -> dict[str, list[str]]:
         if name.startswith("_"):
             continue
         owner = next((k for k in cls.__mro__ if name in vars(k)), None)
-        if owner is None or _is_external(owner):
+        if owner is None or _is_external(owner) or _hidden_scvi_member(owner, name):
             continue
         raw = vars(owner)[name]
         if isinstance(raw, (staticmethod, classmethod)) or inspect.isfunction(raw) or inspect.ismethoddescriptor(raw):
@@ -299,6 +325,28 @@ def class_members(cls: type) -> dict[str, list[str]]:
         "attributes": [a for a in attributes if a not in in_docstring],
         "methods": methods,
     }
+
+
+def _settings_attributes() -> list[tuple[str, str]]:
+    """``(name, description)`` of each entry of the ``Attributes`` section of ``cellformers.settings``' class."""
+    from cellformers._settings import CellformersConfig
+
+    doc = inspect.cleandoc(CellformersConfig.__doc__ or "").splitlines()
+    start = next(
+        (i + 2 for i in range(len(doc) - 1) if doc[i].strip() == "Attributes" and doc[i + 1].startswith("-")), None
+    )
+    if start is None:
+        return []
+    items: list[tuple[str, list[str]]] = []
+    for line in doc[start:]:
+        if line and not line[0].isspace():
+            if line.startswith("-"):  # the underline of the next section
+                items.pop()
+                break
+            items.append((line.split(":")[0].strip(), []))
+        elif items:
+            items[-1][1].append(line.strip())
+    return [(name, " ".join(t for t in text if t)) for name, text in items]
 
 
 def _heading(text: str, char: str) -> str:
@@ -330,6 +378,9 @@ def _render_page(page: _Page) -> str:
     for data in page.data:
         body = textwrap.indent(data.doc or "No description.", "   ")
         out.append(f".. data:: {data.name}\n   :type: {data.type}\n\n{body}\n")
+        if page.module == PACKAGE and data.name == "settings":
+            for attr, text in _settings_attributes():  # targets of :attr:`cellformers.settings.seed` and the like
+                out.append(f".. attribute:: settings.{attr}\n\n{textwrap.indent(text, '   ')}\n")
     groups = [("Classes", "class"), ("Functions", "function"), ("Exceptions", "exception")]
     for heading, kind in groups:
         entries = [e for e in page.entries if e.kind == kind]

@@ -32,7 +32,7 @@ class CellformersConfig:
     seed
         Global seed, the only one to set. Every random choice that must not depend on batch size or cell order
         (masking, tie-breaking in binning, subsampling) derives its generator from this seed and the cell name;
-        setting it also sets :attr:`scvi.settings.seed <scvi._settings.ScviConfig.seed>`, which seeds Python's
+        setting it also sets ``scvi.settings.seed``, which seeds Python's
         ``random``, NumPy and torch (Lightning's ``seed_everything``) and scvi-tools' train/validation split, so
         training (initial weights, shuffling, dropout) repeats too.
     progress_bar

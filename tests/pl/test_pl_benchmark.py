@@ -91,3 +91,13 @@ def test_bad_inputs(benchmarked):
     benchmarked.uns["not_a_benchmark"] = {"a": 1}
     with pytest.raises(MissingKeyError, match="not written by"):
         cf.pl.benchmark(benchmarked, key="not_a_benchmark", show=False)
+
+
+def test_heatmap_has_no_grid_lines_through_its_cells(benchmarked):
+    """scanpy's ``set_figure_params`` turns axes grids on (the tutorials call it): none may cross the heatmap."""
+    import matplotlib as mpl
+
+    with mpl.rc_context({"axes.grid": True}):
+        ax = cf.pl.benchmark(benchmarked, kind="heatmap", show=False)
+    lines = ax.get_xgridlines() + ax.get_ygridlines()
+    assert not any(line.get_visible() for line in lines)

@@ -378,7 +378,7 @@ class ScFormer(CellformersModel):
         0.9 after every epoch (``SCFORMER_PLAN_DEFAULTS``, overridden by ``plan_kwargs``), and the weights
         of the epoch with the best validation MGM loss are kept. On a CPU, minibatches of 16 are slow; larger
         ones (64–128) train several times faster per epoch. The parameters up to ``resume`` are those of every
-        model's ``train`` (:meth:`~cellformers.model.base.CellformersModel.train`), in the same order.
+        model's ``train`` (:meth:`~cellformers.model.CellformersModel.train`), in the same order.
 
         Parameters
         ----------
@@ -407,7 +407,7 @@ class ScFormer(CellformersModel):
         datasplitter_kwargs
             Passed to :class:`~cellformers.train.BatchGroupedDataSplitter`.
         checkpoint_dir
-            Directory of a per-epoch Lightning checkpoint (see :meth:`~cellformers.model.base.CellformersModel.train`).
+            Directory of a per-epoch Lightning checkpoint (see :meth:`~cellformers.model.CellformersModel.train`).
         resume
             Continue from the checkpoint in ``checkpoint_dir``.
         group_by_batch

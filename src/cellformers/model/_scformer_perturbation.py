@@ -362,7 +362,7 @@ class ScFormerPerturbation(CellformersModel):
 
         Section 5: the perturbation model converges within a few epochs; the weights of the epoch with the best
         validation loss are kept. Optimiser defaults as :class:`~cellformers.model.ScFormer`. The common
-        parameters come in the order of every model's ``train`` (:meth:`~cellformers.model.base.CellformersModel.train`;
+        parameters come in the order of every model's ``train`` (:meth:`~cellformers.model.CellformersModel.train`;
         the pairs are drawn by this model, so ``train_size`` and ``datasplitter_kwargs`` do not apply), then this
         model's own.
 
@@ -389,7 +389,7 @@ class ScFormerPerturbation(CellformersModel):
         plan_kwargs
             Passed to :class:`~cellformers.train.MaskedModelingTrainingPlan`.
         checkpoint_dir
-            Directory of a per-epoch Lightning checkpoint (see :meth:`~cellformers.model.base.CellformersModel.train`).
+            Directory of a per-epoch Lightning checkpoint (see :meth:`~cellformers.model.CellformersModel.train`).
         resume
             Continue from the checkpoint in ``checkpoint_dir``.
         train_perturbations

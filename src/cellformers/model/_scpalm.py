@@ -264,7 +264,7 @@ class ScPaLM(CellformersModel):
         """Train stage 1 (pathway learning), stage 2 (cell aggregation), or both in turn.
 
         The parameters up to ``resume`` are those of every model's ``train``
-        (:meth:`~cellformers.model.base.CellformersModel.train`), in the same order; scPaLM's own follow.
+        (:meth:`~cellformers.model.CellformersModel.train`), in the same order; scPaLM's own follow.
 
         Parameters
         ----------
@@ -294,7 +294,7 @@ class ScPaLM(CellformersModel):
             Passed to scvi-tools' data splitter.
         checkpoint_dir
             Directory of a per-epoch Lightning checkpoint per stage (see
-            :meth:`~cellformers.model.base.CellformersModel.train`).
+            :meth:`~cellformers.model.CellformersModel.train`).
         resume
             Continue from the checkpoint in ``checkpoint_dir``.
         stage

@@ -53,6 +53,7 @@ def _heatmap(ax: Axes, df: pd.DataFrame) -> None:
 
     cmap = mpl.colormaps["viridis"].with_extremes(bad="lightgray")
     im = ax.imshow(np.ma.masked_invalid(values), cmap=cmap, vmin=vmin, vmax=vmax, aspect="auto")
+    ax.grid(False)  # scanpy's set_figure_params turns axes grids on: they would cross the cells
     for i in range(values.shape[0]):
         for j in range(values.shape[1]):
             v = values[i, j]
