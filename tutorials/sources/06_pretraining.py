@@ -227,7 +227,8 @@ cf.pretrained.list_pretrained()[["model_class", "vocabulary", "size_mb", "licens
 # `from_pretrained` finds the name in the registry, checks the archive against the card's sha256, extracts it into the
 # cache (checking every file against `checksums.json`), builds the model class named in `config.json` and reads the
 # weights. The pbmc3k cells have 13,714 genes and the checkpoint 1,000: the model works on an **aligned copy**,
-# `model.adata`, with exactly the checkpoint's genes.
+# `model.adata`, with exactly the checkpoint's genes (`pbmc3k` itself is not modified; `cf.tl.embed(pbmc3k, model)`
+# would align it the same way and write into `pbmc3k.obsm`).
 
 # %%
 pbmc3k = sc.read_h5ad(corpus[0])
