@@ -133,3 +133,52 @@ def test_without_quantizer_ablation():
     torch.testing.assert_close(inf["z_q"], inf["z_e"])
     assert float(loss.extra_metrics["vq_loss"]) == 0.0
     assert inf["codes"].shape == (12, 8)
+
+
+def test_code_statistics_in_stage1_metrics():
+    from cellformers.module._scpalm import code_statistics
+
+    # 4 cells, 2 positions: position 0 has one code for all cells, position 1 a code per cell
+    codes = torch.tensor([[5, 0], [5, 1], [5, 2], [5, 3]])
+    stats = code_statistics(codes)
+    assert float(stats["codes_per_position"]) == pytest.approx(2.5)
+    assert float(stats["code_entropy"]) == pytest.approx(1.0)  # (0 + 2 bits) / 2
+    torch.manual_seed(0)
+    _, _, loss = _module()(_tensors())
+    assert {"codes_per_position", "code_entropy"} <= set(loss.extra_metrics)
+    assert 1 <= float(loss.extra_metrics["codes_per_position"]) <= 12
+
+
+def test_per_position_quantizer_without_pre_vq_position():
+    torch.manual_seed(0)
+    m = _module(vq_codebook="per_position", vq_warmup=0.5, pre_vq_position=False)
+    assert m.pos_encoder is None
+    assert "pos_encoder" not in m.state_dict()
+    assert m.quantizer.get_codebook().shape == (8, 16, 16)
+    assert not bool(m.quantizer.initialized)
+    t = _tensors()
+    inf, _, loss = m(t)  # warm-up step: continuous tokens, no VQ loss
+    torch.testing.assert_close(inf["z_q"], inf["z_e"])
+    assert bool(m.quantizer.initialized)  # k-means after the module's single warm-up call
+    inf, _, loss = m(t)
+    assert float(loss.extra_metrics["vq_loss"]) > 0
+    loss.loss.backward()
+    assert m.embedding.value_projection.weight.grad is not None
+    with pytest.raises(ValueError, match="vq_warmup"):
+        _module(vq_warmup=1.0)
+
+
+def test_cell_embedding_with_training_keep_ratio():
+    torch.manual_seed(0)
+    m = _module().eval()
+    x = _tensors()[REGISTRY_KEYS.X_KEY]
+    seeds = torch.arange(12.0)
+    full = m.get_cell_embedding(x)
+    sub = m.get_cell_embedding(x, n_subsets=3, cell_seeds=seeds)
+    assert sub.shape == full.shape
+    assert not torch.allclose(sub, full)
+    torch.testing.assert_close(sub, m.get_cell_embedding(x, n_subsets=3, cell_seeds=seeds))  # seeded per cell
+    one = m.get_cell_embedding(x, n_subsets=1, cell_seeds=seeds)
+    keep = m.random_keep(12, device=x.device, cell_seeds=seeds, salt=101)
+    z, _ = m.get_pathway_tokens(x)
+    torch.testing.assert_close(one, m.encode_cell(z, keep)[:, 0])

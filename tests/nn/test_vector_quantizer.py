@@ -87,3 +87,75 @@ def test_codebook_usage():
 def test_bad_affine():
     with pytest.raises(ValueError, match="affine"):
         VectorQuantizer(affine="ema")
+
+
+def test_per_position_codebooks_separate_cells_not_positions():
+    # tokens = a large position offset + a small per-cell signal: a shared codebook spends its codes on the
+    # positions, per-position codebooks on the cells
+    torch.manual_seed(0)
+    n_pos, d = 6, 4
+    offsets = torch.randn(n_pos, d) * 50
+    e = offsets + torch.randn(256, n_pos, d)
+    shared = VectorQuantizer(n_codes=8, n_dim=d, dead_code_threshold=0, warmup_steps=1)
+    per_pos = VectorQuantizer(n_codes=8, n_dim=d, codebook="per_position", n_positions=n_pos, warmup_steps=1)
+    for vq in (shared, per_pos):
+        vq(e)  # warm-up call, then k-means initialisation
+        assert bool(vq.initialized)
+    distinct = lambda idx: sum(len(idx[:, j].unique()) for j in range(n_pos)) / n_pos
+    assert distinct(shared(e).indices) <= 2
+    out = per_pos(e)
+    assert distinct(out.indices) >= 6
+    assert per_pos.get_codebook().shape == (n_pos, 8, d)
+    assert per_pos.code_counts.shape == (n_pos * 8,)
+    # each token is replaced by the nearest code of its own position
+    torch.testing.assert_close(out.quantized, per_pos.get_codebook()[torch.arange(n_pos), out.indices])
+    g = per_pos.global_indices(out.indices)
+    assert int(g.min()) >= 0
+    assert int(g.max()) < n_pos * 8
+
+
+def test_warmup_passes_input_through_then_kmeans():
+    torch.manual_seed(0)
+    vq = VectorQuantizer(n_codes=4, n_dim=2, codebook="per_position", n_positions=3, warmup_steps=2)
+    e = torch.randn(32, 3, 2, requires_grad=True)
+    out = vq(e)
+    assert torch.equal(out.quantized, e)
+    assert float(out.loss.detach()) == 0.0
+    assert not bool(vq.initialized)
+    vq(e)
+    assert bool(vq.initialized)
+    out = vq(e)
+    assert not torch.equal(out.quantized, e)
+    # k-means centres: every code of every position is used by the data it was fitted on
+    assert int((vq.code_counts > 0).sum()) == 12
+
+
+def test_residual_quantizes_around_the_position_mean():
+    torch.manual_seed(0)
+    vq = VectorQuantizer(n_codes=4, n_dim=2, residual=True, n_positions=3, affine="none", dead_code_threshold=0)
+    e = torch.randn(16, 3, 2) + torch.tensor([[0.0, 0.0], [10.0, 10.0], [-10.0, 5.0]])
+    out = vq(e)
+    torch.testing.assert_close(vq.position_mean, e.mean(0))
+    torch.testing.assert_close(out.quantized, vq.position_mean + vq.get_codebook()[out.indices])
+
+
+def test_dead_codes_reseeded_from_the_same_position():
+    torch.manual_seed(0)
+    vq = VectorQuantizer(n_codes=4, n_dim=2, codebook="per_position", n_positions=2, affine="none", replace_interval=1)
+    with torch.no_grad():
+        vq.codebook.data[:, 1:] = 1e3
+    e = torch.randn(64, 2, 2) * 0.1 + torch.tensor([[0.0, 0.0], [100.0, 100.0]])
+    vq(e)
+    cb = vq.get_codebook().detach()
+    assert (cb[1, 1:] - 100).abs().max() < 1  # position 1's dead codes come from position 1's outputs
+    assert cb[0, 1:].abs().max() < 1
+
+
+def test_bad_per_position_arguments():
+    with pytest.raises(ValueError, match="n_positions"):
+        VectorQuantizer(codebook="per_position")
+    with pytest.raises(ValueError, match="codebook"):
+        VectorQuantizer(codebook="nope", n_positions=2)
+    vq = VectorQuantizer(n_codes=4, n_dim=2, codebook="per_position", n_positions=3)
+    with pytest.raises(ValueError, match="3 positions"):
+        vq(torch.randn(2, 5, 2))

@@ -42,6 +42,22 @@ _H_CELL_2 = "cell_embedding_view2"
 _STAGE = "stage"
 
 
+def code_statistics(codes: Tensor) -> dict[str, Tensor]:
+    """How well the codes of a minibatch ``(batch, N)`` tell its cells apart, position by position.
+
+    ``codes_per_position``: distinct codes among the cells at a position, averaged over the positions (1 when the
+    code only encodes the position). ``code_entropy``: entropy (bits) of the code distribution over the cells at a
+    position, averaged over the positions (at most ``log2(batch)``).
+    """
+    with torch.no_grad():
+        c = codes.reshape(codes.shape[0], -1).T.long()  # (N, batch)
+        k = int(c.max()) + 1 if c.numel() else 1
+        counts = torch.zeros(c.shape[0], k, device=c.device).scatter_add_(1, c, torch.ones_like(c, dtype=torch.float))
+        p = counts / counts.sum(1, keepdim=True).clamp_min(1)
+        entropy = -(p * torch.log2(p.clamp_min(1e-12))).sum(1)
+        return {"codes_per_position": (counts > 0).sum(1).float().mean(), "code_entropy": entropy.mean()}
+
+
 def _param(*shape: int) -> nn.Parameter:
     # unit scale, like the tokens they are added to or stand beside (quantized codes and embedded tokens are O(1)
     # per dimension): with BERT's 0.02 the first LayerNorm would all but erase them
@@ -105,6 +121,18 @@ class ScPaLMModule(GeneTokenModule):
         Training steps between dead-code checks.
     sync_nu
         Synchronised codebook update weight (0: off).
+    vq_codebook
+        ``"shared"``: one codebook of ``n_codes`` for all ``N`` positions (the paper); ``"per_position"``: one
+        codebook of ``n_codes`` per position, with per-position statistics and dead-code re-seeding
+        (:class:`~cellformers.nn.VectorQuantizer`).
+    vq_residual
+        Quantize each pathway token minus a running mean of its position (the mean is added back).
+    vq_warmup
+        Fraction of the first stage-1 training's steps run without quantization; the codebook is then initialised
+        by k-means on the encoder outputs (0: random codes from the start, the paper).
+    pre_vq_position
+        Add a learned position embedding to the tokens before the pathway encoder (not in the paper; the tokens
+        of the embedding already differ by position).
     quantize
         Quantize the pathway tokens (section 3.2). ``False`` is the "encoder without quantizer" ablation of Table 7:
         the continuous encoder outputs go to the decoders (codes are still computed for reporting, without VQ loss).
@@ -157,7 +185,7 @@ class ScPaLMModule(GeneTokenModule):
     >>> inference_outputs["z_q"].shape  # 8 quantized pathway tokens per cell
     torch.Size([8, 8, 16])
     >>> sorted(loss.extra_metrics)
-    ['codes_used', 'mse', 'perplexity', 'vq_loss']
+    ['code_entropy', 'codes_per_position', 'codes_used', 'mse', 'perplexity', 'pretext_loss', 'vq_loss']
     >>> loss.loss.backward()
     """
 
@@ -183,6 +211,10 @@ class ScPaLMModule(GeneTokenModule):
         dead_code_threshold: float = 1.0,
         dead_code_interval: int = 20,
         sync_nu: float = 0.0,
+        vq_codebook: Literal["shared", "per_position"] = "shared",
+        vq_residual: bool = False,
+        vq_warmup: float = 0.0,
+        pre_vq_position: bool = True,
         quantize: bool = True,
         keep_ratio: float = 0.5,
         contrastive: bool = True,
@@ -220,6 +252,11 @@ class ScPaLMModule(GeneTokenModule):
         self.cell_token_in_decoder = cell_token_in_decoder
         self.library_size = library_size
         self.quantize = quantize
+        if not 0 <= vq_warmup < 1:
+            msg = f"`vq_warmup` must be in [0, 1), got {vq_warmup}."
+            raise ValueError(msg)
+        self.vq_warmup = float(vq_warmup)
+        self.pre_vq_position = bool(pre_vq_position)
         self.stage = 1
         self.register_buffer("token_of_gene", self.input_gene_ids // self.genes_per_token, persistent=False)
         # which stages have been trained (saved with the weights)
@@ -238,7 +275,7 @@ class ScPaLMModule(GeneTokenModule):
             pooling=pooling,
             hierarchical=hierarchical_pooling,
         )
-        self.pos_encoder = _param(n, d)
+        self.pos_encoder = _param(n, d) if pre_vq_position else None
         self.encoder = transformer(n_layers)
         self.quantizer = VectorQuantizer(
             n_codes,
@@ -248,6 +285,11 @@ class ScPaLMModule(GeneTokenModule):
             dead_code_threshold=dead_code_threshold,
             replace_interval=dead_code_interval,
             sync_nu=sync_nu,
+            codebook=vq_codebook,
+            n_positions=n,
+            residual=vq_residual,
+            # the training plan sets the number of warm-up steps from `vq_warmup` when stage 1 starts
+            warmup_steps=1 if vq_warmup > 0 else 0,
         )
         self.pos_decoder = _param(n, d)
         self.decoder = transformer(n_dec)
@@ -278,7 +320,7 @@ class ScPaLMModule(GeneTokenModule):
         return [self.embedding, self.encoder, self.quantizer, self.decoder, self.head]
 
     def _stage1_params(self) -> list[nn.Parameter]:
-        return [self.pos_encoder, self.pos_decoder, self.output_bias]
+        return [p for p in (self.pos_encoder, self.pos_decoder, self.output_bias) if p is not None]
 
     def _stage2_modules(self) -> list[nn.Module]:
         return [self.cell_encoder, self.cell_decoder, self.cell_head, self.contrastive_loss]
@@ -319,7 +361,9 @@ class ScPaLMModule(GeneTokenModule):
 
     def encode_pathways(self, x_norm: Tensor):
         """Stage-1 encoder and quantizer: returns ``(z_e, QuantizerOutput)``, tokens ``(batch, N, d)``."""
-        tokens = self.embedding(x_norm, self.input_gene_ids) + self.pos_encoder
+        tokens = self.embedding(x_norm, self.input_gene_ids)
+        if self.pos_encoder is not None:
+            tokens = tokens + self.pos_encoder
         z_e = self.encoder(tokens)
         vq = self.quantizer(z_e)
         if not self.quantize:  # Table 7 ablation: continuous tokens, codes only reported
@@ -456,6 +500,7 @@ class ScPaLMModule(GeneTokenModule):
                 "perplexity": inference_outputs[_PERPLEXITY],
                 "codes_used": inference_outputs[_N_USED].float(),
                 "pretext_loss": rec.mean().detach(),
+                **code_statistics(inference_outputs[_CODES]),
             }
             trivial = self.score_trivial(self.trivial, x_norm, torch.ones_like(x_norm, dtype=torch.bool))
             if trivial is not None:
@@ -492,10 +537,20 @@ class ScPaLMModule(GeneTokenModule):
         return self.encode_cell(vq.quantized)[:, 0]
 
     @torch.no_grad()
-    def get_cell_embedding(self, x: Tensor) -> Tensor:
-        """``h_C`` of the stage-2 encoder over all pathway tokens, ``(batch, d)``."""
+    def get_cell_embedding(self, x: Tensor, n_subsets: int | None = None, cell_seeds: Tensor | None = None) -> Tensor:
+        """``h_C`` of the stage-2 encoder, ``(batch, d)``.
+
+        ``n_subsets=None``: over all ``N`` pathway tokens (the paper). An integer: the mean of ``h_C`` over that many
+        random subsets of ``keep_ratio * N`` tokens, as in training (seeded per cell by ``cell_seeds``).
+        """
         z, _ = self.get_pathway_tokens(x)
-        return self.encode_cell(z)[:, 0]
+        if not n_subsets:
+            return self.encode_cell(z)[:, 0]
+        out = 0.0
+        for i in range(int(n_subsets)):
+            keep = self.random_keep(z.shape[0], device=z.device, cell_seeds=cell_seeds, salt=101 + i)
+            out = out + self.encode_cell(z, keep)[:, 0].float()
+        return out / int(n_subsets)
 
     @torch.no_grad()
     def impute(self, x: Tensor, decoder: Literal["pathway", "cell"] = "pathway", cell_seeds: Tensor | None = None):

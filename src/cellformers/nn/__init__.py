@@ -15,7 +15,7 @@ from ._transformer import MultiheadSelfAttention, TransformerBlock, TransformerE
 from ._trivial_baseline import TrivialBaseline
 from ._value_embedding import EqualBinEmbedding, RoundBinEmbedding, UpBinEmbedding, make_value_embedding
 from ._value_encoders import CategoricalValueEncoder, ContinuousValueEncoder
-from ._vector_quantizer import QuantizerOutput, VectorQuantizer, codebook_usage
+from ._vector_quantizer import QuantizerOutput, VectorQuantizer, codebook_usage, kmeans
 
 __all__ = [
     "AdversarialDiscriminator",
@@ -44,5 +44,6 @@ __all__ = [
     "TrivialBaseline",
     "VectorQuantizer",
     "codebook_usage",
+    "kmeans",
     "spherical_kmeans",
 ]

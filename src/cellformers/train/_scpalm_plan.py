@@ -90,7 +90,7 @@ class ScPaLMTrainingPlan(MaskedModelingTrainingPlan):
         self.stage = stage
 
     def on_train_start(self) -> None:
-        """Put the module in this plan's stage and in training mode.
+        """Put the module in this plan's stage and in training mode; set the quantizer's warm-up (``vq_warmup``).
 
         Lightning (>= 2.2) keeps the train/eval mode modules have when ``fit`` starts, and scvi-tools leaves a
         trained module in eval mode, so a second ``train`` call would otherwise run in eval mode.
@@ -98,8 +98,16 @@ class ScPaLMTrainingPlan(MaskedModelingTrainingPlan):
         super().on_train_start()
         self.module.set_stage(self.stage)
         self.module.train()
+        vq = self.module.quantizer
+        if self.stage == 1 and getattr(self.module, "vq_warmup", 0) > 0 and not bool(vq.initialized):
+            # warm-up without quantization for a fraction of this training's steps, then k-means codebook
+            total = int(self.trainer.estimated_stepping_batches)
+            vq.warmup_steps = int(vq.n_calls) + max(1, round(self.module.vq_warmup * total))
 
     def on_train_end(self) -> None:
         """Record that this stage has been trained."""
         super().on_train_end()
+        vq = self.module.quantizer
+        if self.stage == 1 and not bool(vq.initialized):  # stopped during the warm-up: initialise the codebook now
+            vq._kmeans_init()
         self.module.trained_stages[self.stage - 1] = True
