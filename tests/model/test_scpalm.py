@@ -77,18 +77,20 @@ def test_getters(trained):
     codes = model.get_pathway_codes()
     assert codes.shape == (200, 8)
     assert codes.max() < 16
+    # default quantizer: one codebook of 16 codes per position, 8 * 16 codes in all
+    global_codes = codes + 16 * np.arange(8)
     usage = model.get_codebook_usage()
-    assert usage["n_codes"] == 16
-    assert 1 <= usage["n_used"] <= 16
+    assert usage["n_codes"] == 8 * 16
+    assert 1 <= usage["n_used"] <= 8 * 16
     assert usage["perplexity"] >= 1
-    assert usage["n_used"] == len(np.unique(codes))
+    assert usage["n_used"] == len(np.unique(global_codes))
     scores = model.get_pathway_gene_scores()
-    assert scores.shape == (16, 60)
+    assert scores.shape == (8 * 16, 60)
     detected = np.asarray((adata.X > 0).sum(0)).ravel() > 0
     np.testing.assert_allclose(scores.to_numpy().sum(0)[detected], 1.0, rtol=1e-6)  # column-normalised (A.4)
     genes = model.get_pathway_genes(n_genes=4)
     assert list(genes.columns[:4]) == ["gene_1", "gene_2", "gene_3", "gene_4"]
-    assert set(genes.index) == set(np.unique(codes))
+    assert set(genes.index) == set(np.unique(global_codes))
     assert genes["frequency"].sum() == pytest.approx(1.0)
     assert set(genes["gene_1"]) <= set(adata.var_names)
     emb = model.get_gene_embeddings()
@@ -156,3 +158,60 @@ def test_rejects_log_normalized_data():
     sc.pp.log1p(adata)
     with pytest.raises(NotCountsError):
         ScPaLM.setup_anndata(adata)
+
+
+def test_codebook_statistics_and_history(trained):
+    _, model = trained
+    codes = model.get_pathway_codes()
+    stats = model.get_codebook_statistics()
+    assert stats["codes_per_position"] == pytest.approx(np.mean([len(np.unique(codes[:, j])) for j in range(8)]))
+    assert stats["codes_per_position_min"] == min(len(np.unique(codes[:, j])) for j in range(8))
+    assert 0 <= stats["code_entropy"] <= stats["code_entropy_max"] == pytest.approx(4.0)
+    assert stats["distinct_cells"] == len(np.unique(codes, axis=0))
+    assert stats["codebook"] == "per_position"
+    for key in ("codes_per_position_train", "code_entropy_train", "codes_per_position_validation"):
+        assert key in model.history_
+    assert bool(model.module.quantizer.initialized)  # k-means after the warm-up
+
+
+def test_quantizer_option_and_paper_behaviour():
+    adata = synthetic_counts(n_cells=80, n_genes=30, random_state=0)
+    ScPaLM.setup_anndata(adata)
+    paper = ScPaLM(adata, quantizer="paper", **TINY)
+    assert paper.module.quantizer.codebook_mode == "shared"
+    assert paper.module.pos_encoder is not None
+    assert bool(paper.module.quantizer.initialized)
+    default = ScPaLM(adata, **TINY)
+    assert default.module.quantizer.codebook_mode == "per_position"
+    assert default.module.pos_encoder is None
+    assert default.module.vq_warmup == pytest.approx(0.3)
+    # explicit module options win over the quantizer setting
+    mixed = ScPaLM(adata, quantizer="paper", pre_vq_position=False, **TINY)
+    assert mixed.module.pos_encoder is None
+    with pytest.raises(ValueError, match="quantizer"):
+        ScPaLM(adata, quantizer="nope", **TINY)
+
+
+def test_hvg_input_by_default():
+    adata = synthetic_counts(n_cells=80, n_genes=30, random_state=0)
+    adata.var["highly_variable"] = np.arange(30) < 12
+    ScPaLM.setup_anndata(adata)
+    model = ScPaLM(adata, **TINY)
+    assert model.module.n_genes == 12
+    assert len(model.vocab) >= 12
+    assert ScPaLM(adata, genes="all", **TINY).module.n_genes == 30
+    model.train(max_epochs=1, **TRAIN)
+    imputed = model.get_imputed_expression()
+    assert np.isnan(imputed[:, 12:]).all()
+    assert np.isfinite(imputed[:, :12]).all()
+    with pytest.raises(ValueError, match="genes"):
+        ScPaLM(adata, genes="some", **TINY)
+
+
+def test_embedding_with_training_keep_ratio(trained):
+    _, model = trained
+    full = model.get_latent_representation()
+    sub = model.get_latent_representation(n_subsets=3)
+    assert sub.shape == full.shape
+    assert not np.allclose(sub, full)
+    np.testing.assert_allclose(sub, model.get_latent_representation(n_subsets=3, batch_size=7), rtol=1e-4, atol=1e-5)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from ._scformer import ScFormer
 from ._scformer_perturbation import ScFormerPerturbation
-from ._scpalm import SCPALM_PRESETS, ScPaLM
+from ._scpalm import SCPALM_PRESETS, SCPALM_QUANTIZERS, ScPaLM
 from ._xtrimogene import XTrimoGene
 from .base import CellformersModel, CellTypeAnnotator
 
@@ -13,6 +13,7 @@ __all__ = [
     "CellTypeAnnotator",
     "XTrimoGene",
     "SCPALM_PRESETS",
+    "SCPALM_QUANTIZERS",
     "ScFormer",
     "ScFormerPerturbation",
     "ScPaLM",

@@ -57,6 +57,17 @@ SCPALM_PRESETS: dict[str, dict[str, int | float]] = {
 }
 
 
+#: Quantizer settings selected by ``ScPaLM(quantizer=...)``. ``"paper"``: one codebook shared by all positions,
+#: random codes, a learned position embedding before the pathway encoder (as in the paper). ``"per_position"`` (the
+#: default): one codebook per position with per-position statistics and dead-code re-seeding, no pre-VQ position
+#: embedding, and 30% of the stage-1 steps without quantization before a k-means initialisation of the codebooks
+#: (measured in ``benchmarks/results/scpalm_codebook_*.json``; see the scPaLM user guide).
+SCPALM_QUANTIZERS: dict[str, dict[str, object]] = {
+    "paper": {"vq_codebook": "shared", "vq_warmup": 0.0, "pre_vq_position": True},
+    "per_position": {"vq_codebook": "per_position", "vq_warmup": 0.3, "pre_vq_position": False},
+}
+
+
 class ScPaLM(CellformersModel):
     """scPaLM :cite:p:`scPaLM`.
 
@@ -91,6 +102,18 @@ class ScPaLM(CellformersModel):
         ``K``, codebook size.
     dropout_rate
         Dropout of the transformers.
+    quantizer
+        ``"per_position"`` (default) or ``"paper"``: the quantizer settings of ``cellformers.model.SCPALM_QUANTIZERS``
+        (``vq_codebook``, ``vq_warmup``, ``pre_vq_position`` of :class:`~cellformers.module.ScPaLMModule`;
+        explicit ``module_kwargs`` override them). The paper's shared codebook describes the positions rather than
+        the cells (a few distinct codes per position on pbmc3k); see the scPaLM user guide for the measurements.
+    genes
+        Input genes when the vocabulary is built from the data (``vocab=None`` and no
+        :func:`~cellformers.pp.map_genes` vocabulary): ``"hvg"`` (default) uses ``adata.var['highly_variable']``,
+        or the 2,000 highly variable genes of scanpy's ``seurat`` flavour when that column is missing and the data
+        has more genes; ``"all"`` uses every gene. From scratch, the per-gene means explain most of an all-gene
+        reconstruction error and stage 1 does not learn (see the user guide). Library sizes are always taken over
+        all genes; other genes are outside the vocabulary (NaN in imputations).
     **module_kwargs
         Passed to :class:`~cellformers.module.ScPaLMModule` (pooling, VQ and contrastive options, ``keep_ratio``, …).
 
@@ -148,9 +171,17 @@ class ScPaLM(CellformersModel):
         n_pathway_tokens: int | None = None,
         n_codes: int | None = None,
         dropout_rate: float | None = None,
+        quantizer: Literal["per_position", "paper"] = "per_position",
+        genes: Literal["hvg", "all"] = "hvg",
         **module_kwargs,
     ):
         super().__init__(adata)
+        if quantizer not in SCPALM_QUANTIZERS:
+            msg = f"`quantizer` must be one of {sorted(SCPALM_QUANTIZERS)}, got {quantizer!r}."
+            raise ValueError(msg)
+        if genes not in ("hvg", "all"):
+            msg = f"`genes` must be 'hvg' or 'all', got {genes!r}."
+            raise ValueError(msg)
         if preset not in SCPALM_PRESETS:
             msg = f"`preset` must be one of {sorted(SCPALM_PRESETS)}, got {preset!r}."
             raise ValueError(msg)
@@ -165,12 +196,15 @@ class ScPaLM(CellformersModel):
             "dropout_rate": dropout_rate,
         }
         config.update({k: v for k, v in explicit.items() if v is not None})
+        config.update(SCPALM_QUANTIZERS[quantizer])
         # module_kwargs win over the preset (they are saved as given, so `load` rebuilds the same module)
         config.update(module_kwargs)
         if isinstance(vocab, dict):
             from cellformers.data import GeneVocab
 
             vocab = GeneVocab.from_dict(vocab)
+        if vocab is None and genes == "hvg":
+            vocab = _hvg_vocab(self.adata)
         gene_vocab, gene_token_ids = self._resolve_vocab(self.adata, vocab)
         self.vocab = gene_vocab
         self.module = self._module_cls(
@@ -381,6 +415,7 @@ class ScPaLM(CellformersModel):
         batch_size: int | None = None,
         *,
         representation: Literal["cell", "mean", "concat"] = "cell",
+        n_subsets: int | None = None,
         precision: str | None = None,
     ) -> np.ndarray:
         """Cell embeddings.
@@ -398,6 +433,10 @@ class ScPaLM(CellformersModel):
             wide; section 3.3). ``"mean"``: the mean of the quantized pathway tokens (``n_hidden`` wide).
             ``"concat"``: all quantized pathway tokens concatenated (``N × n_hidden`` wide, large). These are the
             variants of Table 6; ``"mean"`` and ``"concat"`` only need stage 1.
+        n_subsets
+            With ``representation="cell"``: ``None`` reads ``h_C`` over all ``N`` tokens (the paper); an integer
+            averages ``h_C`` over that many random subsets of ``keep_ratio * N`` tokens, the number the stage-2
+            encoder sees in training (seeded per cell, so reproducible).
         precision
             ``"bf16"`` or ``"16"`` to run under autocast.
 
@@ -407,7 +446,9 @@ class ScPaLM(CellformersModel):
         """
         if representation == "cell":
             self._require_stage(2, "`representation='cell'`")
-            fn = lambda t: self.module.get_cell_embedding(t[REGISTRY_KEYS.X_KEY].to(self.device))
+            fn = lambda t: self.module.get_cell_embedding(
+                t[REGISTRY_KEYS.X_KEY].to(self.device), n_subsets=n_subsets, cell_seeds=t[REGISTRY_KEYS_CF.CELL_SEED]
+            )
         elif representation in ("mean", "concat"):
             self._require_stage(1, f"`representation={representation!r}`")
 
@@ -518,9 +559,62 @@ class ScPaLM(CellformersModel):
         of the code histogram over all tokens of all cells; ``K`` when uniform), the number of codes used at least
         once, of unused ("dead") codes, ``K``, and ``n_used / K``.
         """
-        codes = self.get_pathway_codes(adata, indices, batch_size)
-        counts = np.bincount(codes.ravel(), minlength=self.module.quantizer.n_codes)
+        codes = self._global_codes(self.get_pathway_codes(adata, indices, batch_size))
+        counts = np.bincount(codes.ravel(), minlength=self.module.quantizer.n_total_codes)
         return codebook_usage(torch.from_numpy(counts))
+
+    def _global_codes(self, codes: np.ndarray) -> np.ndarray:
+        """Local code indices ``(n_cells, N)`` -> indices into all codes (per-position codebooks: ``j * K + k``)."""
+        return self.module.quantizer.global_indices(torch.from_numpy(codes)).numpy()
+
+    def get_codebook_statistics(
+        self,
+        adata: AnnData | None = None,
+        indices: Sequence[int] | None = None,
+        batch_size: int | None = None,
+    ) -> dict[str, float]:
+        """Whether the pathway codes tell the cells apart, position by position.
+
+        The usage of :meth:`get_codebook_usage` is counted over all tokens, so a codebook that only encodes the
+        position looks healthy there. These statistics are taken at each position over the cells.
+
+        Parameters
+        ----------
+        adata
+            AnnData with the same genes as the registered one; ``None`` uses the registered AnnData.
+        indices
+            Cells to use; ``None`` for all.
+        batch_size
+            Minibatch size for inference.
+
+        Returns
+        -------
+        ``{"codes_per_position", "codes_per_position_min", "code_entropy", "code_entropy_max", "distinct_cells",
+        "n_cells", "n_positions", "n_codes", "codebook"}``: the number of distinct codes among the cells at a
+        position (mean and minimum over positions), the entropy in bits of the code distribution over the cells at a
+        position (mean over positions) and its ceiling ``log2(min(K, n_cells))``, the number of distinct code
+        sequences (cells the codes tell apart), and the sizes.
+        """
+        codes = self.get_pathway_codes(adata, indices, batch_size)
+        n_cells, n_pos = codes.shape
+        k = self.module.quantizer.n_codes
+        distinct = np.array([np.unique(codes[:, j]).size for j in range(n_pos)])
+        entropy = []
+        for j in range(n_pos):
+            p = np.bincount(codes[:, j], minlength=k) / max(1, n_cells)
+            p = p[p > 0]
+            entropy.append(float(-(p * np.log2(p)).sum()))
+        return {
+            "codes_per_position": float(distinct.mean()),
+            "codes_per_position_min": int(distinct.min()),
+            "code_entropy": float(np.mean(entropy)),
+            "code_entropy_max": float(np.log2(max(1, min(k, n_cells)))),
+            "distinct_cells": int(np.unique(codes, axis=0).shape[0]),
+            "n_cells": int(n_cells),
+            "n_positions": int(n_pos),
+            "n_codes": int(k),
+            "codebook": self.module.quantizer.codebook_mode,
+        }
 
     def get_pathway_gene_scores(
         self,
@@ -550,9 +644,9 @@ class ScPaLM(CellformersModel):
         from scipy import sparse
 
         adata_ = self._validate_anndata(adata)
-        codes = self.get_pathway_codes(adata_, indices, batch_size)
+        codes = self._global_codes(self.get_pathway_codes(adata_, indices, batch_size))
         n_cells, n_tok = codes.shape
-        k = self.module.quantizer.n_codes
+        k = self.module.quantizer.n_total_codes
         rows = np.repeat(np.arange(n_cells), n_tok)
         freq = sparse.csr_matrix(
             (np.full(codes.size, 1.0 / n_tok), (rows, codes.ravel())), shape=(n_cells, k)
@@ -603,7 +697,7 @@ class ScPaLM(CellformersModel):
         ``score_1 … score_<n_genes>`` and ``frequency`` (share of all tokens assigned to the code).
         """
         scores = self.get_pathway_gene_scores(adata, indices, batch_size)
-        codes = self.get_pathway_codes(adata, indices, batch_size)
+        codes = self._global_codes(self.get_pathway_codes(adata, indices, batch_size))
         freq = np.bincount(codes.ravel(), minlength=scores.shape[0]) / max(1, codes.size)
         values = scores.to_numpy()
         if min_cells > 0:
@@ -637,3 +731,30 @@ class ScPaLM(CellformersModel):
         weights = self.module.embedding.gene_embedding.weight.detach()[ids].cpu().float().numpy()
         names = np.asarray(self.adata.var_names)[self.module.input_columns.cpu().numpy()]
         return pd.DataFrame(weights, index=pd.Index(names, name="gene"))
+
+
+def _hvg_vocab(adata: AnnData, n_top_genes: int = 2000) -> GeneVocab | None:
+    """Vocabulary of the highly variable genes of ``adata`` (``None``: every gene, or a map_genes vocabulary)."""
+    from cellformers.data import GeneVocab
+    from cellformers.model.base._base import _mapped_vocab_name
+
+    if _mapped_vocab_name(adata) is not None:
+        return None
+    if "highly_variable" in adata.var.columns:
+        mask = adata.var["highly_variable"].to_numpy(dtype=bool)
+        source = "adata.var['highly_variable']"
+    elif adata.n_vars > n_top_genes:
+        import scanpy as sc
+
+        norm = sc.AnnData(adata.X.copy(), var=adata.var[[]].copy())
+        sc.pp.normalize_total(norm, target_sum=1e4)
+        sc.pp.log1p(norm)
+        sc.pp.highly_variable_genes(norm, n_top_genes=n_top_genes, flavor="seurat")
+        mask = norm.var["highly_variable"].to_numpy(dtype=bool)
+        source = f"the {n_top_genes} highly variable genes (scanpy, flavor='seurat')"
+    else:
+        return None
+    if not mask.any():
+        return None
+    logger.info(f"scPaLM input: {int(mask.sum())} genes from {source} (pass genes='all' for every gene)")
+    return GeneVocab.from_adata(adata[:, mask])
