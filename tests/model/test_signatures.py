@@ -44,7 +44,9 @@ def test_train_signature_is_explicit_and_shared(cls):
     # the common parameters come first, then the model's own, then the Lightning trainer options
     assert names[1 : 1 + len(expected)] == expected
     assert all(params[n].kind is inspect.Parameter.KEYWORD_ONLY for n in expected[1:])
-    assert params["batch_size"].default == BATCH_SIZE[cls]
+    # None: the paper's batch size, reduced when the memory estimate says it will not fit (issue 21, item 7)
+    assert params["batch_size"].default is None
+    assert cls._default_train_batch_size == BATCH_SIZE[cls]
     assert params["enable_progress_bar"].default is None
     doc = inspect.getdoc(cls.train)
     for name in [n for n in names if n not in ("self", "kwargs")]:

@@ -88,3 +88,63 @@ def test_plenty_of_memory_keeps_the_usual_default():
 def test_a_bad_batch_size_is_refused(batch_size):
     with pytest.raises(ValueError, match="batch_size"):
         _memory.resolve_train_batch_size(_tiny_scformer(), batch_size)
+
+
+# ---------------------------------------------------------------- `train` chooses and checks its batch size
+def _capture_train(monkeypatch):
+    """Replace scvi-tools' training loop by one recording its arguments (the wiring is tested, not the training)."""
+    from scvi.model.base import UnsupervisedTrainingMixin
+
+    seen = {}
+
+    def fake_train(self, **kwargs):
+        seen.update(kwargs)
+
+    monkeypatch.setattr(UnsupervisedTrainingMixin, "train", fake_train)
+    monkeypatch.setattr("cellformers.model.base._base.warn_if_trivial", lambda model: None)
+    return seen
+
+
+def test_train_without_a_batch_size_picks_one_that_fits(xtrimogene_10m, monkeypatch):
+    seen = _capture_train(monkeypatch)
+    logged = []
+    monkeypatch.setattr(_memory.logger, "info", logged.append)  # the package logger does not propagate
+    monkeypatch.setattr(_memory, "available_memory", lambda device=None: 8 * GiB)
+    xtrimogene_10m.train(max_epochs=1, accelerator="cpu")
+    assert 1 <= seen["batch_size"] < 128
+    assert _memory.estimate_training_memory(xtrimogene_10m, seen["batch_size"]) <= 0.6 * 8 * GiB
+    assert any(f"training batch size {seen['batch_size']} (estimated peak memory" in m for m in logged)
+
+
+def test_train_keeps_the_paper_batch_size_when_it_fits(monkeypatch):
+    seen = _capture_train(monkeypatch)
+    monkeypatch.setattr(_memory, "available_memory", lambda device=None: 64 * GiB)
+    _tiny_scformer().train(max_epochs=1, accelerator="cpu")
+    assert seen["batch_size"] == 16  # scFormer's section 5
+
+
+def test_train_warns_before_an_explicit_batch_size_that_will_not_fit(xtrimogene_10m, monkeypatch):
+    seen = _capture_train(monkeypatch)
+    monkeypatch.setattr(_memory, "available_memory", lambda device=None: 2 * GiB)
+    with pytest.warns(UserWarning, match=r"batch_size=128` needs about [\d.]+ GiB.*Pass `batch_size=\d+`"):
+        xtrimogene_10m.train(max_epochs=1, batch_size=128, accelerator="cpu")
+    assert seen["batch_size"] == 128
+
+
+def test_train_refuses_a_bad_batch_size_before_anything_runs(monkeypatch):
+    seen = _capture_train(monkeypatch)
+    with pytest.raises(ValueError, match="batch_size"):
+        _tiny_scformer().train(max_epochs=1, batch_size=0)
+    assert not seen
+
+
+def test_a_resumed_run_keeps_the_batch_size_of_its_checkpoint(tmp_path, monkeypatch):
+    model = _tiny_scformer()
+    monkeypatch.setattr(_memory, "available_memory", lambda device=None: 64 * GiB)
+    model.train(max_epochs=1, accelerator="cpu", checkpoint_dir=tmp_path, enable_progress_bar=False, batch_size=8)
+    from cellformers.train._checkpointing import checkpoint_batch_size
+
+    assert checkpoint_batch_size(tmp_path) == 8
+    seen = _capture_train(monkeypatch)
+    model.train(max_epochs=2, accelerator="cpu", checkpoint_dir=tmp_path, resume=True)
+    assert seen["batch_size"] == 8

@@ -201,6 +201,7 @@ class ScFormer(CellformersModel):
     _data_splitter_cls = BatchGroupedDataSplitter
     #: scFormer's practice (section 4.1): 1,200 highly variable genes as the tokens of a cell; longer inputs warn
     _paper_length: ClassVar[int] = 1200
+    _default_train_batch_size: ClassVar[int] = 16  # section 5
 
     def __init__(
         self,
@@ -354,7 +355,7 @@ class ScFormer(CellformersModel):
         self,
         max_epochs: int | None = 30,
         *,
-        batch_size: int = 16,
+        batch_size: int | None = None,
         train_size: float | None = 0.9,
         validation_size: float | None = None,
         accelerator: str = "auto",
@@ -385,7 +386,8 @@ class ScFormer(CellformersModel):
         max_epochs
             Number of epochs (30, section 5).
         batch_size
-            Cells per minibatch (16, section 5).
+            Cells per minibatch; ``None``: 16 (section 5), or less when the memory estimate says 16 will not fit
+            (see :meth:`~cellformers.model.CellformersModel.train`).
         train_size
             Fraction of cells used for training, the rest for validation (0.9, section 5).
         validation_size

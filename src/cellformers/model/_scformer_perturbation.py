@@ -206,6 +206,7 @@ class ScFormerPerturbation(CellformersModel):
     """
 
     _model_name: ClassVar[str] = "scformer_perturbation"
+    _default_train_batch_size: ClassVar[int] = 16  # as scFormer
     _module_cls = ScFormerPerturbationModule
 
     def __init__(
@@ -342,7 +343,7 @@ class ScFormerPerturbation(CellformersModel):
         self,
         max_epochs: int = 10,
         *,
-        batch_size: int = 16,
+        batch_size: int | None = None,
         validation_size: float = 0.1,
         accelerator: str = "auto",
         devices: int | list[int] | str = "auto",
@@ -371,7 +372,8 @@ class ScFormerPerturbation(CellformersModel):
         max_epochs
             Number of epochs.
         batch_size
-            Pairs per minibatch (16, as scFormer).
+            Pairs per minibatch; ``None``: 16 (as scFormer), or less when the memory estimate says 16 will not fit
+            (see :meth:`~cellformers.model.CellformersModel.train`).
         validation_size
             Fraction of the training cells kept for validation.
         accelerator
@@ -403,6 +405,7 @@ class ScFormerPerturbation(CellformersModel):
         **kwargs
             Other :class:`lightning.pytorch.Trainer` options (``callbacks``, ``gradient_clip_val``, …).
         """
+        batch_size = self._resolve_train_batch_size(batch_size, accelerator, checkpoint_dir, resume, plan_kwargs)
         control = self._setup_args["control_value"]
         labels = self._labels()
         canon = np.asarray([self._canonical(lab) for lab in labels])

@@ -277,7 +277,7 @@ class ScPaLM(CellformersModel):
         self,
         max_epochs: int | None = None,
         *,
-        batch_size: int = 128,
+        batch_size: int | None = None,
         train_size: float | None = None,
         validation_size: float | None = None,
         accelerator: str = "auto",
@@ -305,7 +305,8 @@ class ScPaLM(CellformersModel):
         max_epochs
             Epochs of the stage (of stage 1 when ``stage=None``). ``None``: scvi-tools' heuristic capped at 100.
         batch_size
-            Minibatch size (128, appendix B.1).
+            Minibatch size; ``None``: 128 (appendix B.1), or less when the memory estimate says 128 will not fit
+            (see :meth:`~cellformers.model.CellformersModel.train`).
         train_size
             Fraction of the cells used for training, the rest for validation; ``None``: scvi-tools' 0.9.
         validation_size
@@ -381,9 +382,19 @@ class ScPaLM(CellformersModel):
                 **kwargs,
             )
             self._merge_history(previous)
+            self._keep_stage_history(s)
             self.module.trained_stages[s - 1] = True
         self.module.set_stage(1 if stage is None else stages[-1])
         self.module.eval()
+
+    def _keep_stage_history(self, stage: int) -> None:
+        """Copy the stage's pretext / trivial losses to ``stage<s>_<key>`` (the next stage logs the same keys)."""
+        if not isinstance(self.history_, dict):
+            return
+        for key in ("pretext_loss_validation", "trivial_loss_validation", "trivial_ratio_validation"):
+            frame = self.history_.get(key)
+            if frame is not None:
+                self.history_[f"stage{stage}_{key}"] = frame.rename(columns=lambda c: f"stage{stage}_{c}")
 
     def _merge_history(self, previous: dict | None) -> None:
         """Keep metrics that exist in only one stage (scvi-tools keeps only the keys of the first run)."""

@@ -8,7 +8,6 @@ import lzma
 import os
 import shutil
 import tarfile
-import tempfile
 import zipfile
 import zlib
 from pathlib import Path, PurePosixPath
@@ -16,6 +15,7 @@ from typing import TYPE_CHECKING
 
 from cellformers._exceptions import CellformersError, ChecksumError, UntrustedCheckpointError
 from cellformers._settings import settings
+from cellformers._utils._debris import clean_stale, temp_name
 
 from ._format import CHECKPOINT_FILES, CheckpointError, file_sha256, verify_checkpoint
 
@@ -207,8 +207,10 @@ def _extract(archive: str | os.PathLike, *, sha256: str | None = None) -> tuple[
             logger.debug(f"using the extracted checkpoint {dest}")
             return dest, digest
     root.mkdir(parents=True, exist_ok=True)
+    clean_stale(root, ".", marker=".tmp-")  # folders of extractions killed before their rename
     members, opener, close = _open_members(archive)
-    tmp = Path(tempfile.mkdtemp(dir=root, prefix=f".{dest.name}.tmp-"))
+    tmp = root / temp_name(dest.name, "tmp")
+    tmp.mkdir()
     try:
         try:
             for fname, member in members.items():
@@ -375,9 +377,8 @@ def pack_checkpoint(
         msg = f"{archive} already exists; pass `overwrite=True` to replace it."
         raise CheckpointError(msg)
     archive.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(dir=archive.parent, prefix=f".{archive.name}.tmp-")
-    os.close(fd)
-    tmp = Path(tmp_name)
+    clean_stale(archive.parent, f".{archive.name}.tmp-")
+    tmp = archive.parent / temp_name(archive.name, "tmp")
     try:
         add, close = _writer(suffix, tmp)
         try:

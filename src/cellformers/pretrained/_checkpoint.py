@@ -8,7 +8,6 @@ import logging
 import os
 import pickle
 import shutil
-import tempfile
 import uuid
 import warnings
 from pathlib import Path
@@ -20,8 +19,9 @@ import pandas as pd
 import torch
 
 from cellformers._constants import VAR_KEYS
-from cellformers._exceptions import GeneMappingError, MissingKeyError, UntrustedCheckpointError
+from cellformers._exceptions import ChecksumError, GeneMappingError, MissingKeyError, UntrustedCheckpointError
 from cellformers._settings import settings
+from cellformers._utils._debris import clean_stale, stale_entries, temp_name
 
 from ._archive import _extract, archive_suffix
 from ._format import (
@@ -271,6 +271,7 @@ def resolve_checkpoint(name_or_path_or_url: str | os.PathLike, *, sha256: str | 
         directory, _ = _extract(archive, sha256=sha256)
         return directory, {"name": None, "source": source, "sha256": sha256, "card_class": None}
     path = Path(source).expanduser()
+    _recover_checkpoint(path)
     if path.is_dir():
         if sha256 is not None:
             msg = "`sha256` applies to archive files; a checkpoint directory is checked against its checksums.json."
@@ -948,11 +949,16 @@ def _training_summary(model) -> dict[str, Any]:
 
 
 def _replace_directory(tmp: Path, path: Path) -> None:
-    """Move the finished ``tmp`` directory to ``path``, replacing a previous checkpoint there."""
+    """Move the finished ``tmp`` directory to ``path``, replacing a previous checkpoint there.
+
+    The previous checkpoint is renamed to ``.<name>.old-<pid>-<random>`` first; a process killed between the two
+    renames leaves it there, and the next :func:`save_pretrained` or load of ``path`` puts it back
+    (:func:`_recover_checkpoint`).
+    """
     if not path.exists():
         os.replace(tmp, path)
         return
-    old = path.with_name(f".{path.name}.old-{uuid.uuid4().hex[:8]}")
+    old = path.with_name(temp_name(path.name, "old"))
     os.replace(path, old)
     try:
         os.replace(tmp, path)
@@ -960,6 +966,34 @@ def _replace_directory(tmp: Path, path: Path) -> None:
         os.replace(old, path)
         raise
     shutil.rmtree(old, ignore_errors=True)
+
+
+def _recover_checkpoint(path: Path) -> None:
+    """Put back a checkpoint an interrupted ``save_pretrained(overwrite=True)`` left renamed, and clean debris.
+
+    When ``path`` is missing and a killed writer left the previous checkpoint as ``.<name>.old-<pid>-<random>``,
+    the newest of those that verifies against its ``checksums.json`` is renamed back to ``path``. Then the stale
+    temporary folders of ``path`` (``.<name>.tmp-*``, ``.<name>.old-*`` of processes that are gone, or older than an
+    hour) are removed.
+    """
+    parent = path.parent
+    if not parent.is_dir():
+        return
+    if not path.exists():
+        olds = sorted(stale_entries(parent, f".{path.name}.old-"), key=lambda p: p.stat().st_mtime, reverse=True)
+        for old in olds:
+            try:
+                verify_checkpoint(old)
+            except (CheckpointError, ChecksumError):
+                continue
+            try:
+                os.replace(old, path)
+            except OSError:  # another process restored it (or saved a new one) meanwhile
+                break
+            logger.warning(f"restored the checkpoint {path}, left renamed by an interrupted `save_pretrained`")
+            break
+    for kind in ("tmp", "old"):
+        clean_stale(parent, f".{path.name}.{kind}-")
 
 
 def _checkpoint_vocab(model) -> GeneVocab:
@@ -1064,6 +1098,7 @@ def save_pretrained(model, path: str | os.PathLike, *, overwrite: bool = False) 
     True
     """
     path = Path(path)
+    _recover_checkpoint(path)
     if path.exists():
         if not overwrite:
             msg = f"{path} already exists; pass `overwrite=True` to replace it."
@@ -1074,7 +1109,8 @@ def save_pretrained(model, path: str | os.PathLike, *, overwrite: bool = False) 
     vocab = _checkpoint_vocab(model)
     config = _checkpoint_config(model, vocab)  # fails on non-JSON-able parameters before anything is written
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.tmp-"))
+    tmp = path.parent / temp_name(path.name, "tmp")
+    tmp.mkdir()
     try:
         _write_weights(model.module, tmp / WEIGHTS_FILE)
         _fsync(tmp / WEIGHTS_FILE)

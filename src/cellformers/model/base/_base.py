@@ -82,6 +82,8 @@ class CellformersModel(AnnotationMixin, PretrainedMixin, UnsupervisedTrainingMix
     _training_plan_cls = MaskedModelingTrainingPlan
     # inference batches cells of similar length together (models that encode the expressed genes only)
     _sort_inference_by_length: ClassVar[bool] = False
+    #: The paper's training batch size, used by ``train(batch_size=None)`` when the memory estimate allows it.
+    _default_train_batch_size: ClassVar[int] = 128
 
     # ------------------------------------------------------------------ setup
     @classmethod
@@ -311,7 +313,7 @@ class CellformersModel(AnnotationMixin, PretrainedMixin, UnsupervisedTrainingMix
         self,
         max_epochs: int | None = None,
         *,
-        batch_size: int = 128,
+        batch_size: int | None = None,
         train_size: float | None = None,
         validation_size: float | None = None,
         accelerator: str = "auto",
@@ -337,7 +339,12 @@ class CellformersModel(AnnotationMixin, PretrainedMixin, UnsupervisedTrainingMix
         max_epochs
             Number of passes over the training cells; ``None``: scvi-tools' heuristic from the number of cells.
         batch_size
-            Cells per minibatch.
+            Cells per minibatch. ``None``: the model's paper default (xTrimoGene 128, scFormer 16, scPaLM 128),
+            reduced to the largest power of two whose estimated peak memory
+            (:func:`~cellformers.train.estimate_training_memory`) fits 60% of the available memory, logged with the
+            estimate; a resumed run keeps the batch size of the interrupted one. A given batch size is used as is,
+            with a warning giving the estimate and a batch size that fits when it is expected to exceed the
+            available memory.
         train_size
             Fraction of the cells used for training, the rest for validation; ``None``: scvi-tools' 0.9.
         validation_size
@@ -377,13 +384,23 @@ class CellformersModel(AnnotationMixin, PretrainedMixin, UnsupervisedTrainingMix
 
         Notes
         -----
+        A process that receives SIGTERM while training stops at the next batch boundary (the current batch finishes;
+        no checkpoint is written for the partial epoch, so ``checkpoint_dir`` keeps the last complete one) and exits
+        with status 143, instead of returning as if training had completed.
+
         Each validation epoch also records the loss of the trivial predictor of the same target
         (``history["trivial_loss_validation"]``, beside ``history["pretext_loss_validation"]`` and their ratio
         ``history["trivial_ratio_validation"]``); a warning says so when training ended without beating it.
         """
+        check_batch_size(batch_size)
+        if checkpoint_dir is None and resume:
+            msg = "`resume=True` needs `checkpoint_dir=` (the directory the interrupted run wrote its checkpoint to)."
+            raise ValueError(msg)
+        if kwargs.get("datamodule") is None:  # a data module brings its own batch size
+            batch_size = self._resolve_train_batch_size(batch_size, accelerator, checkpoint_dir, resume, plan_kwargs)
         kwargs = {
             "max_epochs": max_epochs,
-            "batch_size": batch_size,
+            "batch_size": self._default_train_batch_size if batch_size is None else batch_size,
             "train_size": train_size,
             "validation_size": validation_size,
             "accelerator": accelerator,
@@ -400,9 +417,6 @@ class CellformersModel(AnnotationMixin, PretrainedMixin, UnsupervisedTrainingMix
             from cellformers.train._checkpointing import resumable_train_kwargs
 
             kwargs = resumable_train_kwargs(checkpoint_dir, resume, kwargs)
-        elif resume:
-            msg = "`resume=True` needs `checkpoint_dir=` (the directory the interrupted run wrote its checkpoint to)."
-            raise ValueError(msg)
         # validation every epoch (the default) gives the per-epoch validation loss and its trivial baseline; without
         # validation cells Lightning would fail on the missing validation loader
         train_size, validation_size = kwargs.get("train_size"), kwargs.get("validation_size")
@@ -411,9 +425,39 @@ class CellformersModel(AnnotationMixin, PretrainedMixin, UnsupervisedTrainingMix
         kwargs["precision"] = resolve_precision(
             kwargs.get("precision"), training_device(kwargs.get("accelerator"), kwargs.get("device"))
         )
-        out = super().train(**kwargs)
+        from cellformers.train._checkpointing import StopOnSigterm, checkpoint_path
+
+        stop = StopOnSigterm(None if checkpoint_dir is None else checkpoint_path(checkpoint_dir, plan_kwargs))
+        kwargs["callbacks"] = [*(kwargs.get("callbacks") or []), stop]
+        with stop:
+            out = super().train(**kwargs)
         warn_if_trivial(self)
         return out
+
+    def _resolve_train_batch_size(
+        self,
+        batch_size: int | None,
+        accelerator: str | None,
+        checkpoint_dir: str | os.PathLike | None = None,
+        resume: bool = False,
+        plan_kwargs: dict | None = None,
+    ) -> int:
+        """The training batch size: the memory-checked paper default for ``None``, else ``batch_size`` (checked).
+
+        A resumed run with ``batch_size=None`` keeps the batch size stored in its checkpoint, so that the memory
+        available at the time of resuming does not change the minibatches (and the result).
+        """
+        from cellformers.train._checkpointing import checkpoint_batch_size
+        from cellformers.train._memory import resolve_train_batch_size
+
+        if batch_size is None and resume and checkpoint_dir is not None:
+            stored = checkpoint_batch_size(checkpoint_dir, plan_kwargs)
+            if stored is not None:
+                logger.info(f"training batch size {stored} (from the checkpoint resumed)")
+                return stored
+        return resolve_train_batch_size(
+            self, batch_size, accelerator=accelerator, max_batch_size=self._default_train_batch_size
+        )
 
     def save(
         self,
@@ -426,8 +470,9 @@ class CellformersModel(AnnotationMixin, PretrainedMixin, UnsupervisedTrainingMix
         """scvi-tools' :meth:`~scvi.model.base.BaseModelClass.save`, with every file written atomically.
 
         The files are written into a temporary folder inside ``dir_path`` and each is then renamed into place, so
-        a crash while saving leaves the previous file or the new one, never a truncated one. This is scvi-tools'
-        format, a pickle that :meth:`load` unpickles: load only models you trust, and share models with
+        a crash while saving leaves the previous file or the new one, never a truncated one; the temporary folder
+        of a killed save (its name carries the process id) is removed by the next save into ``dir_path``. This is
+        scvi-tools' format, a pickle that :meth:`load` unpickles: load only models you trust, and share models with
         :meth:`save_pretrained` (safetensors, checksums, no pickle).
 
         Parameters
@@ -444,15 +489,18 @@ class CellformersModel(AnnotationMixin, PretrainedMixin, UnsupervisedTrainingMix
             Passed to :meth:`scvi.model.base.BaseModelClass.save` (``save_kwargs``, AnnData write options, ...).
         """
         import shutil
-        import tempfile
         from pathlib import Path
+
+        from cellformers._utils._debris import clean_stale, temp_name
 
         path = Path(dir_path)
         if path.exists() and not overwrite:
             msg = f"{dir_path} already exists. Please provide another directory for saving."
             raise ValueError(msg)
         path.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(dir=path, prefix=".saving-"))
+        clean_stale(path, ".saving-")  # folders of saves killed before their renames
+        tmp = path / temp_name("", "saving")
+        tmp.mkdir()
         try:
             super().save(str(tmp), prefix=prefix, overwrite=True, save_anndata=save_anndata, **kwargs)
             for file in sorted(tmp.iterdir()):
