@@ -124,11 +124,12 @@ def _isolated_cache(tmp_path_factory, monkeypatch):
     return cache
 
 
-@pytest.fixture(autouse=True)
+@pytest.fixture(autouse=True, scope="session")
 def _float32():
     """Tests run in float32 whatever the CPU, so results do not depend on bf16 units (``precision="auto"``).
 
     The ``"auto"`` resolution itself is tested with the hardware query monkeypatched (tests/_utils/test_torch.py).
+    Session-scoped, so module- and session-scoped fixtures that train or embed are covered too.
     """
     import cellformers
 

@@ -28,6 +28,8 @@ pl_functions = [p for p in api_functions if p.id.startswith("cf.pl.")]
 FIRST_PARAM_EXCEPTIONS = {
     # builds an imputation method for `evaluate_imputation` from a model class; it never sees an AnnData itself
     "cf.tl.train_and_impute": "model_cls",
+    # plots a model's training history (scvi-tools keeps it on the model, not in an AnnData)
+    "cf.pl.history": "model",
 }
 # Return annotation with ``copy`` other than ``AnnData | None``:
 COPY_RETURN_EXCEPTIONS = {

@@ -91,3 +91,36 @@ def test_bf16_autocast_finite_and_checkpointing():
 def test_heads_must_divide_width():
     with pytest.raises(ValueError, match="divisible"):
         PerformerAttention(10, 3)
+
+
+def test_exact_attention_below_the_crossover_and_favor_above():
+    from cellformers.nn._performer import EXACT_MAX_RATIO
+
+    attn = PerformerAttention(d_model=16, n_heads=2, nb_features=8)
+    assert attn.exact == "auto"
+    assert attn.uses_exact(EXACT_MAX_RATIO * 8)
+    assert not attn.uses_exact(EXACT_MAX_RATIO * 8 + 1)
+    assert PerformerAttention(16, 2, nb_features=8, exact="never").uses_exact(4) is False
+    assert PerformerAttention(16, 2, nb_features=8, exact="always").uses_exact(10_000) is True
+    with pytest.raises(ValueError, match="`exact` must be"):
+        PerformerAttention(16, 2, exact="sometimes")
+
+
+def test_exact_attention_is_softmax_attention_with_padding():
+    torch.manual_seed(0)
+    attn = PerformerAttention(d_model=16, n_heads=2, exact="always")
+    x = torch.randn(2, 6, 16)
+    pad = torch.zeros(2, 6, dtype=torch.bool)
+    pad[1, 4:] = True
+    b, n, d = x.shape
+    q, k, v = attn.qkv(x).view(b, n, 3, 2, 8).permute(2, 0, 3, 1, 4)
+    scores = (q @ k.transpose(-1, -2)) / 8**0.5
+    scores = scores.masked_fill(pad[:, None, None, :], float("-inf"))
+    expected = attn.out((scores.softmax(-1) @ v).transpose(1, 2).reshape(b, n, d))
+    torch.testing.assert_close(attn(x, pad), expected, atol=1e-5, rtol=1e-5)
+    # FAVOR+ estimates the same attention (loosely, with many features)
+    favor = PerformerAttention(d_model=16, n_heads=2, nb_features=4096, exact="never")
+    favor.qkv.load_state_dict(attn.qkv.state_dict())
+    favor.out.load_state_dict(attn.out.state_dict())
+    err = (favor(x, pad) - expected)[0].abs().mean() / expected[0].abs().mean()
+    assert err < 0.2

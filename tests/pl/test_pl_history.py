@@ -39,3 +39,14 @@ def test_history_extra_keys_and_errors(tmp_path):
         cf.pl.history(_hist(True), keys=["nope"], show=False)
     with pytest.raises(ValueError, match="no training history"):
         cf.pl.history({}, show=False)
+
+
+def test_history_draws_into_given_axes():
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 3)
+    out = cf.pl.history(_hist(True), ax=list(axes), show=False)
+    assert out == list(axes)
+    with pytest.raises(ValueError, match="one per panel"):
+        cf.pl.history(_hist(True), ax=axes[0], show=False)
+    plt.close(fig)

@@ -119,6 +119,11 @@ class XTrimoGeneModule(GeneTokenModule):
     decoder_key_stabilizer
         Maximum subtracted in the exponent of the Performer's key features: per cell and head (``"head"``) or per
         cell over all heads (``"cell"``, what scFoundation computes for one cell).
+    decoder_exact_attention
+        ``"auto"`` (default): the Performer decoder uses exact softmax attention when there are at most four genes
+        per random feature (e.g. up to 1,064 genes with 266 features per head), where exact attention is both
+        cheaper and exact (:class:`~cellformers.nn.PerformerAttention`); FAVOR+ above. ``"never"``: FAVOR+ at every
+        length (the paper's decoder); ``"always"``: exact attention.
     mask_strategy
         ``"balanced"``: per cell, mask ``mask_ratio`` of the non-zero genes and ``balanced_zero_ratio`` times as many
         zero genes (a near-equal number; App. 6 Table 1: 600 non-zero and 540 zero positions of 20,000);
@@ -205,6 +210,7 @@ class XTrimoGeneModule(GeneTokenModule):
         nb_features: int | None = None,
         feature_redraw_interval: int | None = 1000,
         decoder_key_stabilizer: Literal["head", "cell"] = "head",
+        decoder_exact_attention: Literal["auto", "never", "always"] = "auto",
         mask_strategy: Literal["balanced", "rate"] = "balanced",
         mask_ratio: float = 0.3,
         balanced_zero_ratio: float = 0.9,
@@ -283,6 +289,7 @@ class XTrimoGeneModule(GeneTokenModule):
             final_norm=True,
             gradient_checkpointing=gradient_checkpointing,
             key_stabilizer=decoder_key_stabilizer,
+            exact=decoder_exact_attention,
         )
         self.head_norm = nn.LayerNorm(decoder_dim) if head_norm else None
         self.head = nn.Linear(decoder_dim, 1)

@@ -12,6 +12,7 @@ import math
 from typing import TYPE_CHECKING, Literal
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 if TYPE_CHECKING:
@@ -147,6 +148,10 @@ def linear_attention(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
     return out[..., :-1] / out[..., -1:].clamp_min(1e-12)
 
 
+#: ``exact="auto"`` uses exact attention up to this many tokens per random feature (measured crossover: 7-9).
+EXACT_MAX_RATIO = 4
+
+
 class PerformerAttention(nn.Module):
     """Multi-head FAVOR+ self-attention (softmax kernel, orthogonal random features).
 
@@ -166,6 +171,13 @@ class PerformerAttention(nn.Module):
         Whether the projections have a bias.
     key_stabilizer
         How the key features are stabilized (see ``softmax_kernel_features``).
+    exact
+        ``"auto"`` (default): exact softmax attention (SDPA) for sequences of at most ``4 · nb_features`` tokens,
+        where it is cheaper than FAVOR+ and exact instead of an estimate of the same softmax attention; FAVOR+ for
+        longer ones. Measured on a 2-core CPU (forward + backward, batch 8, float32): with ``d_head = 64``
+        (``m = 266``) exact attention was 2.3x faster at 256 tokens, 1.4x at 765 and 1.1x at 1,200, and FAVOR+ won
+        from ~2,000; with ``d_head = 16`` (``m = 44``) the crossover was near 400 tokens. ``"never"``: always FAVOR+
+        (the paper's decoder at any length). ``"always"``: always exact.
 
     Examples
     --------
@@ -183,12 +195,17 @@ class PerformerAttention(nn.Module):
         nb_features: int | None = None,
         bias: bool = True,
         key_stabilizer: Literal["head", "cell"] = "head",
+        exact: Literal["auto", "never", "always"] = "auto",
     ):
         super().__init__()
         if key_stabilizer not in ("head", "cell"):
             msg = f"`key_stabilizer` must be 'head' or 'cell', got {key_stabilizer!r}."
             raise ValueError(msg)
+        if exact not in ("auto", "never", "always"):
+            msg = f"`exact` must be 'auto', 'never' or 'always', got {exact!r}."
+            raise ValueError(msg)
         self.key_stabilizer = key_stabilizer
+        self.exact = exact
         if d_model % n_heads != 0:
             msg = f"`d_model` ({d_model}) must be divisible by `n_heads` ({n_heads})."
             raise ValueError(msg)
@@ -202,6 +219,10 @@ class PerformerAttention(nn.Module):
         self.register_buffer(
             "projection", gaussian_orthogonal_random_matrix(self.nb_features, self.d_head), persistent=True
         )
+
+    def uses_exact(self, length: int) -> bool:
+        """Whether a sequence of ``length`` tokens gets exact softmax attention (see ``exact``)."""
+        return self.exact == "always" or (self.exact == "auto" and length <= EXACT_MAX_RATIO * self.nb_features)
 
     @torch.no_grad()
     def redraw_projection_matrix(self, generator: torch.Generator | None = None) -> None:
@@ -225,6 +246,10 @@ class PerformerAttention(nn.Module):
         """
         b, n, d = x.shape
         q, k, v = self.qkv(x).view(b, n, 3, self.n_heads, self.d_head).permute(2, 0, 3, 1, 4)
+        if self.uses_exact(n):
+            mask = None if padding_mask is None else ~padding_mask[:, None, None, :]
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+            return self.out(y.transpose(1, 2).reshape(b, n, d))
         with _no_autocast(x.device.type):
             proj = self.projection.float()
             qf = softmax_kernel_features(q.float(), proj, is_query=True)
@@ -255,6 +280,8 @@ class PerformerBlock(nn.Module):
         Feed-forward non-linearity.
     key_stabilizer
         How the key features are stabilized (see ``softmax_kernel_features``).
+    exact
+        When to use exact softmax attention instead of FAVOR+ (see :class:`PerformerAttention`).
 
     Examples
     --------
@@ -274,9 +301,10 @@ class PerformerBlock(nn.Module):
         nb_features: int | None = None,
         activation: Literal["gelu", "relu"] = "gelu",
         key_stabilizer: Literal["head", "cell"] = "head",
+        exact: Literal["auto", "never", "always"] = "auto",
     ):
         super().__init__()
-        self.attn = PerformerAttention(d_model, n_heads, nb_features, key_stabilizer=key_stabilizer)
+        self.attn = PerformerAttention(d_model, n_heads, nb_features, key_stabilizer=key_stabilizer, exact=exact)
         self.ff = nn.Sequential(
             nn.Linear(d_model, d_ff), _ACTIVATIONS[activation](), nn.Dropout(dropout_rate), nn.Linear(d_ff, d_model)
         )
@@ -319,6 +347,9 @@ class Performer(nn.Module):
         Recompute block activations in the backward pass to save memory.
     key_stabilizer
         How the key features are stabilized (see ``softmax_kernel_features``).
+    exact
+        When to use exact softmax attention instead of FAVOR+: ``"auto"`` up to ``4 · nb_features`` tokens (cheaper
+        and exact there), ``"never"`` or ``"always"`` (see :class:`PerformerAttention`).
 
     Examples
     --------
@@ -345,10 +376,11 @@ class Performer(nn.Module):
         final_norm: bool = True,
         gradient_checkpointing: bool = False,
         key_stabilizer: Literal["head", "cell"] = "head",
+        exact: Literal["auto", "never", "always"] = "auto",
     ):
         super().__init__()
         self.layers = nn.ModuleList(
-            PerformerBlock(d_model, n_heads, d_ff, dropout_rate, nb_features, activation, key_stabilizer)
+            PerformerBlock(d_model, n_heads, d_ff, dropout_rate, nb_features, activation, key_stabilizer, exact)
             for _ in range(n_layers)
         )
         self.norm = nn.LayerNorm(d_model) if final_norm else nn.Identity()

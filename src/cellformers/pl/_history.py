@@ -10,7 +10,7 @@ from ._utils import finish
 
 if TYPE_CHECKING:
     import os
-    from collections.abc import Mapping
+    from collections.abc import Mapping, Sequence
 
     import pandas as pd
     from matplotlib.axes import Axes
@@ -39,6 +39,7 @@ def history(
     model: CellformersModel | Mapping[str, pd.DataFrame],
     *,
     keys: list[str] | None = None,
+    ax: Axes | Sequence[Axes] | None = None,
     show: bool | None = None,
     save: str | os.PathLike | None = None,
     return_fig: bool = False,
@@ -56,6 +57,8 @@ def history(
         A trained cellformers model, or its ``history`` (a dict of one-column DataFrames indexed by epoch).
     keys
         Further history entries to plot, one panel each (e.g. ``["ecs_loss_validation"]``).
+    ax
+        Axes to draw into, one per panel (a single axes when there is one panel); ``None`` makes a new figure.
     show
         Show the figure (``None``: ``scanpy.settings.autoshow``).
     save
@@ -104,8 +107,15 @@ def history(
         msg = f"the history has none of the entries this plot draws (it has {sorted(hist)}); name some with `keys`."
         raise ValueError(msg)
 
-    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.2), squeeze=False, layout="constrained")
-    axes = list(axes[0])
+    if ax is None:
+        fig, grid = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.2), squeeze=False, layout="constrained")
+        axes = list(grid[0])
+    else:
+        axes = [ax] if not isinstance(ax, list | tuple | np.ndarray) else list(np.ravel(ax))
+        if len(axes) != len(panels):
+            msg = f"`ax` has {len(axes)} axes; this history needs {len(panels)} (one per panel: {[p[0] for p in panels]})."
+            raise ValueError(msg)
+        fig = axes[0].figure
     for ax, (ylabel, entries) in zip(axes, panels, strict=True):
         for key, label in entries:
             x, y = _series(hist, key)

@@ -53,6 +53,7 @@ SCFOUNDATION_OPTIONS: dict[str, Any] = {
     "decoder_depth_tokens": True,  # the decoder runs over all 19,266 positions
     "head_norm": True,  # MaeAutobin.norm between the Performer's own LayerNorm and to_final
     "decoder_key_stabilizer": "cell",  # performer_pytorch's key stabilizer, for one cell at a time
+    "decoder_exact_attention": "never",  # performer_pytorch's FAVOR+ at every length, as trained
     "mask_strategy": "rate",  # 30% of non-zeros, 3% of zeros, BERT-style replacement
     "mask_replacement": (0.8, 0.1, 0.1),
 }

@@ -31,7 +31,7 @@ def embed_untrained(
     adata
         Cells to embed, as for :func:`cellformers.tl.embed`.
     model
-        A cellformers model; its class and constructor options are reused (:meth:`~cellformers.model.base.CellformersModel.untrained_copy`), not its weights.
+        A cellformers model; its class and constructor options are reused (:meth:`~cellformers.model.CellformersModel.untrained_copy`), not its weights.
     key_added
         ``adata.obsm`` key. Defaults to ``"X_<model>_untrained"``.
     seed
