@@ -169,9 +169,19 @@ def test_codebook_statistics_and_history(trained):
     assert 0 <= stats["code_entropy"] <= stats["code_entropy_max"] == pytest.approx(4.0)
     assert stats["distinct_cells"] == len(np.unique(codes, axis=0))
     assert stats["codebook"] == "per_position"
-    for key in ("codes_per_position_train", "code_entropy_train", "codes_per_position_validation"):
+    for key in (
+        "codes_per_position_train",
+        "code_entropy_train",
+        "codes_per_position_validation",
+        "stage1_pretext_loss_validation",
+        "stage1_trivial_loss_validation",
+        "stage2_pretext_loss_validation",
+    ):
         assert key in model.history_
     assert bool(model.module.quantizer.initialized)  # k-means after the warm-up
+    n1 = len(model.history_["codes_per_position_validation"])
+    assert len(model.history_["stage1_pretext_loss_validation"]) == n1  # stage-1 epochs only
+    assert len(model.history_["stage2_pretext_loss_validation"]) == len(model.history_["pretext_loss_validation"]) - n1
 
 
 def test_quantizer_option_and_paper_behaviour():

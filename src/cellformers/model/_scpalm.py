@@ -382,19 +382,25 @@ class ScPaLM(CellformersModel):
                 **kwargs,
             )
             self._merge_history(previous)
-            self._keep_stage_history(s)
+            self._keep_stage_history(s, previous)
             self.module.trained_stages[s - 1] = True
         self.module.set_stage(1 if stage is None else stages[-1])
         self.module.eval()
 
-    def _keep_stage_history(self, stage: int) -> None:
-        """Copy the stage's pretext / trivial losses to ``stage<s>_<key>`` (the next stage logs the same keys)."""
+    def _keep_stage_history(self, stage: int, previous: dict | None) -> None:
+        """Copy this stage's epochs of the pretext / trivial losses to ``stage<s>_<key>``.
+
+        Both stages log ``pretext_loss_validation`` (and its trivial baseline); scvi-tools appends the second run's
+        epochs to the first's, so the stage-1 reconstruction is read from ``stage1_pretext_loss_validation``.
+        """
         if not isinstance(self.history_, dict):
             return
         for key in ("pretext_loss_validation", "trivial_loss_validation", "trivial_ratio_validation"):
             frame = self.history_.get(key)
-            if frame is not None:
-                self.history_[f"stage{stage}_{key}"] = frame.rename(columns=lambda c: f"stage{stage}_{c}")
+            if frame is None:
+                continue
+            before = len(previous[key]) if previous and key in previous else 0
+            self.history_[f"stage{stage}_{key}"] = frame.iloc[before:].rename(columns=lambda c: f"stage{stage}_{c}")
 
     def _merge_history(self, previous: dict | None) -> None:
         """Keep metrics that exist in only one stage (scvi-tools keeps only the keys of the first run)."""
