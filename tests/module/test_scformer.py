@@ -214,3 +214,20 @@ def test_ecs_can_be_left_out_of_the_objective(tensors):
     ecs = on.extra_metrics["ecs_loss"]
     torch.testing.assert_close(on.loss - off.loss, m.ecs_weight * ecs)
     assert "ecs_loss" in off.extra_metrics
+
+
+def test_fill_mode_embedding_does_not_depend_on_the_cell_seed():
+    """Identical cells got different embeddings: the zero genes that fill the sequence were a per-cell draw."""
+    module = make(include_zero_genes="fill", max_length=12, use_dar=False, use_dsbn=False)
+    module.eval()
+    x = torch.zeros(2, N_GENES)
+    x[:, :5] = torch.tensor([3.0, 1.0, 2.0, 5.0, 1.0])
+    tensors = {
+        REGISTRY_KEYS.X_KEY: x,
+        REGISTRY_KEYS_CF.CELL_SEED: torch.tensor([[11.0], [987.0]]),
+        REGISTRY_KEYS.BATCH_KEY: torch.zeros(2, 1),
+    }
+    emb = module.embed(tensors, pooling="mean")
+    torch.testing.assert_close(emb[0], emb[1])
+    cell = module.cell_embedding(tensors)
+    torch.testing.assert_close(cell[0], cell[1])
