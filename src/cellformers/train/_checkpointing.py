@@ -120,6 +120,8 @@ class StopOnSigterm(Callback):
     of ``train(checkpoint_dir=...)`` stays in place. On exit the previous handler is restored; when SIGTERM was
     received (even after the last batch) a previous Python handler is called and the call ends with
     ``SystemExit(143)``, the status of a terminated process, instead of returning as if training had completed.
+    With several processes (DDP), Lightning's own SIGTERM handling, which stops every rank at the same batch, does
+    the stopping.
 
     Parameters
     ----------
@@ -159,22 +161,28 @@ class StopOnSigterm(Callback):
             self._previous(signal.SIGTERM, None)
         raise SystemExit(128 + signal.SIGTERM) from exc
 
+    def __getstate__(self) -> dict[str, Any]:
+        # the previous handler may be a lambda or a bound method: it stays in the process that installed it
+        return {**self.__dict__, "_previous": None, "_installed": False}
+
     # ---------------------------------------------------------------- batch boundaries
-    def _check(self) -> None:
-        if self.received:
+    def _check(self, trainer: pl.Trainer) -> None:
+        # with several processes, Lightning's own SIGTERM handling stops every rank at the same batch (it broadcasts
+        # the signal); a rank stopping alone would leave the others waiting in a collective
+        if self.received and trainer.world_size == 1:
             raise _Terminated(128 + signal.SIGTERM)
 
     def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, *args: Any) -> None:
-        self._check()
+        self._check(trainer)
 
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, *args: Any) -> None:
-        self._check()
+        self._check(trainer)
 
     def on_validation_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, *args: Any) -> None:
-        self._check()
+        self._check(trainer)
 
     def on_validation_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, *args: Any) -> None:
-        self._check()
+        self._check(trainer)
 
 
 def resumable_train_kwargs(checkpoint_dir: str | os.PathLike, resume: bool, kwargs: dict[str, Any]) -> dict[str, Any]:
