@@ -225,3 +225,20 @@ def test_embedding_with_training_keep_ratio(trained):
     assert sub.shape == full.shape
     assert not np.allclose(sub, full)
     np.testing.assert_allclose(sub, model.get_latent_representation(n_subsets=3, batch_size=7), rtol=1e-4, atol=1e-5)
+
+
+def test_codebook_plot(trained):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import cellformers as cf
+
+    _, model = trained
+    axes = cf.pl.codebook(model, show=False)
+    assert [ax.get_ylabel() for ax in axes] == ["stage-1 MSE", "codes per position", "distinct codes over the cells"]
+    assert axes[0].get_title().startswith("validation / trivial")
+    heights = [p.get_height() for p in axes[2].patches]
+    codes = model.get_pathway_codes()
+    assert heights == [len(np.unique(codes[:, j])) for j in range(8)]
+    with pytest.raises(TypeError, match="ScPaLM"):
+        cf.pl.codebook(object(), show=False)

@@ -138,7 +138,9 @@ class ScPaLM(CellformersModel):
     >>> adata.obsm["X_scpalm"] = model.get_latent_representation()
     >>> adata.obsm["X_scpalm"].shape
     (100, 16)
-    >>> model.get_codebook_usage()["n_codes"]
+    >>> model.get_codebook_usage()["n_codes"]  # one codebook of 16 codes for each of the 8 positions
+    128
+    >>> model.get_codebook_statistics()["n_codes"]
     16
     >>> pathways = model.get_pathway_genes(n_genes=3)  # top genes of each code used
     >>> list(pathways.columns[:3])
