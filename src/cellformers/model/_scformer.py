@@ -504,6 +504,80 @@ class ScFormer(CellformersModel):
         )
 
     @torch.inference_mode()
+    def get_context_embedding(
+        self,
+        adata: AnnData | None = None,
+        indices: Sequence[int] | None = None,
+        genes: Sequence[str] | None = None,
+        batch_size: int | None = None,
+        *,
+        precision: str | None = None,
+    ) -> np.ndarray:
+        """Per-gene outputs of the transformer (the gene rows after ``<cls>``), for every gene of each cell.
+
+        scFormer's counterpart of :meth:`XTrimoGene.get_context_embedding <cellformers.model.XTrimoGene.get_context_embedding>`:
+        every gene is a token (zero-expressed ones too, whatever ``include_zero_genes`` the model was trained
+        with), nothing is masked, and with ``max_length`` the genes go through in per-cell seeded chunks of at most
+        ``max_length`` tokens (:meth:`~cellformers.module.ScFormerModule.gene_chunks`), each gene's output being
+        read from its chunk. The result takes ``n_cells x n_genes x d_model x 4`` bytes.
+
+        Parameters
+        ----------
+        adata
+            AnnData set up like the training data; ``None`` uses the model's.
+        indices
+            Cells to embed; ``None`` for all.
+        genes
+            Gene names (among ``model.get_var_names()``, in the vocabulary) to return, in this order; ``None`` for
+            all. Every gene is still in the input sequence (the context).
+        batch_size
+            Minibatch size (default 32).
+        precision
+            ``"bf16"`` for autocast, ``None`` for float32.
+
+        Returns
+        -------
+        Float32 array ``(n_cells, n_genes_selected, d_model)``.
+
+        Examples
+        --------
+        >>> import cellformers as cf
+        >>> adata = cf.data.synthetic_counts(n_cells=60, n_genes=30)
+        >>> cf.model.ScFormer.setup_anndata(adata)
+        >>> model = cf.model.ScFormer(adata, n_layers=1, d_model=8, n_heads=2, d_ff=8)
+        >>> model.train(max_epochs=1, enable_progress_bar=False)
+        >>> model.get_context_embedding(genes=adata.var_names[:5]).shape
+        (60, 5, 8)
+        """
+        from cellformers._constants import MODULE_KEYS
+        from cellformers.model.base._context import context_genes
+
+        positions, _ = context_genes(self, genes)
+        m = self.module
+        select = torch.as_tensor(positions, device=m.input_gene_ids.device)
+
+        def fn(tensors: dict[str, torch.Tensor]) -> torch.Tensor:
+            device = m.input_gene_ids.device
+            inp = {
+                k: v.to(device) if isinstance(v, torch.Tensor) else v
+                for k, v in m._get_inference_input(tensors).items()
+            }
+            seeds = inp["cell_seed"].reshape(-1)
+            values = m.encode_values(inp["x"], seeds)
+            b, g = values.shape
+            out = None
+            none = torch.zeros_like(values, dtype=torch.bool)
+            for gene_index in m.gene_chunks(seeds, inp.get("forced")):
+                h = m.inference(**inp, mask=none, values=values, gene_index=gene_index)[MODULE_KEYS.TOKEN_EMBEDDING]
+                if out is None:
+                    out = h.new_zeros(b, g + 1, h.shape[-1])
+                idx = torch.where(gene_index >= 0, gene_index, torch.full_like(gene_index, g))
+                out.scatter_(1, idx.unsqueeze(-1).expand_as(h), h)
+            return out[:, :g].index_select(1, select)
+
+        return self._predict_batches(fn, adata, indices, batch_size, precision)
+
+    @torch.inference_mode()
     def get_imputed_expression(
         self,
         adata: AnnData | None = None,

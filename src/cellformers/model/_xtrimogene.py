@@ -236,6 +236,83 @@ class XTrimoGene(CellformersModel):
         )
 
     @torch.inference_mode()
+    def get_context_embedding(
+        self,
+        adata: AnnData | None = None,
+        indices: Sequence[int] | None = None,
+        genes: Sequence[str] | None = None,
+        batch_size: int | None = None,
+        *,
+        precision: str | None = None,
+        layer: Literal["decoder", "encoder"] = "decoder",
+        max_encoder_length: int | None = None,
+    ) -> np.ndarray:
+        """Per-gene context embeddings: what the paper feeds GEARS and DeepDDS in place of expression (App. 8.2-8.3).
+
+        Nothing is masked. ``layer="decoder"`` (default) gives the decoder's output at every gene, the intermediate
+        representation from which the expression head predicts that gene, so each gene has an embedding that
+        depends on the whole cell, zero-count genes included. ``layer="encoder"`` gives the encoder's output of
+        each non-zero gene (zero vectors for the genes the encoder does not see). See
+        :meth:`~cellformers.module.XTrimoGeneModule.context_embedding`.
+
+        The result takes ``n_cells x n_genes x d x 4`` bytes (e.g. 1,000 cells x 19,264 genes x 256 = 19.7 GB):
+        select genes with ``genes``, cells with ``indices``, or stream to disk with
+        :func:`cellformers.tl.context_embedding`.
+
+        Parameters
+        ----------
+        adata
+            AnnData set up like the training data; ``None`` uses the model's.
+        indices
+            Cells to embed; ``None`` for all.
+        genes
+            Gene names (among ``model.get_var_names()``, in the vocabulary) to return, in this order; ``None`` for
+            every gene of the model in the vocabulary. The decoder always runs over all genes (the context).
+        batch_size
+            Minibatch size (default 128).
+        precision
+            ``"bf16"`` for autocast, ``None`` for float32.
+        layer
+            ``"decoder"`` (``decoder_dim`` wide) or ``"encoder"`` (``encoder_dim`` wide).
+        max_encoder_length
+            As in :meth:`get_latent_representation` (bulk samples).
+
+        Returns
+        -------
+        Float32 array ``(n_cells, n_genes_selected, d)``.
+
+        Examples
+        --------
+        >>> import cellformers as cf
+        >>> adata = cf.data.synthetic_counts(n_cells=60, n_genes=30)
+        >>> cf.model.XTrimoGene.setup_anndata(adata)
+        >>> model = cf.model.XTrimoGene(
+        ...     adata, encoder_layers=1, encoder_dim=16, encoder_heads=2, decoder_layers=1, decoder_dim=8
+        ... )
+        >>> model.train(max_epochs=1, enable_progress_bar=False)
+        >>> model.get_context_embedding().shape
+        (60, 30, 8)
+        >>> model.get_context_embedding(genes=adata.var_names[:3], layer="encoder").shape
+        (60, 3, 16)
+        """
+        from cellformers.model.base._context import context_genes
+
+        positions, _ = context_genes(self, genes)
+        select = torch.as_tensor(positions)
+        return self._predict_batches(
+            lambda t: self.module.context_embedding(
+                **self.module._get_inference_input(t),
+                layer=layer,
+                genes=select,
+                max_encoder_length=max_encoder_length,
+            ),
+            adata,
+            indices,
+            batch_size,
+            precision,
+        )
+
+    @torch.inference_mode()
     def get_imputed_expression(
         self,
         adata: AnnData | None = None,

@@ -525,6 +525,54 @@ class XTrimoGeneModule(GeneTokenModule):
         )
         return out[MODULE_KEYS.CELL_EMBEDDING]
 
+    def context_embedding(
+        self,
+        x: Tensor,
+        cell_seed: Tensor | None = None,
+        *,
+        layer: Literal["decoder", "encoder"] = "decoder",
+        genes: Tensor | None = None,
+        max_encoder_length: int | None = None,
+    ) -> Tensor:
+        """Per-gene context embeddings of unmasked cells (App. 8.2-8.3: the input of GEARS and DeepDDS).
+
+        ``"decoder"``: the Performer decoder's output at every gene (after its final LayerNorm, before the
+        expression head), shape ``(batch, n_selected, decoder_dim)``: every gene has one, zero or not.
+        ``"encoder"``: the encoder's output token of each gene it saw (the non-zero genes, up to
+        ``max_encoder_length``), scattered back to gene order, ``(batch, n_selected, encoder_dim)``; genes the
+        encoder did not see (zero counts, or above the cap) are zero vectors.
+
+        Parameters
+        ----------
+        x
+            Raw counts ``(batch, n_vars)``.
+        cell_seed
+            Per-cell seeds ``(batch, 1)`` (unused: nothing is masked).
+        layer
+            ``"decoder"`` or ``"encoder"``.
+        genes
+            Positions among the module's genes (``0 … n_genes - 1``) to return, ``None`` for all.
+        max_encoder_length
+            As in :meth:`inference`.
+
+        Returns
+        -------
+        Float32 tensor ``(batch, n_selected, d)``.
+        """
+        _check_choice("layer", layer, ("decoder", "encoder"))
+        inf = self.inference(x, cell_seed, apply_mask=False, max_encoder_length=max_encoder_length)
+        g = inf[INPUT_VALUES].shape[-1]
+        if layer == "decoder":
+            z = self.decoder(self.decoder_tokens(**self._get_generative_input({}, inf)))[:, :g]
+        else:
+            h = inf[MODULE_KEYS.TOKEN_EMBEDDING][:, self.n_special :]
+            index = inf[ENCODER_INDEX]
+            z = h.new_zeros(h.shape[0], g + 1, h.shape[-1])
+            z = z.scatter(1, index.unsqueeze(-1).expand(-1, -1, h.shape[-1]), h)[:, :g]
+        if genes is not None:
+            z = z.index_select(1, genes.to(z.device))
+        return z.float()
+
     def pool(self, h: Tensor, padding_mask: Tensor, pooling: Literal["max", "mean", "all"] = "max") -> Tensor:
         """Cell embedding from encoder tokens, padding excluded; cells without any gene token get zeros.
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from ._annotate import annotate, annotation_baselines
 from ._baselines import baselines
 from ._benchmark import benchmark
+from ._context import context_embedding
 from ._embed import embed, gene_embeddings, impute
 from ._impute_eval import evaluate_imputation, mask_expression, train_and_impute
 from ._leiden import leiden_search
@@ -17,6 +18,7 @@ __all__: list[str] = [
     "annotation_baselines",
     "baselines",
     "benchmark",
+    "context_embedding",
     "embed",
     "embed_untrained",
     "gene_embeddings",
