@@ -292,3 +292,28 @@ def test_trivial_loss_is_the_per_gene_mean_of_the_masked_training_targets():
     expected = (((target - mean) ** 2) * mask).sum() / mask.sum()
     torch.testing.assert_close(out.extra_metrics["trivial_loss"], expected)
     torch.testing.assert_close(out.extra_metrics["pretext_loss"], out.extra_metrics["masked_mse"])
+
+
+@pytest.mark.parametrize("pooling", ["weighted", "decoder"])
+def test_weighted_and_decoder_readouts(pooling):
+    torch.manual_seed(0)
+    module = XTrimoGeneModule(list(range(40)), n_tokens=43, **TINY)
+    module.eval()
+    tensors = _tensors()
+    out = module.inference(**module._get_inference_input(tensors), apply_mask=False, pooling=pooling)
+    cell = out[MODULE_KEYS.CELL_EMBEDDING]
+    width = TINY["decoder_dim"] if pooling == "decoder" else TINY["encoder_dim"]
+    assert cell.shape == (6, width)
+    assert torch.isfinite(cell).all()
+
+
+def test_weighted_readout_weighs_tokens_by_expression():
+    torch.manual_seed(0)
+    module = XTrimoGeneModule(list(range(4)), n_tokens=7, **TINY)
+    h = torch.randn(1, 3, 16)
+    pad = torch.tensor([[False, False, True]])
+    w = torch.tensor([[3.0, 1.0, 5.0]])  # the padded token's weight is ignored
+    expected = (3 * h[0, 0] + h[0, 1]) / 4
+    torch.testing.assert_close(module.pool(h, pad, "weighted", weights=w)[0], expected)
+    with pytest.raises(ValueError, match="needs `weights`"):
+        module.pool(h, pad, "weighted")

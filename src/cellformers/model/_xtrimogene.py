@@ -29,7 +29,7 @@ logger = logging.getLogger(__name__)
 __all__ = ["XTRIMOGENE_PRESETS", "XTrimoGene"]
 
 Preset = Literal["3M", "10M", "100M"]
-Pooling = Literal["max", "mean", "all"]
+Pooling = Literal["max", "mean", "weighted", "decoder", "all"]
 
 # per-cell sufficient statistics of the masked-recovery evaluation (one row per cell)
 _STAT_COLUMNS = (
@@ -210,7 +210,9 @@ class XTrimoGene(CellformersModel):
         precision
             ``"bf16"`` (or ``"bf16-mixed"``) for autocast, ``None``/``"32"`` for float32.
         pooling
-            ``"max"`` (App. 4), ``"mean"``, or ``"all"``: ``[S, T,] max, mean`` concatenated (scFoundation).
+            ``"max"`` (App. 4), ``"mean"``, ``"weighted"`` (mean of the gene tokens weighted by their normalized
+            expression), ``"decoder"`` (mean of the decoder's per-gene outputs over all genes: unlike the encoder,
+            the decoder sees which genes are zero), or ``"all"``: ``[S, T,] max, mean`` concatenated (scFoundation).
         target_depth
             Only with ``read_depth_tokens=True``: total count used for the ``T`` token (``None``: the cell's own).
         max_encoder_length

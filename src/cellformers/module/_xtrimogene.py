@@ -420,7 +420,7 @@ class XTrimoGeneModule(GeneTokenModule):
         cell_seed: Tensor | None = None,
         apply_mask: bool = True,
         mask_ratio: float | None = None,
-        pooling: Literal["max", "mean", "all"] = "max",
+        pooling: Literal["max", "mean", "weighted", "decoder", "all"] = "max",
         target_depth: float | None = None,
         max_encoder_length: int | None = None,
         hidden: Tensor | None = None,
@@ -439,8 +439,10 @@ class XTrimoGeneModule(GeneTokenModule):
         mask_ratio
             Overrides the module's ``mask_ratio``.
         pooling
-            Cell embedding from the encoder tokens: ``"max"`` (App. 4), ``"mean"`` or ``"all"`` (concatenation of
-            max and mean, preceded by the S and T tokens with ``read_depth_tokens``; scFoundation's pooling).
+            Cell embedding from the encoder tokens: ``"max"`` (App. 4), ``"mean"``, ``"weighted"`` (mean weighted
+            by the normalized expression of each token's gene) or ``"all"`` (concatenation of max and mean, preceded
+            by the S and T tokens with ``read_depth_tokens``; scFoundation's pooling); or ``"decoder"``: the mean of
+            the decoder's per-gene outputs over all genes (it sees the zero genes the encoder never sees).
         target_depth
             With ``read_depth_tokens``: ``T = log10(target_depth)`` instead of ``T = S``.
         max_encoder_length
@@ -485,10 +487,16 @@ class XTrimoGeneModule(GeneTokenModule):
             tokens = torch.cat([depth.to(tokens.dtype), tokens], dim=1)
             padding = F.pad(padding, (self.n_special, 0), value=False)
         h = self.encoder(tokens, padding)
+        if pooling == "decoder":
+            z = self.decoder(self.decoder_tokens(h, index, hidden, input_values))
+            cell = z[:, :g].float().mean(1)
+        else:
+            weights = F.pad(enc_values, (self.n_special, 0)) if pooling == "weighted" else None
+            cell = self.pool(h, padding, pooling, weights=weights)
         return {
             MODULE_KEYS.TOKEN_EMBEDDING: h,
             MODULE_KEYS.PADDING_MASK: padding,
-            MODULE_KEYS.CELL_EMBEDDING: self.pool(h, padding, pooling),
+            MODULE_KEYS.CELL_EMBEDDING: cell,
             ENCODER_INDEX: index,
             MODULE_KEYS.MASK: mask,
             HIDDEN: hidden,
@@ -499,7 +507,7 @@ class XTrimoGeneModule(GeneTokenModule):
     def cell_embedding(
         self,
         tensors: dict[str, Tensor],
-        pooling: Literal["max", "mean", "all"] = "max",
+        pooling: Literal["max", "mean", "weighted", "decoder", "all"] = "max",
         max_encoder_length: int | None = None,
     ) -> Tensor:
         """Differentiable cell embedding: max-pooled encoder outputs over every non-zero gene (App. 4 and 8.1).
@@ -573,7 +581,13 @@ class XTrimoGeneModule(GeneTokenModule):
             z = z.index_select(1, genes.to(z.device))
         return z.float()
 
-    def pool(self, h: Tensor, padding_mask: Tensor, pooling: Literal["max", "mean", "all"] = "max") -> Tensor:
+    def pool(
+        self,
+        h: Tensor,
+        padding_mask: Tensor,
+        pooling: Literal["max", "mean", "weighted", "all"] = "max",
+        weights: Tensor | None = None,
+    ) -> Tensor:
         """Cell embedding from encoder tokens, padding excluded; cells without any gene token get zeros.
 
         Parameters
@@ -583,17 +597,25 @@ class XTrimoGeneModule(GeneTokenModule):
         padding_mask
             ``(batch, length)``, ``True`` at padding.
         pooling
-            ``"max"``, ``"mean"`` or ``"all"`` (``[S, T,] max, mean`` concatenated).
+            ``"max"``, ``"mean"``, ``"weighted"`` or ``"all"`` (``[S, T,] max, mean`` concatenated).
+        weights
+            ``(batch, length)`` non-negative token weights for ``"weighted"`` (the normalized expression).
 
         Returns
         -------
         Float32 tensor ``(batch, d)`` with ``d = encoder_dim`` (``max``/``mean``) or ``(2 + n_special) · encoder_dim``.
         """
-        _check_choice("pooling", pooling, ("max", "mean", "all"))
+        _check_choice("pooling", pooling, ("max", "mean", "weighted", "all"))
         h = h.float()
         genes, pad = h[:, self.n_special :], padding_mask[:, self.n_special :]
         valid = ~pad
         any_valid = valid.any(-1, keepdim=True)
+        if pooling == "weighted":
+            if weights is None:
+                msg = "`pooling='weighted'` needs `weights` (the normalized expression of each token)."
+                raise ValueError(msg)
+            w = (weights[:, self.n_special :].float().clamp_min(0) * valid).unsqueeze(-1)
+            return (genes * w).sum(1) / w.sum(1).clamp_min(1e-8)
         out = []
         if pooling in ("max", "all"):
             mx = genes.masked_fill(pad.unsqueeze(-1), float("-inf")).amax(1)
