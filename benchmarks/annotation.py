@@ -2,10 +2,12 @@
 
 For ``pbmc3k_processed.h5ad`` (8 types) and ``pancreas_baron_human.h5ad`` (14 types, 4 donors):
 
-1. each model (small CPU configurations, below) is pre-trained without labels on all cells (bf16 autocast), then a
-   classifier head is fine-tuned with :meth:`~cellformers.model.CellformersModel.train_annotator` on the seeded,
-   stratified 8:1:1 split (model selection on validation): once with the encoder frozen, then with the whole
-   backbone fine-tuned (``freeze="none"``);
+1. each model (small CPU configurations, below) is pre-trained without labels on all cells (``precision="auto"``),
+   then a classifier head is fine-tuned with :meth:`~cellformers.model.CellformersModel.train_annotator` on the
+   seeded, stratified 8:1:1 split (model selection on validation): once with the encoder frozen, then with the whole
+   backbone fine-tuned (``freeze="none"``, warm-started from the frozen head); for each of ``--seeds`` (default
+   0, 1, 2: the split and the head's initialisation), from the same pre-trained weights, with the mean and sd over
+   seeds in ``summary`` beside the baselines on the same splits, and the test support of each class;
 2. the baselines run on the same split (:func:`cellformers.tl.annotation_baselines`): logistic regression on HVG-PCA
    and a kNN vote in the scVI latent space (:func:`cellformers.tl.baselines`; scVI is unsupervised and sees all
    cells, like the models' pre-training);
@@ -193,17 +195,62 @@ def annotation_task(name: str, models: list[str], args) -> dict:
     out["scvi_epochs"] = args.scvi_epochs
 
     out["models"] = {}
+    seeds = args.seeds or [args.seed]
+    per_seed: dict[str, list[dict]] = {}
+    for s in seeds:
+        split_s = (
+            split
+            if s == args.seed
+            else cf.model.base._annotation.stratified_split(
+                cf.model.base._annotation.read_labels(adata, LABELS_KEY), (0.8, 0.1, 0.1), s
+            )
+        )
+        base = (
+            table if s == args.seed else cf.tl.annotation_baselines(adata, labels_key=LABELS_KEY, split=split_s, seed=s)
+        )
+        for method, row in base.to_dict(orient="index").items():
+            per_seed.setdefault(method, []).append({k: row[k] for k in METRIC_KEYS if k in row})
     for m in models:
         data = adata.copy()
         model, info = pretrain(m, data, vocab, args.epochs_scale, args.seed, args.precision)
         res = {"pretrain": info}
-        res["frozen"] = finetune(model, data, freeze="encoder", epochs=None, seed=args.seed, precision=args.precision)
-        assert all(np.array_equal(model.annotator_.split[k], split[k]) for k in split), "split differs"
-        if args.finetune_epochs > 0:
-            res["full"] = finetune(
-                model, data, freeze="none", epochs=args.finetune_epochs, seed=args.seed, precision=args.precision
-            )
+        pretrained_state = {k: v.detach().clone() for k, v in model.module.state_dict().items()}
+        for s in seeds:
+            model.module.load_state_dict(pretrained_state)  # full fine-tuning of the previous seed changed it
+            frozen = finetune(model, data, freeze="encoder", epochs=None, seed=s, precision=args.precision)
+            per_seed.setdefault(f"{m} frozen", []).append(frozen["test"])
+            if s == args.seed:
+                res["frozen"] = frozen
+                assert all(np.array_equal(model.annotator_.split[k], split[k]) for k in split), "split differs"
+            if args.finetune_epochs > 0:
+                full = finetune(
+                    model, data, freeze="none", epochs=args.finetune_epochs, seed=s, precision=args.precision
+                )
+                per_seed.setdefault(f"{m} full", []).append(full["test"])
+                if s == args.seed:
+                    res["full"] = full
         out["models"][m] = res
+    out["seeds"] = seeds
+    out["summary"] = _summarize(per_seed)
+    return out
+
+
+METRIC_KEYS = ("macro_f1", "macro_f1_supported", "macro_precision", "accuracy")
+
+
+def _summarize(per_seed: dict[str, list[dict]]) -> dict:
+    """Mean and standard deviation over seeds of each method's test scores (splits and heads differ by seed)."""
+    keys = METRIC_KEYS
+    out = {}
+    for method, runs in per_seed.items():
+        out[method] = {"n_seeds": len(runs)}
+        for k in keys:
+            vals = np.array([r[k] for r in runs if r.get(k) is not None], dtype=float)
+            if vals.size:
+                out[method][k] = {"mean": float(vals.mean()), "sd": float(vals.std(ddof=1)) if vals.size > 1 else 0.0}
+        support = runs[0].get("per_class")
+        if support:
+            out[method]["test_support"] = {c: v["support"] for c, v in support.items()}
     return out
 
 
@@ -334,6 +381,13 @@ def main() -> None:
     p.add_argument("--precision", default="auto", help="auto: bf16 only where the CPU has bf16 units")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--seeds",
+        type=int,
+        nargs="*",
+        default=[0, 1, 2],
+        help="seeds of the split and the heads (mean and sd over them); pre-training uses --seed",
+    )
     p.add_argument("--quick", action="store_true", help="1 pre-training epoch, 1 fine-tuning epoch, 5 scVI epochs")
     p.add_argument("--out", default=None)
     p.add_argument("--merge", nargs="+", default=None, help="merge result files of separate runs into --out")

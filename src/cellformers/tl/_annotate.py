@@ -256,7 +256,8 @@ def annotation_baselines(
 
     Returns
     -------
-    DataFrame with one row per method: ``use_rep``, ``macro_f1``, ``macro_precision``, ``accuracy`` (test cells),
+    DataFrame with one row per method: ``use_rep``, ``macro_f1``, ``macro_f1_supported`` (classes with >= 5 test
+    cells), ``macro_precision``, ``accuracy`` (test cells),
     ``validation_macro_f1``, ``selected`` (the chosen ``C`` or ``k``), ``n_train``, ``n_test`` and ``time_s``.
     Also stored as ``adata.uns[key_added]`` (``{"params": ..., "table": {column: values}}``).
 
@@ -332,6 +333,7 @@ def annotation_baselines(
                 "method": m,
                 "use_rep": reps[m],
                 "macro_f1": test["macro_f1"],
+                "macro_f1_supported": test["macro_f1_supported"],
                 "macro_precision": test["macro_precision"],
                 "accuracy": test["accuracy"],
                 "validation_macro_f1": float(score) if va.size else float("nan"),
