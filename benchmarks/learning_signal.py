@@ -1,7 +1,7 @@
 """Did each model's CPU recipe learn? Pretext loss against its trivial predictor, trained against untrained.
 
 For one dataset, every model is trained with the recipe of its own benchmark script (the settings below are copied
-from ``xtrimogene_pbmc3k.py``, ``scformer_integration.py`` and ``scpalm_pbmc3k.py``, with validation cells kept so
+from ``xtrimogene_pbmc3k.py``, ``scformer_integration.py`` and ``scpalm_codebook.py``, with validation cells kept so
 the trivial baseline can be scored) and read against the two references every training result needs:
 
 * the final validation pretext loss beside the loss of the trivial predictor of the same target on the same
@@ -71,10 +71,11 @@ RECIPES = {
         "train": {"max_epochs": 10, "batch_size": 16},
         "genes": "hvg_1200",
     },
-    # scpalm_pbmc3k.py: small preset, N = 32 tokens, K = 128 codes, all genes, 6 + 3 epochs
+    # scpalm_codebook.py: small preset, N = 32 tokens, K = 128 codes, the model's defaults (per-position codebooks,
+    # highly variable genes), 6 + 3 epochs, batch 32, lr 2e-3
     "scpalm": {
         "model": {"preset": "small", "n_pathway_tokens": 32, "n_codes": 128},
-        "train": {"max_epochs": 6, "max_epochs_stage2": 3, "batch_size": 128},
+        "train": {"max_epochs": 6, "max_epochs_stage2": 3, "batch_size": 32, "lr": 2e-3},
         "genes": "all",
     },
 }
@@ -163,8 +164,14 @@ def main() -> None:
     p.add_argument("--models", nargs="*", default=list(RECIPES), choices=list(RECIPES))
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--precision", default="auto", help="'auto' (bf16 only with bf16 units), '32' or 'bf16-mixed'")
-    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--threads", type=int, default=1, help="torch threads (1 is fastest on a shared 2-core machine)")
     p.add_argument("--skip-scvi", action="store_true")
+    p.add_argument(
+        "--scvi-from",
+        default=None,
+        help="take the X_scvi row from this results JSON (e.g. baselines_pbmc3k.json, same tl.baselines/tl.benchmark) "
+        "instead of training scVI here (it is recorded as such)",
+    )
     p.add_argument("--out", default=None)
     args = p.parse_args()
     warnings.filterwarnings("ignore")
@@ -174,7 +181,7 @@ def main() -> None:
     import cellformers as cf
 
     adata, batch_key, label_key = load(args.dataset)
-    methods = ("pca",) if args.skip_scvi else ("pca", "scvi")
+    methods = ("pca",) if args.skip_scvi or args.scvi_from else ("pca", "scvi")
     t0 = time.perf_counter()
     cf.tl.baselines(adata, methods=methods, batch_key=batch_key, accelerator="cpu", random_state=args.seed)
     baseline_s = time.perf_counter() - t0
@@ -195,6 +202,11 @@ def main() -> None:
         models[name] = info
     table = cf.tl.benchmark(adata, embeddings=keys, label_key=label_key, batch_key=batch_key, random_state=args.seed)
     print(table[["AvgBIO", "AvgBATCH", "Overall"]].round(3).to_string(), flush=True)
+    rows = {k: {c: float(v) for c, v in row.items() if isinstance(v, int | float)} for k, row in table.iterrows()}
+    if args.scvi_from:
+        stored = json.loads(Path(args.scvi_from).read_text())
+        rows["X_scvi"] = {k: v for k, v in stored["table"]["X_scvi"].items() if v is not None}
+        rows["X_scvi"]["source"] = f"{Path(args.scvi_from).name} (not re-run here)"
     fast, why = cf.train.bf16_hardware("cpu")
     out = {
         "dataset": DATASETS[args.dataset][0],
@@ -214,9 +226,7 @@ def main() -> None:
         },
         "baselines_s": baseline_s,
         "models": models,
-        "table": {
-            k: {c: float(v) for c, v in row.items() if isinstance(v, int | float)} for k, row in table.iterrows()
-        },
+        "table": rows,
     }
     path = Path(args.out) if args.out else HERE / "results" / f"learning_signal_{args.dataset}.json"
     path.write_text(json.dumps(out, indent=2, default=float) + "\n")
