@@ -24,7 +24,7 @@ import cellformers as cf
 
 matplotlib.use("Agg")  # examples of `cf.pl` draw figures; nothing is shown
 
-SUBPACKAGES = ("pp", "tl", "pl", "data", "model", "pretrained", "nn", "module", "train")
+SUBPACKAGES = ("pp", "tl", "pl", "downstream", "data", "model", "pretrained", "nn", "module", "train")
 
 
 def _public_objects() -> dict[str, object]:

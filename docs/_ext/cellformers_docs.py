@@ -63,6 +63,7 @@ SECTIONS: list[tuple[str, str]] = [
     ("pp", "Preprocessing: `pp`"),
     ("tl", "Tools: `tl`"),
     ("pl", "Plotting: `pl`"),
+    ("downstream", "Downstream models: `downstream`"),
     ("model", "Models: `model`"),
     ("data", "Data: `data`"),
     ("pretrained", "Pretrained checkpoints: `pretrained`"),

@@ -24,7 +24,7 @@ logger.setLevel(logging.INFO)
 # Without this the root logger prints every message a second time.
 logger.propagate = False
 
-from . import data, model, module, nn, pl, pp, pretrained, tl, train  # noqa: E402
+from . import data, downstream, model, module, nn, pl, pp, pretrained, tl, train  # noqa: E402
 from ._exceptions import (  # noqa: E402
     CellformersError,
     CheckpointError,
@@ -50,6 +50,7 @@ __all__ = [
     "UnknownCategoryError",
     "UntrustedCheckpointError",
     "data",
+    "downstream",
     "model",
     "module",
     "nn",
