@@ -14,7 +14,6 @@ IMPORT_NAMES = {"scikit-learn": "sklearn", "scvi-tools": "scvi", "umap-learn": "
 # used without an import statement of their own, each with where
 INDIRECT = {
     "umap-learn": "cellformers.tl.umap runs scanpy.tl.umap, which is umap-learn",
-    "mudata": "MuData input (functions take a MuData's 'rna' modality); reading it through mudata is planned",
 }
 
 

@@ -14,7 +14,7 @@ from scipy import sparse
 from cellformers._docs import doc_dsp
 from cellformers._exceptions import GeneMappingError
 from cellformers._settings import settings
-from cellformers._utils import check_key
+from cellformers._utils import check_key, resolve_adata
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -72,7 +72,9 @@ def align_to_reference(
 
     Parameters
     ----------
-    %(adata)s
+    adata
+        Annotated data matrix with cells as observations and genes as variables; for a
+        :class:`~mudata.MuData`, its ``"rna"`` modality is aligned (the result is that modality's aligned copy).
     genes
         The reference gene list, e.g. ``model.get_var_names()`` of a trained model; unique names.
     gene_symbols
@@ -104,9 +106,7 @@ def align_to_reference(
     """
     from anndata import AnnData
 
-    if not isinstance(adata, AnnData):
-        msg = f"`adata` must be an AnnData, got {type(adata).__name__}."
-        raise TypeError(msg)
+    adata = resolve_adata(adata)  # a MuData: its "rna" modality
     if adata.isbacked:
         msg = "`adata` is backed on disk; load it with `adata = adata.to_memory()` before aligning its genes."
         raise ValueError(msg)

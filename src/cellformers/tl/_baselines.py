@@ -13,7 +13,14 @@ from scipy import sparse
 
 from cellformers._docs import doc_dsp
 from cellformers._settings import settings
-from cellformers._utils import check_counts, check_expression_values, check_key, get_matrix, looks_like_counts
+from cellformers._utils import (
+    check_counts,
+    check_expression_values,
+    check_key,
+    get_matrix,
+    looks_like_counts,
+    resolve_adata,
+)
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -173,7 +180,9 @@ def baselines(
 
     Parameters
     ----------
-    %(adata)s
+    adata
+        Annotated data matrix with cells as observations and genes as variables; for a :class:`~mudata.MuData`,
+        its ``"rna"`` modality (the embeddings are written into it).
     methods
         Baselines to compute, among ``"pca"``, ``"scvi"`` and ``"harmony"``.
     %(layer)s Log-normalized values are accepted unless ``"scvi"`` is asked for.
@@ -220,6 +229,7 @@ def baselines(
     --------
     cellformers.tl.benchmark : scores these embeddings side by side.
     """
+    adata = resolve_adata(adata)  # a MuData: its "rna" modality, written into
     ms = _as_methods(methods)
     X = get_matrix(adata, layer, arg="layer")
     if batch_key is not None:

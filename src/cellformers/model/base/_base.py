@@ -40,6 +40,7 @@ from cellformers.pretrained import PretrainedMixin
 from cellformers.train import MaskedModelingTrainingPlan, warn_if_trivial
 
 from ._annotation import AnnotationMixin
+from ._mudata import MuDataMixin
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
@@ -51,7 +52,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 
-class CellformersModel(AnnotationMixin, PretrainedMixin, UnsupervisedTrainingMixin, BaseModelClass):
+class CellformersModel(AnnotationMixin, MuDataMixin, PretrainedMixin, UnsupervisedTrainingMixin, BaseModelClass):
     """Base class of the three models (:class:`~cellformers.model.XTrimoGene`, ScFormer, ScPaLM).
 
     It adds to scvi-tools' model base: the shared ``setup_anndata`` fields (raw counts, batch, labels, a per-cell
@@ -99,7 +100,8 @@ class CellformersModel(AnnotationMixin, PretrainedMixin, UnsupervisedTrainingMix
         if not isinstance(adata, AnnData):
             hint = (
                 " For a MuData, set up its RNA modality and build the model on it: "
-                f"`{cls.__name__}.setup_anndata(mdata['rna'])`, `{cls.__name__}(mdata['rna'])`."
+                f"`{cls.__name__}.setup_anndata(mdata['rna'])` (or `{cls.__name__}.setup_mudata(mdata)`), "
+                f"`{cls.__name__}(mdata['rna'])`."
                 if hasattr(adata, "mod")
                 else ""
             )
