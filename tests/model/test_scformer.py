@@ -181,3 +181,31 @@ def test_paper_length_or_a_cap_does_not_warn(n_genes, options):
     with warnings.catch_warnings():
         warnings.simplefilter("error", UserWarning)
         cf.model.ScFormer(adata, **TINY_WIDE, **options)
+
+
+def test_dar_ganin_schedule_ramps_the_reversed_gradient():
+    import cellformers as cf
+
+    adata = cf.data.synthetic_counts(n_cells=96, n_genes=20)
+    cf.model.ScFormer.setup_anndata(adata, batch_key="batch")
+    model = cf.model.ScFormer(adata, n_layers=1, d_model=8, n_heads=2, d_ff=8, use_ecs=False, grad_reverse_lambda=2.0)
+    seen = []
+    reverse = model.module.discriminator.reverse
+    original = type(reverse).forward
+
+    def spy(self, x):
+        if self.training:  # training steps only (validation does not backpropagate)
+            seen.append(self.lambda_)
+        return original(self, x)
+
+    type(reverse).forward = spy
+    try:
+        model.train(max_epochs=2, batch_size=16, dar_schedule="ganin", enable_progress_bar=False)
+    finally:
+        type(reverse).forward = original
+    assert seen[0] == pytest.approx(0.0, abs=1e-6)  # starts at 0
+    assert max(seen) < 2.0
+    assert seen[-1] > seen[1]  # grows
+    assert reverse.lambda_ == 2.0  # restored after training
+    with pytest.raises(ValueError, match="dar_schedule"):
+        model.train(max_epochs=1, dar_schedule="linear", enable_progress_bar=False)

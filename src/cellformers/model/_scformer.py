@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import math
 import warnings
 from typing import TYPE_CHECKING, ClassVar, Literal
 
@@ -88,6 +89,33 @@ class _EcsWarmup(Callback):
 
     def on_train_end(self, trainer, pl_module):
         pl_module.module.ecs_active = True
+
+
+class _DarRamp(Callback):
+    """Ganin's schedule for the gradient-reversal scale: ``λ(p) = λ_max · (2 / (1 + exp(-γ p)) - 1)``.
+
+    ``p`` is the fraction of training steps done (Ganin and Lempitsky 2015, γ = 10). The discriminator learns at full
+    strength from the start, but the reversed gradient reaching the encoder grows from 0 to ``λ_max``, so the
+    adversary does not scramble the embedding before the masked losses have shaped it.
+    """
+
+    def __init__(self, gamma: float = 10.0):
+        self.gamma = float(gamma)
+        self.lambda_max: float | None = None
+
+    def on_train_start(self, trainer, pl_module):
+        reverse = pl_module.module.discriminator.reverse
+        self.lambda_max = reverse.lambda_ if self.lambda_max is None else self.lambda_max
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        total = max(1, int(trainer.estimated_stepping_batches))
+        p = min(1.0, trainer.global_step / total)
+        pl_module.module.discriminator.reverse.lambda_ = self.lambda_max * (
+            2.0 / (1.0 + math.exp(-self.gamma * p)) - 1.0
+        )
+
+    def on_train_end(self, trainer, pl_module):
+        pl_module.module.discriminator.reverse.lambda_ = self.lambda_max
 
 
 class ScFormer(CellformersModel):
@@ -371,6 +399,7 @@ class ScFormer(CellformersModel):
         group_by_batch: bool | None = None,
         load_best: bool = True,
         ecs_warmup_epochs: int = 0,
+        dar_schedule: Literal["constant", "ganin"] = "constant",
         **kwargs,
     ) -> None:
         """Train with scvi-tools' :meth:`~scvi.model.base.UnsupervisedTrainingMixin.train`, scFormer's defaults.
@@ -421,6 +450,10 @@ class ScFormer(CellformersModel):
             Train without the ECS loss for this many epochs first (not in the paper). From scratch, all cell
             embeddings start nearly parallel, and ECS at weight 10 then dominates MGM/MVC and scrambles the
             embedding (see the ablations in ``benchmarks/scformer_integration.py``).
+        dar_schedule
+            Scale of the reversed DAR gradient over training: ``"constant"`` (the paper, ``grad_reverse_lambda``
+            from the first step) or ``"ganin"`` (Ganin and Lempitsky's ramp from 0 to ``grad_reverse_lambda``, not
+            in the paper).
         **kwargs
             Other :class:`lightning.pytorch.Trainer` options (``callbacks``, ``gradient_clip_val``, …).
         """
@@ -432,6 +465,11 @@ class ScFormer(CellformersModel):
         callbacks = list(kwargs.pop("callbacks", None) or [])
         if ecs_warmup_epochs > 0 and self.module.ecs is not None:
             callbacks.append(_EcsWarmup(ecs_warmup_epochs))
+        if dar_schedule not in ("constant", "ganin"):
+            msg = f"`dar_schedule` must be 'constant' or 'ganin', got {dar_schedule!r}."
+            raise ValueError(msg)
+        if dar_schedule == "ganin" and self.module.discriminator is not None:
+            callbacks.append(_DarRamp())
         keep = None
         has_validation = train_size is None or train_size < 1.0
         if load_best and has_validation and (self.module.use_mgm or self.module.use_mvc):
