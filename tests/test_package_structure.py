@@ -30,6 +30,7 @@ FIRST_PARAM_EXCEPTIONS = {
     "cf.tl.train_and_impute": "model_cls",
     # plots a model's training history (scvi-tools keeps it on the model, not in an AnnData)
     "cf.pl.history": "model",
+    "cf.pl.codebook": "model",
 }
 # Return annotation with ``copy`` other than ``AnnData | None``:
 COPY_RETURN_EXCEPTIONS = {

@@ -265,10 +265,10 @@ def _section_lines(data: dict[str, Any]) -> list[str]:
     if isinstance(data.get("masked_recovery_held_out"), list):
         add("Masked-value recovery on held-out cells (Pearson on masked positions)",
             markdown_table(data["masked_recovery_held_out"]))  # fmt: skip
-    if isinstance(data.get("annotation"), dict):  # annotation.py: the runs list only holds arguments
+    if _is_annotation_run(data):  # annotation.py: the runs list only holds arguments
         for title, text in _annotation_tables(data):
             add(title, text)
-    runs = data.get("runs") if "annotation" not in data else None
+    runs = data.get("runs") if not _is_annotation_run(data) else None
     if isinstance(runs, dict):  # scformer_integration: one entry per trained configuration
         rows = []
         for name, run in runs.items():
@@ -308,6 +308,15 @@ def _section_lines(data: dict[str, Any]) -> list[str]:
     if not out:  # a shape not known above: every flat table in the file
         out = _generic_sections(data)
     return out
+
+
+def _is_annotation_run(data: dict[str, Any]) -> bool:
+    """A result of ``benchmarks/annotation.py``: one dict per dataset with its baselines and models."""
+    tasks = data.get("annotation")
+    return isinstance(tasks, dict) and all(
+        isinstance(t, dict) and isinstance(t.get("baselines", {}), dict) and isinstance(t.get("models", {}), dict)
+        for t in tasks.values()
+    )
 
 
 def _scores(test: dict[str, Any]) -> dict[str, Any]:

@@ -99,6 +99,7 @@ class InvalidLabelsError(CellformersError, ValueError):
     >>> adata.obs["cell_type"] = "T cell"
     >>> cf.model.ScFormer.setup_anndata(adata)
     >>> model = cf.model.ScFormer(adata, n_layers=1, d_model=16, n_heads=2, d_ff=16)
+    >>> model.train(max_epochs=1, enable_progress_bar=False)
     >>> try:
     ...     model.train_annotator("cell_type", max_epochs=1)
     ... except cf.InvalidLabelsError as err:

@@ -210,7 +210,7 @@ assert codes.shape == (masked.n_obs, 8)
 pathways = palm.get_pathway_genes(n_genes=3, min_cells=2)
 assert {"frequency", "gene_1", "gene_3"} <= set(pathways.columns)
 scores = palm.get_pathway_gene_scores()
-assert scores.shape == (16, masked.n_vars)
+assert scores.shape == (palm.module.quantizer.n_total_codes, palm.module.n_genes)  # N x K codes with per-position codebooks
 cf.tl.embed(masked, palm, representation="cell", key_added="X_scpalm")
 cf.tl.embed(masked, palm, representation="mean", key_added="X_scpalm_mean")
 imputation = cf.tl.evaluate_imputation(

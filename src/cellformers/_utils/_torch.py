@@ -24,6 +24,13 @@ def bf16_hardware(device: torch.device | str = "cpu") -> tuple[bool, str]:
     AVX512_BF16 or AMX tiles; a CPU with only AVX2 (or AVX-512 without bf16 units) emulates bf16 by converting, which
     was measured at about 6x slower than float32 for xTrimoGene training on an AVX2 machine. MPS and other devices:
     ``False`` (float32 is the safe choice there).
+
+    Examples
+    --------
+    >>> from cellformers.train import bf16_hardware
+    >>> fast, why = bf16_hardware("cpu")
+    >>> isinstance(fast, bool), why.startswith("CPU")
+    (True, True)
     """
     kind = torch.device(device).type
     if kind == "cuda":
@@ -58,6 +65,16 @@ def resolve_precision(precision: str | int | None, device: torch.device | str = 
     Returns
     -------
     The precision to use. The choice ``"auto"`` makes is logged once per device kind and result.
+
+    Examples
+    --------
+    >>> from cellformers.train import bf16_hardware, resolve_precision
+    >>> resolve_precision("32")  # explicit choices are kept
+    '32'
+    >>> resolve_precision("auto") == ("bf16-mixed" if bf16_hardware("cpu")[0] else "32-true")
+    True
+    >>> resolve_precision("auto", training=False) in ("bf16", "32")  # the getters' spelling
+    True
     """
     if precision is None:
         precision = settings.precision

@@ -658,7 +658,8 @@ class ScPaLM(CellformersModel):
 
         Returns
         -------
-        DataFrame ``(K, n_genes_in_vocab)`` indexed by code, columns = gene names; genes without counts have 0.
+        DataFrame ``(n_codes_total, n_genes_in_vocab)`` indexed by code (``N · K`` with per-position codebooks, ``K``
+        with the paper's shared one), columns = gene names; genes without counts have 0.
         """
         from scipy import sparse
 

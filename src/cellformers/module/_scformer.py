@@ -170,8 +170,8 @@ class ScFormerModule(GeneTokenModule):
     ...     np.arange(40), n_tokens=43, pad_id=40, cls_id=41, d_model=16, n_layers=1, n_heads=2, d_ff=16
     ... )  # genes have token ids 0..39, then <pad>, <cls> and <mask>
     >>> inference_outputs, generative_outputs, loss = module(tensors)
-    >>> sorted(loss.extra_metrics)
-    ['ecs_loss', 'mgm_loss', 'mvc_loss']
+    >>> sorted(loss.extra_metrics)  # training mode: no trivial baseline yet (it is fitted on training batches)
+    ['ecs_loss', 'mgm_loss', 'mvc_loss', 'pretext_loss']
     >>> loss.loss.backward()
     >>> module.cell_embedding(tensors).shape  # the <cls> output
     torch.Size([8, 16])

@@ -568,8 +568,10 @@ def _check_hyperparameters(model_cls: type, params: dict[str, Any], where: Path)
             numbers = [v for v in value if isinstance(v, int | float) and not isinstance(v, bool)]
         default = param.default if isinstance(param.default, int | float) else 0
         for v in numbers:
-            if not np.isfinite(v) or abs(v) >= _MAX_INT or (v < 0 and default >= 0):
-                msg = f"{field} has the out-of-range value {value!r}; it must be finite and non-negative."
+            # sizes and counts are integers: a negative one where the default is not is corrupt; floats (values such
+            # as scGPT's `cls_value=-2`) may be negative and are checked by the constructors themselves
+            if not np.isfinite(v) or abs(v) >= _MAX_INT or (v < 0 and default >= 0 and isinstance(v, int)):
+                msg = f"{field} has the out-of-range value {value!r}; it must be finite (and non-negative for a size)."
                 raise CheckpointError(msg)
 
 

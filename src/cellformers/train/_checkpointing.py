@@ -217,14 +217,14 @@ def checkpoint_path(checkpoint_dir: str | os.PathLike, plan_kwargs: dict | None 
 def checkpoint_batch_size(checkpoint_dir: str | os.PathLike, plan_kwargs: dict | None = None) -> int | None:
     """The training batch size stored in the checkpoint of ``checkpoint_dir``, or ``None`` (none, or not stored).
 
-    The checkpoint is memory-mapped, not read: only its small callback state is unpickled into memory. Lightning
-    checkpoints are pickles, read here as Lightning reads them when resuming: resume only from checkpoints you wrote.
+    The checkpoint is memory-mapped, not read, and unpickled with ``weights_only=True`` (tensors and plain containers
+    only), so nothing in it can run code.
     """
     path = checkpoint_path(checkpoint_dir, plan_kwargs)
     if not path.is_file():
         return None
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=False, mmap=True)
+        ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     except Exception as err:  # noqa: BLE001 - Lightning reports an unreadable checkpoint when resuming
         logger.debug(f"no batch size read from {path} ({type(err).__name__}: {err})")
         return None

@@ -56,7 +56,27 @@ def learning_signal(history: dict | None) -> dict[str, float] | None:
 def warn_if_trivial(model: BaseModelClass) -> dict[str, float] | None:
     """Warn when ``model`` ended training no better than the trivial predictor of its pretext target.
 
-    Returns :func:`learning_signal` of the model's history.
+    ``train`` calls it after every run; the warning names the model, both losses and what to try.
+
+    Returns
+    -------
+    :func:`learning_signal` of the model's history.
+
+    Examples
+    --------
+    >>> import warnings
+    >>> import cellformers as cf
+    >>> adata = cf.data.synthetic_counts(n_cells=60, n_genes=20)
+    >>> cf.model.ScFormer.setup_anndata(adata)
+    >>> model = cf.model.ScFormer(adata, n_layers=1, d_model=8, n_heads=2, d_ff=8)
+    >>> with warnings.catch_warnings():
+    ...     warnings.simplefilter("ignore")  # `train` itself warns if the model did not beat the baseline
+    ...     model.train(max_epochs=1, enable_progress_bar=False, plan_kwargs={"lr": 0.0})
+    >>> with warnings.catch_warnings(record=True) as caught:
+    ...     warnings.simplefilter("always")
+    ...     signal = cf.train.warn_if_trivial(model)
+    >>> signal["ratio"] >= 1, "did not beat the trivial predictor" in str(caught[0].message)
+    (True, True)
     """
     signal = learning_signal(getattr(model, "history_", None))
     if signal is None or not signal["ratio"] >= 1.0:
