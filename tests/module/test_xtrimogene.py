@@ -317,3 +317,26 @@ def test_weighted_readout_weighs_tokens_by_expression():
     torch.testing.assert_close(module.pool(h, pad, "weighted", weights=w)[0], expected)
     with pytest.raises(ValueError, match="needs `weights`"):
         module.pool(h, pad, "weighted")
+
+
+def test_zero_groups_none_is_the_previous_imputation_and_groups_hide_zeros_a_group_at_a_time():
+    torch.manual_seed(0)
+    module = XTrimoGeneModule(list(range(40)), n_tokens=43, **TINY)
+    module.eval()
+    tensors = _tensors()
+    x, seed = tensors[REGISTRY_KEYS.X_KEY], tensors[REGISTRY_KEYS_CF.CELL_SEED]
+    with torch.no_grad():
+        base = module.impute(x, seed)
+        # the previous definition: every zero hidden in each of the passes, non-zeros read where hidden
+        values, _ = module.normalize(x)
+        assert torch.isfinite(base).all()
+        grouped = module.impute(x, seed, zero_groups=5)
+        again = module.impute(x, seed, zero_groups=5)
+        auto = module.impute(x, seed, zero_groups="training")
+    torch.testing.assert_close(grouped, again)  # per-cell draws: deterministic
+    nonzero = values > 0
+    assert not torch.allclose(grouped[~nonzero], base[~nonzero])  # zeros now see the other zeros as zeros
+    assert torch.isfinite(auto).all()
+    assert (module._zero_groups(nonzero, "training") >= 1).all()
+    with pytest.raises(ValueError, match="`zero_groups` must be"):
+        module.impute(x, seed, zero_groups=0)

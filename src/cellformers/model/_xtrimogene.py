@@ -324,6 +324,7 @@ class XTrimoGene(CellformersModel):
         precision: str | None = None,
         mode: Literal["masked", "visible"] = "masked",
         n_passes: int | None = None,
+        zero_groups: int | Literal["training"] | None = None,
     ) -> np.ndarray:
         """Decoder predictions for every gene, on the ``log1p(x / Σx · 1e4)`` scale.
 
@@ -348,6 +349,10 @@ class XTrimoGene(CellformersModel):
             ``"masked"`` or ``"visible"`` (see above).
         n_passes
             Decoder passes of ``"masked"``; ``None``: ``ceil(1 / mask_ratio)``.
+        zero_groups
+            ``None``: every zero-count gene is ``[MASK]`` in every pass; an integer or ``"training"``: the zero genes
+            are hidden a group at a time, the rest shown as zeros, so a pass looks like a training mask (more
+            decoder passes; see :meth:`~cellformers.module.XTrimoGeneModule.impute`).
 
         Returns
         -------
@@ -356,7 +361,9 @@ class XTrimoGene(CellformersModel):
 
         def fn(tensors):
             inputs = self.module._get_inference_input(tensors)
-            return self.module.impute(inputs["x"], inputs["cell_seed"], mode=mode, n_passes=n_passes)
+            return self.module.impute(
+                inputs["x"], inputs["cell_seed"], mode=mode, n_passes=n_passes, zero_groups=zero_groups
+            )
 
         pred = self._predict_batches(fn, adata, indices, batch_size, precision)
         n_vars = self.module.n_input_vars

@@ -634,6 +634,7 @@ class XTrimoGeneModule(GeneTokenModule):
         cell_seed: Tensor | None = None,
         mode: Literal["masked", "visible"] = "masked",
         n_passes: int | None = None,
+        zero_groups: int | Literal["training"] | None = None,
     ) -> Tensor:
         """Predicted normalized expression of every gene, ``(batch, n_genes)``.
 
@@ -644,6 +645,14 @@ class XTrimoGeneModule(GeneTokenModule):
         ``None``: ``ceil(1 / mask_ratio)`` passes, so the encoder sees about as much of the cell as in training.
         ``"visible"``: one pass with nothing masked, reading the decoder at the positions it was shown (trained only
         when ``mask_replacement`` keeps some masked positions visible).
+
+        ``zero_groups``: ``None`` hides every zero-count gene in every pass (hundreds to thousands of ``[MASK]``
+        positions, where training hides a few dozen); an integer ``m`` splits each cell's zero genes into ``m`` groups
+        (per-cell draws) and each pass hides one group, the others entering the decoder as zeros, as in training;
+        ``"training"`` picks ``m`` per cell so that a pass hides about as many zeros as a training mask
+        (``balanced_zero_ratio`` times the masked non-zeros, or ``zero_mask_rate`` of the zeros), at most 64.
+        There are ``max(n_passes, m)`` decoder passes (the encoder runs ``n_passes`` times, as zeros never enter it),
+        and each gene's prediction is the mean over the passes that hid it.
         """
         if mode not in ("masked", "visible"):
             msg = f"`mode` must be 'masked' or 'visible', got {mode!r}."
@@ -665,13 +674,43 @@ class XTrimoGeneModule(GeneTokenModule):
         else:
             u = counter_uniform(cell_seed.reshape(-1), g, salt=_SALT_IMPUTE).to(values.device)
         group = (u * n_passes).long().clamp(max=n_passes - 1)
-        out = torch.zeros_like(values)
-        for k in range(n_passes):
-            hidden = ~nonzero | (group == k)
-            inf = self.inference(x, cell_seed, hidden=hidden)
+        m = self._zero_groups(nonzero, zero_groups)  # (B,) groups of zero genes per cell
+        if cell_seed is None:
+            u0 = torch.rand((b, g), device=values.device)
+        else:
+            u0 = counter_uniform(cell_seed.reshape(-1), g, salt=_SALT_IMPUTE + 1).to(values.device)
+        zgroup = (u0 * m[:, None]).long().minimum(m[:, None] - 1)
+        sums = torch.zeros_like(values)
+        counts = torch.zeros_like(values)
+        encoded: dict[int, dict[str, Tensor]] = {}
+        for p in range(max(n_passes, int(m.max()) if b else 1)):
+            k = p % n_passes
+            if k not in encoded:  # zeros never enter the encoder: one encoder pass per group of non-zero genes
+                encoded[k] = self.inference(x, cell_seed, hidden=~nonzero | (group == k))
+            hidden = (nonzero & (group == k)) | (~nonzero & (zgroup == (p % m)[:, None]))
+            inf = {**encoded[k], HIDDEN: hidden}
             pred = self.generative(**self._get_generative_input({}, inf))[MODULE_KEYS.PREDICTION].float()
-            out += torch.where(nonzero, pred * (group == k), pred / n_passes)
-        return out
+            sums += pred * hidden
+            counts += hidden
+        return sums / counts.clamp_min(1.0)
+
+    def _zero_groups(self, nonzero: Tensor, zero_groups: int | str | None) -> Tensor:
+        """Number of groups the zero genes of each cell are split into for masked imputation, ``(batch,)``."""
+        b = nonzero.shape[0]
+        if zero_groups is None:
+            return torch.ones(b, dtype=torch.long, device=nonzero.device)
+        if zero_groups == "training":
+            n_nz = nonzero.sum(1).float()
+            n_zero = (~nonzero).sum(1).float()
+            if self.mask_strategy == "balanced":
+                per_pass = (n_nz * self.mask_ratio).round().clamp_min(1) * self.balanced_zero_ratio
+            else:
+                per_pass = n_zero * self.zero_mask_rate
+            return torch.ceil(n_zero / per_pass.clamp_min(1.0)).long().clamp(1, _MAX_ZERO_GROUPS)
+        if isinstance(zero_groups, bool) or not isinstance(zero_groups, int) or zero_groups < 1:
+            msg = f"`zero_groups` must be None, 'training' or a positive integer, got {zero_groups!r}."
+            raise ValueError(msg)
+        return torch.full((b,), int(zero_groups), dtype=torch.long, device=nonzero.device)
 
     def _get_generative_input(self, tensors: dict[str, Tensor], inference_outputs: dict[str, Tensor], **kwargs):
         return {
@@ -767,6 +806,10 @@ class XTrimoGeneModule(GeneTokenModule):
             for name, part in (("nonzero", nz), ("zero", z)):
                 extra[f"masked_mse_{name}_trivial"] = self.score_trivial(self.trivial, target, part)
         return LossOutput(loss=loss, reconstruction_loss=per_cell, extra_metrics=extra)
+
+
+#: Most groups ``zero_groups="training"`` splits a cell's zero genes into (each costs one decoder pass).
+_MAX_ZERO_GROUPS = 64
 
 
 def _check_choice(name: str, value, choices: tuple) -> None:
