@@ -35,6 +35,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import torch
+from scformer_integration import CPU_CONFIG as SCFORMER_CPU_CONFIG
+from xtrimogene_pbmc3k import MODEL_KWARGS as XTRIMOGENE_KWARGS
 
 if TYPE_CHECKING:
     import numpy as np
@@ -51,23 +53,13 @@ DATASETS = {
 RECIPES = {
     # xtrimogene_pbmc3k.py: 3M preset narrowed to a 4 x 64 encoder and a 1 x 32 Performer decoder, HVG vocabulary
     "xtrimogene": {
-        "model": {
-            "preset": "3M",
-            "encoder_layers": 4,
-            "encoder_heads": 4,
-            "encoder_dim": 64,
-            "encoder_ff": 256,
-            "decoder_layers": 1,
-            "decoder_heads": 2,
-            "decoder_dim": 32,
-            "decoder_ff": 128,
-        },
+        "model": dict(XTRIMOGENE_KWARGS),
         "train": {"max_epochs": 8, "batch_size": 32, "plan_kwargs": {"lr": 1e-3, "warmup_steps": 50}},
         "genes": "hvg_vocab",
     },
     # scformer_integration.py: paper architecture (4 x 128), every head (ECS, DAR and DSBN need a batch), CPU_CONFIG
     "scformer": {
-        "model": {"include_zero_genes": False, "max_length": 128, "norm_first": True},
+        "model": dict(SCFORMER_CPU_CONFIG),
         "train": {"max_epochs": 10, "batch_size": 16},
         "genes": "hvg_1200",
     },
