@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from ._history import _series
-from ._utils import finish
+from ._utils import finish, panel_axes
 
 if TYPE_CHECKING:
     import os
@@ -87,22 +87,14 @@ def codebook(
     >>> [ax.get_ylabel() for ax in axes]
     ['stage-1 MSE', 'codes per position', 'distinct codes over the cells']
     """
-    import matplotlib.pyplot as plt
-
     if not hasattr(model, "get_codebook_statistics"):
         msg = f"`cf.pl.codebook` needs a ScPaLM model, got {type(model).__name__}."
         raise TypeError(msg)
     model._require_stage(1, "`cf.pl.codebook`")
     hist = model.history_ if isinstance(getattr(model, "history_", None), dict) else {}
-    if ax is None:
-        fig, grid = plt.subplots(1, 3, figsize=(13, 3.3), squeeze=False, layout="constrained")
-        axes = list(grid[0])
-    else:
-        axes = list(np.ravel(ax))
-        if len(axes) != 3:
-            msg = f"`ax` has {len(axes)} axes; this plot needs 3."
-            raise ValueError(msg)
-        fig = axes[0].figure
+    fig, axes = panel_axes(
+        ax, ["stage-1 MSE", "codes per position", "distinct codes over the cells"], panel_size=(13 / 3, 3.3)
+    )
 
     # 1. stage-1 MSE vs the trivial baseline
     a = axes[0]

@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from ._utils import finish
+from ._utils import finish, panel_axes
 
 if TYPE_CHECKING:
     import os
@@ -81,8 +81,6 @@ def history(
     >>> [ax.get_ylabel() for ax in axes]
     ['loss', 'pretext loss', 'learning rate']
     """
-    import matplotlib.pyplot as plt
-
     hist = model if isinstance(model, dict) else getattr(model, "history_", None) or getattr(model, "history", None)
     if not hist:
         msg = "`model` has no training history: train it first (or pass a `history` dict)."
@@ -107,15 +105,7 @@ def history(
         msg = f"the history has none of the entries this plot draws (it has {sorted(hist)}); name some with `keys`."
         raise ValueError(msg)
 
-    if ax is None:
-        fig, grid = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.2), squeeze=False, layout="constrained")
-        axes = list(grid[0])
-    else:
-        axes = [ax] if not isinstance(ax, list | tuple | np.ndarray) else list(np.ravel(ax))
-        if len(axes) != len(panels):
-            msg = f"`ax` has {len(axes)} axes; this history needs {len(panels)} (one per panel: {[p[0] for p in panels]})."
-            raise ValueError(msg)
-        fig = axes[0].figure
+    fig, axes = panel_axes(ax, [p[0] for p in panels], panel_size=(4.2, 3.2))
     for ax, (ylabel, entries) in zip(axes, panels, strict=True):
         for key, label in entries:
             x, y = _series(hist, key)

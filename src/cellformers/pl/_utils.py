@@ -7,9 +7,29 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     import os
+    from collections.abc import Sequence
 
     from matplotlib.axes import Axes
     from matplotlib.figure import Figure
+
+
+def panel_axes(
+    ax: Axes | Sequence[Axes] | None, names: Sequence[str], *, panel_size: tuple[float, float]
+) -> tuple[Figure, list[Axes]]:
+    """One axes per named panel in a row: a new figure when ``ax`` is ``None``, else the given axes, checked."""
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    n = len(names)
+    if ax is None:
+        width, height = panel_size
+        fig, grid = plt.subplots(1, n, figsize=(width * n, height), squeeze=False, layout="constrained")
+        return fig, list(grid[0])
+    axes = list(np.ravel(ax)) if isinstance(ax, list | tuple | np.ndarray) else [ax]
+    if len(axes) != n:
+        msg = f"`ax` has {len(axes)} axes; this plot needs {n} (one per panel: {list(names)})."
+        raise ValueError(msg)
+    return axes[0].figure, axes
 
 
 def finish(
