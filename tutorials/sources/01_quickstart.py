@@ -144,6 +144,7 @@ for key in embeddings:
     cf.tl.leiden_search(adata, use_rep=key, n_clusters=8, key_added=f"leiden_{key}")
 
 fig, axes = plt.subplots(2, 3, figsize=(13, 8), layout="constrained")
+fig.get_layout_engine().set(wspace=0.08)  # a visible gap between the frameless panels
 for j, key in enumerate(embeddings):
     cf.tl.umap(adata, key)
     cf.pl.embedding(
@@ -163,6 +164,7 @@ for j, key in enumerate(embeddings):
         show=False,
         title=f"{key}: Leiden, 8 clusters",
         legend_loc="on data",
+        palette="Set2",  # not the cell-type colours: cluster numbers do not correspond to cell types
     )
 plt.show()
 

@@ -133,6 +133,7 @@ results[["ARI", "NMI", "ARI_cell", "NMI_cell", "ASW_cell", "AvgBIO"]].round(3)
 
 # %%
 fig, axes = plt.subplots(1, 3, figsize=(15, 4.2), layout="constrained")
+fig.get_layout_engine().set(wspace=0.08)  # a visible gap between the frameless panels
 for ax, key in zip(axes, embeddings, strict=True):
     cf.tl.umap(adata, key)
     cf.pl.embedding(
@@ -238,9 +239,10 @@ comparison.round(3)
 # former. The last column shows why `mode="visible"` is not the default: its outputs were never trained, yet they
 # follow the value the decoder was shown, with an arbitrary sign per gene (−0.90 for CCR7, +0.85 for IL7R).
 #
-# On the UMAP (of HVG-PCA, so that the layout does not depend on the model; note the narrow color ranges of the
-# imputed values), the imputed values of all three markers are highest in the monocytes, and NKG7 is imputed
-# lowest in the NK cells that express it most:
+# On the UMAP (of HVG-PCA, so that the layout does not depend on the model), each marker's observed and imputed
+# panels share one colour scale, from 0 to the 99th percentile of the observed values. The imputed values span a
+# narrow range on it; within that range, those of all three markers are highest in the monocytes, and NKG7 is
+# imputed lowest in the NK cells that express it most:
 
 # %%
 show = ["MS4A1", "NKG7", "CD14"]
@@ -248,6 +250,8 @@ show = [g for g in show if g in markers]
 for g in show:
     adata.obs[f"{g} observed"] = lognorm[:, g].X.toarray().ravel()
     adata.obs[f"{g} imputed"] = np.asarray(adata.layers["xtrimogene_imputed"][:, adata.var_names.get_loc(g)])
+# one colour scale per marker, shared by its two panels
+vmax = [np.percentile(adata.obs[f"{g} observed"], 99) or adata.obs[f"{g} observed"].max() for g in show]
 # the UMAP of HVG-PCA computed by cf.tl.umap above (adata.obsm["X_umap_pca_hvg"])
 sc.pl.embedding(
     adata,
@@ -255,7 +259,8 @@ sc.pl.embedding(
     color=[f"{g} {kind}" for g in show for kind in ("observed", "imputed")],
     ncols=2,
     cmap="viridis",
-    vmax="p99",
+    vmin=0,
+    vmax=[v for v in vmax for _ in ("observed", "imputed")],
 )
 
 # %% [markdown]
@@ -318,6 +323,7 @@ axes[0].set(
 axes[0].legend(fontsize=7, ncols=2)
 im = axes[1].imshow(similarity, origin="lower", extent=(0, 5, 0, 5), cmap="viridis", vmin=0, vmax=1)
 axes[1].set(xlabel="value v", ylabel="value v'", title="cosine similarity of the bin weights")
+axes[1].grid(False)  # set_figure_params turns grids on; they would cross the image
 fig.colorbar(im, ax=axes[1])
 plt.show()
 

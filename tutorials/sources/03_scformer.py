@@ -61,7 +61,11 @@ pd.crosstab(adata.obs["cell_type"], adata.obs["batch"])
 # %%
 cf.tl.baselines(adata, methods=("pca", "harmony"), layer="counts", batch_key="batch")
 cf.tl.umap(adata, "X_pca_hvg")
+# cell lines in colours the batches do not use, for every plot below (the batches take the first five)
+n_lines = len(adata.obs["cell_type"].cat.categories)
+adata.uns["cell_type_colors"] = sc.pl.palettes.default_20[10 - n_lines : 10]
 fig, axes = plt.subplots(1, 2, figsize=(10, 4), layout="constrained")
+fig.get_layout_engine().set(wspace=0.08)  # a visible gap between the frameless panels
 cf.pl.embedding(adata, basis="X_pca_hvg", color="batch", ax=axes[0], show=False, title="HVG-PCA: batch")
 cf.pl.embedding(adata, basis="X_pca_hvg", color="cell_type", ax=axes[1], show=False, title="HVG-PCA: cell line")
 plt.show()
@@ -129,6 +133,7 @@ cf.pl.benchmark(adata, metrics=["AvgBIO", "AvgBATCH", "Overall"], kind="bar")
 
 # %%
 fig, axes = plt.subplots(2, len(embeddings), figsize=(4 * len(embeddings), 7), layout="constrained")
+fig.get_layout_engine().set(wspace=0.08)  # a visible gap between the frameless panels
 for j, key in enumerate(embeddings):
     last = j == len(embeddings) - 1
     cf.tl.umap(adata, key)
@@ -177,7 +182,10 @@ means = (
     .groupby(adata.obs["cell_type"].to_numpy())
     .mean()
 )
-genes.obs["top cell line"] = pd.Categorical(means.idxmax(axis=0).reindex(adata.var_names))
+genes.obs["top cell line"] = pd.Categorical(
+    means.idxmax(axis=0).reindex(adata.var_names), categories=adata.obs["cell_type"].cat.categories
+)
+genes.uns["top cell line_colors"] = adata.uns["cell_type_colors"]  # the cell-line colours of the plots above
 genes.obs["specificity"] = (means.max(0) - means.mean(0)).reindex(adata.var_names).to_numpy()
 sc.pp.neighbors(genes, n_neighbors=15, use_rep="X")
 sc.tl.umap(genes, random_state=0)

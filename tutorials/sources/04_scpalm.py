@@ -123,6 +123,7 @@ im = axes[1].imshow(by_type[top_codes].to_numpy(), aspect="auto", cmap="viridis"
 axes[1].set_yticks(range(len(by_type)), by_type.index)
 axes[1].set_xticks(range(len(top_codes)), top_codes, rotation=90, fontsize=7)
 axes[1].set(xlabel="code (40 most used)", title="share of a cell type's tokens per code")
+axes[1].grid(False)  # set_figure_params turns grids on; they would cross the cells
 fig.colorbar(im, ax=axes[1])
 plt.show()
 
@@ -178,6 +179,7 @@ results[["ARI", "NMI", "ARI_cell", "NMI_cell", "ASW_cell", "AvgBIO"]].round(3)
 
 # %%
 fig, axes = plt.subplots(1, 3, figsize=(15, 4.2), layout="constrained")
+fig.get_layout_engine().set(wspace=0.08)  # a visible gap between the frameless panels
 for ax, key in zip(axes, embeddings, strict=True):
     cf.tl.umap(adata, key)
     cf.pl.embedding(

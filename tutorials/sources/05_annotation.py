@@ -134,6 +134,7 @@ im = ax.imshow(confusion.to_numpy(), cmap="Blues", vmin=0, vmax=1)
 ax.set_xticks(range(confusion.shape[1]), confusion.columns, rotation=60, ha="right")
 ax.set_yticks(range(confusion.shape[0]), confusion.index)
 ax.set(xlabel="predicted", ylabel="FACS label", title="test cells of the reference")
+ax.grid(False)  # set_figure_params turns grids on; they would cross the cells
 fig.colorbar(im, ax=ax, label="share of the row")
 plt.show()
 
@@ -155,6 +156,7 @@ im = ax.imshow(table.to_numpy(), cmap="Blues", vmin=0, vmax=1)
 ax.set_xticks(range(table.shape[1]), table.columns, rotation=60, ha="right")
 ax.set_yticks(range(table.shape[0]), table.index)
 ax.set(xlabel="predicted (reference classes)", ylabel="pbmc3k cluster name", title="query annotation")
+ax.grid(False)
 fig.colorbar(im, ax=ax, label="share of the row")
 plt.show()
 
@@ -182,10 +184,36 @@ cf.tl.transfer_labels(query, reference, labels_key="cell_type", use_rep="X_xtrim
 agreement = (query.obs["cell_type_transferred"].astype(str) == query.obs["xtrimogene_label"].astype(str)).mean()
 print(f"kNN transfer and the fine-tuned head agree on {agreement:.1%} of the query cells")
 
+# One colour per cell type across the two panels: a reference class takes the colour of its pbmc3k counterpart,
+# the classes without one (CD4 T-cell subsets) colours that the pbmc3k labels do not use.
+type_colors = dict(zip(query.obs["cell_type"].cat.categories, sc.pl.palettes.default_20, strict=False))
+counterpart = {
+    "B": "B cells",
+    "CD4TN": "CD4 T cells",
+    "CD8TN": "CD8 T cells",
+    "Monocyte": "CD14+ Monocytes",
+    "NK": "NK cells",
+}
+unused = iter(c for c in sc.pl.palettes.default_20 if c not in type_colors.values())
+label_colors = {
+    c: type_colors.get(counterpart.get(c)) or next(unused)
+    for c in query.obs["xtrimogene_label"].astype("category").cat.categories
+}
 cf.tl.umap(query, "X_xtrimogene")
 fig, axes = plt.subplots(1, 3, figsize=(16, 4.3), layout="constrained")
-cf.pl.embedding(query, basis="X_xtrimogene", color="cell_type", ax=axes[0], show=False, title="pbmc3k labels")
-cf.pl.embedding(query, basis="X_xtrimogene", color="xtrimogene_label", ax=axes[1], show=False, title="classifier head")
+fig.get_layout_engine().set(wspace=0.08)  # a visible gap between the frameless panels
+cf.pl.embedding(
+    query, basis="X_xtrimogene", color="cell_type", ax=axes[0], show=False, title="pbmc3k labels", palette=type_colors
+)
+cf.pl.embedding(
+    query,
+    basis="X_xtrimogene",
+    color="xtrimogene_label",
+    ax=axes[1],
+    show=False,
+    title="classifier head",
+    palette=label_colors,
+)
 cf.pl.embedding(
     query,
     basis="X_xtrimogene",

@@ -370,10 +370,11 @@ scores.round(3)
 # %%
 cf.tl.umap(zheng, "X_xtrimogene")
 fig, axes = plt.subplots(1, 2, figsize=(12, 4.5), layout="constrained")
+fig.get_layout_engine().set(wspace=0.08)  # a visible gap between the frameless panels
 cf.pl.embedding(zheng, basis="X_xtrimogene", color="cell_type", ax=axes[0], show=False, title="FACS population")
 cf.pl.embedding(
     zheng, basis="X_xtrimogene", color="leiden_X_xtrimogene", ax=axes[1], show=False, title="Leiden clusters",
-    legend_loc="on data",
+    legend_loc="on data", palette="Set2",  # not the FACS colours: cluster numbers are not populations
 )  # fmt: skip
 plt.show()
 
