@@ -4,12 +4,14 @@ from __future__ import annotations
 
 from cellformers._utils._torch import bf16_hardware, resolve_precision
 
+from ._annotation_plan import AnnotationTrainingPlan
 from ._learning_signal import learning_signal, warn_if_trivial
 from ._plan import MaskedModelingTrainingPlan
 from ._samplers import BatchGroupedAnnDataLoader, BatchGroupedDataSplitter, BatchGroupedSampler
 from ._scpalm_plan import ScPaLMTrainingPlan
 
 __all__ = [
+    "AnnotationTrainingPlan",
     "BatchGroupedAnnDataLoader",
     "BatchGroupedDataSplitter",
     "BatchGroupedSampler",

@@ -12,6 +12,19 @@ if TYPE_CHECKING:
     from scvi.module.base import BaseModuleClass, LossOutput
 
 
+def cosine_decay(progress: float, floor: float) -> float:
+    """Cosine decay from 1 to ``floor`` over ``progress`` in ``[0, 1]`` (clipped): the learning-rate factor.
+
+    Examples
+    --------
+    >>> from cellformers.train._plan import cosine_decay
+    >>> cosine_decay(0.0, 0.05), cosine_decay(0.5, 0.05), cosine_decay(2.0, 0.05)
+    (1.0, 0.525, 0.05)
+    """
+    progress = min(1.0, max(0.0, progress))
+    return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
 class MaskedModelingTrainingPlan(TrainingPlan):
     """Lightning training plan for cellformers modules.
 
@@ -139,8 +152,7 @@ class MaskedModelingTrainingPlan(TrainingPlan):
             if step < warmup:
                 return (step + 1) / (warmup + 1)
             if kind == "warmup_cosine":
-                progress = min(1.0, (step - warmup) / max(1, total - warmup))
-                return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
+                return cosine_decay((step - warmup) / max(1, total - warmup), floor)
             if kind == "step":
                 return gamma ** (step // steps_per_epoch)
             return 1.0

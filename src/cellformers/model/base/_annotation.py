@@ -2,24 +2,25 @@
 
 from __future__ import annotations
 
-import copy
 import logging
 import math
 import time
+import warnings
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import pandas as pd
 import torch
-import torch.nn.functional as F
 from natsort import natsorted
 
 from cellformers._exceptions import InvalidLabelsError
 from cellformers._settings import settings
-from cellformers._utils import autocast_context, cell_generator, check_key, resolve_precision
-from cellformers._utils._progress import track
+from cellformers._utils import cell_generator, check_key, resolve_precision
+from cellformers._utils._classification import classification_metrics
+from cellformers._utils._progress import show_progress
 from cellformers._utils._validation import check_batch_size
+from cellformers.train._annotation_plan import class_probabilities
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -38,7 +39,8 @@ SPLIT_NAMES: tuple[str, str, str] = ("train", "validation", "test")
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# labels, splits and metrics (also used by cellformers.tl.annotate and tl.annotation_baselines)
+# labels, splits and metrics (also used by cellformers.tl.annotate and tl.annotation_baselines; the metrics are
+# computed in cellformers._utils._classification, below the training plan that scores validation with them)
 # ---------------------------------------------------------------------------------------------------------------
 def read_labels(adata: AnnData, labels_key: str, *, arg: str = "labels_key") -> np.ndarray:
     """Labels of ``adata.obs[labels_key]`` as an object array of ``str``, ``None`` where missing (NaN/None).
@@ -108,65 +110,6 @@ def stratified_split(
     return {
         name: np.sort(np.concatenate(p)).astype(np.int64) if p else np.zeros(0, dtype=np.int64)
         for name, p in parts.items()
-    }
-
-
-def classification_metrics(y_true: Sequence[str], y_pred: Sequence[str], *, min_support: int = 5) -> dict:
-    """Macro-F1, macro-precision (xTrimoGene Table 2) and accuracy, with per-class support.
-
-    Macro averages run over the classes present in ``y_true`` or ``y_pred`` (scikit-learn's default); a class that
-    is never predicted has precision 0 (scikit-learn's ``zero_division=0``). A class with two test cells moves
-    macro-F1 as much as one with two hundred, so ``macro_f1_supported`` also averages over the classes with at least
-    ``min_support`` true cells only.
-
-    Parameters
-    ----------
-    y_true, y_pred
-        True and predicted labels.
-    min_support
-        Fewest true cells of a class counted in ``macro_f1_supported``.
-
-    Returns
-    -------
-    ``{"macro_f1", "macro_precision", "accuracy", "n_cells", "macro_f1_supported", "n_classes_supported",
-    "per_class"}`` where ``per_class`` maps each class to ``{"support", "f1", "precision"}``; NaN scores for
-    empty input.
-    """
-    y_true = np.asarray(y_true, dtype=object).astype(str)
-    y_pred = np.asarray(y_pred, dtype=object).astype(str)
-    if y_true.shape != y_pred.shape:
-        msg = f"`y_true` and `y_pred` differ in length ({y_true.size} and {y_pred.size})."
-        raise ValueError(msg)
-    nan = float("nan")
-    if y_true.size == 0:
-        return {
-            "macro_f1": nan,
-            "macro_precision": nan,
-            "accuracy": nan,
-            "n_cells": 0,
-            "macro_f1_supported": nan,
-            "n_classes_supported": 0,
-            "per_class": {},
-        }
-    classes = np.unique(np.concatenate([y_true, y_pred]))
-    k = classes.size
-    t, p = np.searchsorted(classes, y_true), np.searchsorted(classes, y_pred)
-    confusion = np.bincount(t * k + p, minlength=k * k).reshape(k, k).astype(np.float64)
-    tp, n_pred, n_true = np.diag(confusion), confusion.sum(0), confusion.sum(1)
-    precision = np.divide(tp, n_pred, out=np.zeros(k), where=n_pred > 0)
-    f1 = 2 * tp / (n_true + n_pred)  # each class of the union is in y_true or y_pred, so the sum is positive
-    supported = n_true >= max(1, int(min_support))
-    return {
-        "macro_f1": float(f1.mean()),
-        "macro_precision": float(precision.mean()),
-        "accuracy": float(tp.sum() / y_true.size),
-        "n_cells": int(y_true.size),
-        "macro_f1_supported": float(f1[supported].mean()) if supported.any() else nan,
-        "n_classes_supported": int(supported.sum()),
-        "per_class": {
-            str(c): {"support": int(n_true[i]), "f1": float(f1[i]), "precision": float(precision[i])}
-            for i, c in enumerate(classes)
-        },
     }
 
 
@@ -341,7 +284,8 @@ class AnnotationMixin:
 
         The labelled cells are split (seeded, stratified, ``stratified_split``) into train / validation / test
         (8:1:1, xTrimoGene App. 8.1); the head is trained on the training cells with cross-entropy (AdamW, cosine
-        decay of the learning rates), evaluated on the validation cells after every epoch, and the weights of the
+        decay of the learning rates; :class:`~cellformers.train.AnnotationTrainingPlan` run by a Lightning trainer
+        with the precision and progress bar of :meth:`train`), evaluated on the validation cells after every epoch, and the weights of the
         best epoch are kept (model selection on validation). Macro-F1, macro-precision and accuracy on the test
         cells are in ``annotator.metrics["test"]``. Cells with a missing label (NaN) are in no part of the split;
         categories without any cell are ignored.
@@ -568,7 +512,7 @@ class AnnotationMixin:
         """Raise when the backbone cannot be fine-tuned yet (untrained); models with stages override it."""
         self._check_if_trained(warn=False)
 
-    # ------------------------------------------------------------------ training loop
+    # ------------------------------------------------------------------ training
     def _fit_head(
         self,
         head: CellTypeClassifier,
@@ -588,115 +532,77 @@ class AnnotationMixin:
         class_weights: torch.Tensor | None,
         select_start: bool = False,
     ) -> tuple[int, pd.DataFrame]:
-        """Train ``head`` (and the backbone when ``features`` is None); restore the best epoch's weights."""
+        """Train ``head`` (and the backbone when ``features`` is None) with :class:`~cellformers.train.AnnotationTrainingPlan`.
+
+        The plan runs under scvi-tools' Lightning :class:`~scvi.train.Trainer`, with the precision and progress bar
+        of ``model.train``; the best epoch's weights are restored. Returns the kept epoch and the per-epoch history.
+        """
+        from scvi.train import Trainer
+        from torch.utils.data import DataLoader
+
+        from cellformers.train import AnnotationTrainingPlan
+        from cellformers.train._annotation_plan import LabelledCells, SeededBatchSampler
+
         train_idx, val_idx = parts
         module = self.module
         device = self.device
         frozen = features is not None
-        params = list(head.parameters())
-        groups = [{"params": list(head.parameters()), "lr": lr[0]}]
+        if frozen:
+            cells = LabelledCells(features, y_all)
+            # the batching of prediction from cached embeddings, so validation scores equal the kept head's metrics
+            val_order, val_batch = val_idx, 4096
+        else:
+            cells = LabelledCells(self.get_anndata_manager(adata, required=True).create_torch_dataset(), y_all)
+            val_order, val_batch = self._inference_order(adata, val_idx, batch_size), batch_size
+        train_dl = DataLoader(cells, sampler=SeededBatchSampler(train_idx, batch_size, seed), batch_size=None)
+        val_dl = None
+        if val_idx.size:
+            val_batches = [val_order[i : i + val_batch] for i in range(0, val_order.size, val_batch)]
+            val_dl = DataLoader(cells, sampler=val_batches, batch_size=None)
+        plan = AnnotationTrainingPlan(
+            head,
+            None if frozen else module,
+            lr=lr[0],
+            backbone_lr=lr[1],
+            weight_decay=weight_decay,
+            class_weights=class_weights,
+            selection_metric=selection_metric,
+            early_stopping_patience=patience,
+            select_start=select_start,
+        )
+        accelerator, devices = _lightning_device(device)
+        trainer = Trainer(
+            max_epochs=max_epochs,
+            accelerator=accelerator,
+            devices=devices,
+            precision=_lightning_precision(precision, device),
+            gradient_clip_val=1.0,
+            check_val_every_n_epoch=1 if val_dl is not None else None,
+            # the sanity check over all validation batches scores the starting weights (candidate epoch -1)
+            num_sanity_val_steps=-1 if select_start and val_dl is not None else 0,
+            enable_progress_bar=show_progress(None),
+            logger=False,
+            log_every_n_steps=1,
+            enable_checkpointing=False,
+        )
         grad_flags = {p: p.requires_grad for p in module.parameters()}
         was_training = module.training
-        if not frozen:
-            for p in module.parameters():
-                p.requires_grad_(True)
-            groups.append({"params": list(module.parameters()), "lr": lr[1]})
-            params += groups[1]["params"]
-        optimizer = torch.optim.AdamW(groups, weight_decay=weight_decay)
-        steps_per_epoch = max(1, math.ceil(train_idx.size / batch_size))
-        total = max_epochs * steps_per_epoch
-        scheduler = torch.optim.lr_scheduler.LambdaLR(
-            optimizer, lambda step: 0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(step, total) / total))
-        )
-        rng = np.random.default_rng([seed & 0xFFFFFFFF, 7207])
-        y_t = torch.from_numpy(y_all)
-        best: tuple[float, float] | None = None
-        best_epoch, best_state, stale = 0, None, 0
-        rows = []
-        if select_start and val_idx.size:
-            # the warm-started head is the first candidate of model selection (epoch -1)
-            head.eval()
-            row = self._validation_row(adata, val_idx, y_all, batch_size, precision, features, head)
-            best = self._selection_score(row, selection_metric)
-            best_epoch, best_state = -1, self._snapshot(head, frozen)
         try:
-            for epoch in track(range(max_epochs), description="cell-type classifier: epochs"):
-                head.train()
-                module.eval()  # the backbone always runs in evaluation mode (see train_annotator)
-                order = train_idx[rng.permutation(train_idx.size)]
-                batches = [np.sort(order[i : i + batch_size]) for i in range(0, order.size, batch_size)]
-                loss_sum = 0.0
-                if frozen:
-                    iterator = ((features[b].to(device), b) for b in batches)
-                else:
-                    dl = self._make_data_loader(adata=adata, indices=np.concatenate(batches), batch_size=batch_size)
-                    iterator = zip(dl, batches, strict=True)
-                for inputs, b in iterator:
-                    y = y_t[b].to(device)
-                    with autocast_context(device, precision):
-                        z = inputs if frozen else module.cell_embedding(inputs)
-                        logits = head(z)
-                    loss = F.cross_entropy(logits.float(), y, weight=class_weights)
-                    optimizer.zero_grad(set_to_none=True)
-                    loss.backward()
-                    torch.nn.utils.clip_grad_norm_(params, 1.0)
-                    optimizer.step()
-                    scheduler.step()
-                    loss_sum += float(loss.detach()) * b.size
-                row = {"epoch": epoch, "train_loss": loss_sum / max(1, train_idx.size)}
-                if val_idx.size:
-                    row.update(self._validation_row(adata, val_idx, y_all, batch_size, precision, features, head))
-                    score = self._selection_score(row, selection_metric)
-                    if best is None or score < best:
-                        best, best_epoch, stale = score, epoch, 0
-                        best_state = self._snapshot(head, frozen)
-                    else:
-                        stale += 1
-                    logger.debug(
-                        f"annotation epoch {epoch}: train loss {row['train_loss']:.4f}, validation loss "
-                        f"{row['validation_loss']:.4f}, macro-F1 {row['validation_macro_f1']:.3f}"
-                    )
-                else:
-                    best_epoch = epoch
-                rows.append(row)
-                if patience is not None and stale >= patience:
-                    logger.info(f"annotation: early stop after epoch {epoch} (best epoch {best_epoch})")
-                    break
-            if best_state is not None:
-                head.load_state_dict(best_state["head"])
-                if "module" in best_state:
-                    module.load_state_dict(best_state["module"])
+            if not frozen:
+                for p in module.parameters():
+                    p.requires_grad_(True)
+            with warnings.catch_warnings():
+                # the fine-tuned backbone trains in evaluation mode on purpose (see `train_annotator`)
+                warnings.filterwarnings("ignore", message=r".*module\(s\) in eval mode.*")
+                trainer.fit(plan, train_dataloaders=train_dl, val_dataloaders=val_dl)
         finally:
             for p, flag in grad_flags.items():
                 p.requires_grad_(flag)
             module.train(was_training)
-        if not val_idx.size:
-            logger.warning("annotation: no validation cells, so the last epoch is kept (no model selection)")
-        return best_epoch, pd.DataFrame(rows)
-
-    def _validation_row(self, adata, val_idx, y_all, batch_size, precision, features, head) -> dict[str, float]:
-        """Validation loss, macro-F1 and accuracy of ``head`` (evaluation mode)."""
-        probs = self._annotator_probabilities(adata, val_idx, batch_size, precision, features, head)
-        y_val = y_all[val_idx]
-        p_true = np.clip(probs[np.arange(val_idx.size), y_val], 1e-12, None)
-        m = classification_metrics(y_val.astype(str), probs.argmax(1).astype(str))
-        return {
-            "validation_loss": float(-np.log(p_true).mean()),
-            "validation_macro_f1": m["macro_f1"],
-            "validation_accuracy": m["accuracy"],
-        }
-
-    @staticmethod
-    def _selection_score(row: dict[str, float], selection_metric: str) -> tuple[float, float]:
-        if selection_metric == "macro_f1":
-            return (-row["validation_macro_f1"], row["validation_loss"])
-        return (row["validation_loss"], -row["validation_macro_f1"])
-
-    def _snapshot(self, head: torch.nn.Module, frozen: bool) -> dict[str, dict[str, torch.Tensor]]:
-        state = {"head": copy.deepcopy({k: v.detach().cpu() for k, v in head.state_dict().items()})}
-        if not frozen:
-            state["module"] = {k: v.detach().cpu().clone() for k, v in self.module.state_dict().items()}
-        return state
+            # Lightning moves the trained plan to the CPU when it tears down an accelerator
+            module.to(device)
+            head.to(device)
+        return plan.best_epoch, plan.history
 
     def _annotator_probabilities(
         self,
@@ -726,10 +632,7 @@ class AnnotationMixin:
                 )
         finally:
             head.train(was_training)
-        logits = logits.astype(np.float64).reshape(-1, head.n_classes)
-        logits -= logits.max(1, keepdims=True)
-        p = np.exp(logits)
-        return (p / p.sum(1, keepdims=True)).astype(np.float32)
+        return class_probabilities(logits, head.n_classes)
 
     # ------------------------------------------------------------------ prediction
     def predict_cell_types(
@@ -773,3 +676,18 @@ class AnnotationMixin:
         if soft:
             return pd.DataFrame(probs, index=adata.obs_names[idx], columns=pd.Index(ann.classes))
         return np.asarray(ann.classes, dtype=object)[probs.argmax(1)]
+
+
+def _lightning_device(device: torch.device) -> tuple[str, int | list[int]]:
+    """Lightning's ``accelerator`` and ``devices`` for the device the model is on."""
+    if device.type == "cuda":
+        return "gpu", [torch.cuda.current_device() if device.index is None else device.index]
+    return device.type, 1
+
+
+def _lightning_precision(precision: str | None, device: torch.device) -> str:
+    """Lightning's precision for fine-tuning: ``"bf16-mixed"`` (autocast; the weights stay float32) or ``"32-true"``.
+
+    ``None``/``"auto"`` resolve as in ``model.train`` (:func:`cellformers.train.resolve_precision`).
+    """
+    return "bf16-mixed" if str(resolve_precision(precision, device)).startswith("bf16") else "32-true"
