@@ -197,11 +197,11 @@ def test_a_model_file_with_a_malicious_pickle_is_refused(rel, tiny_models, tmp_p
 
 
 def test_scformer_keeps_its_best_epoch_across_a_resume():
-    from cellformers.model._scformer import _KeepBest
+    from cellformers.train._callbacks import KeepBestEpoch
 
-    keep = _KeepBest("mgm_loss_validation")
+    keep = KeepBestEpoch("mgm_loss_validation")
     keep.best, keep.epoch, keep.state = 0.5, 1, {"w": torch.ones(2)}
-    restored = _KeepBest("mgm_loss_validation")
+    restored = KeepBestEpoch("mgm_loss_validation")
     restored.load_state_dict(torch.load(io.BytesIO(_saved(keep.state_dict())), weights_only=True))
     assert (restored.best, restored.epoch) == (0.5, 1)
     assert torch.equal(restored.state["w"], torch.ones(2))

@@ -23,8 +23,9 @@ from cellformers._settings import settings
 from cellformers._utils import counter_uniform
 from cellformers.module import ScFormerPerturbationModule
 from cellformers.module._scformer_perturbation import PERTURBATION_KEYS
+from cellformers.train._callbacks import KeepBestEpoch
 
-from ._scformer import SCFORMER_PLAN_DEFAULTS, _KeepBest
+from ._scformer import SCFORMER_PLAN_DEFAULTS
 from .base import CellformersModel
 
 if TYPE_CHECKING:
@@ -440,7 +441,7 @@ class ScFormerPerturbation(CellformersModel):
         dm = _PairedControlDataModule(self.adata_manager, perm[n_val:], perm[:n_val], pools, groups, batch_size)
         plan_kwargs = {**SCFORMER_PLAN_DEFAULTS, **(plan_kwargs or {})}
         callbacks = list(kwargs.pop("callbacks", None) or [])
-        keep_cb = _KeepBest("mgm_loss_validation") if (load_best and n_val > 0) else None
+        keep_cb = KeepBestEpoch("mgm_loss_validation") if (load_best and n_val > 0) else None
         if keep_cb is not None:
             callbacks.append(keep_cb)
         out = super().train(
