@@ -3,17 +3,12 @@
 from __future__ import annotations
 
 import logging
-from importlib.metadata import PackageNotFoundError, version
 
 from rich.console import Console
 from rich.logging import RichHandler
 
 from ._settings import settings
-
-try:
-    __version__ = version("cellformers")
-except PackageNotFoundError:  # running from a source tree that is not installed
-    __version__ = "0.0.0"
+from ._version import __version__
 
 logger = logging.getLogger("cellformers")
 if not logger.handlers:
@@ -24,7 +19,7 @@ logger.setLevel(logging.INFO)
 # Without this the root logger prints every message a second time.
 logger.propagate = False
 
-from . import data, downstream, model, module, nn, pl, pp, pretrained, tl, train  # noqa: E402
+from . import checkpoint, data, downstream, model, module, nn, pl, pp, pretrained, tl, train  # noqa: E402
 from ._exceptions import (  # noqa: E402
     CellformersError,
     CheckpointError,

@@ -12,7 +12,7 @@ import pytest
 import cellformers
 from cellformers import ChecksumError, UntrustedCheckpointError
 from cellformers.pretrained import CheckpointError, extract_checkpoint, pack_checkpoint, verify_checkpoint
-from cellformers.pretrained._format import CHECKPOINT_FILES, file_sha256
+from cellformers.checkpoint._format import CHECKPOINT_FILES, file_sha256
 
 
 def _contents(directory):

@@ -20,8 +20,9 @@ from cellformers.pretrained import (
     safe_torch_load,
     verify_checkpoint,
 )
-from cellformers.pretrained import _checkpoint as ckpt_mod
-from cellformers.pretrained._format import file_sha256, write_checksums
+from cellformers.checkpoint import decode_json, encode_json, resolve_model_class
+from cellformers.model.base import _checkpoint_io as checkpoint_io
+from cellformers.checkpoint._format import file_sha256, write_checksums
 
 
 def _rewrite_config(path, **changes):
@@ -113,8 +114,8 @@ def test_json_encoding_round_trip():
         "names": np.array(["b1", "b2"], dtype=object),
         "nested": [None, True, {"t": (np.float32(0.5),)}],
     }
-    encoded = ckpt_mod._encode(value, "v")
-    back = ckpt_mod._decode(json.loads(json.dumps(encoded)))
+    encoded = encode_json(value, "v")
+    back = decode_json(json.loads(json.dumps(encoded)))
     assert back["a"] == (1, 2.5, "x")
     assert back["arr"].dtype == np.int32
     np.testing.assert_array_equal(back["arr"], value["arr"])
@@ -122,7 +123,7 @@ def test_json_encoding_round_trip():
     assert back["names"].tolist() == ["b1", "b2"]
     assert back["nested"] == [None, True, {"t": (0.5,)}]
     with pytest.raises(CheckpointError, match=r"v\['f'\] is a function"):
-        ckpt_mod._encode({"f": lambda x: x}, "v")
+        encode_json({"f": lambda x: x}, "v")
 
 
 # ------------------------------------------------------------------------------------------------ round trips
@@ -246,7 +247,7 @@ def test_save_is_atomic(trained, tmp_path, monkeypatch):
         msg = "disk full"
         raise OSError(msg)
 
-    monkeypatch.setattr(ckpt_mod, "write_checksums", crash)
+    monkeypatch.setattr(checkpoint_io, "write_checksums", crash)
     with pytest.raises(OSError, match="disk full"):
         trained.model.save_pretrained(tmp_path / "new")
     assert list(tmp_path.iterdir()) == []  # neither a checkpoint nor temporary leftovers
@@ -254,7 +255,7 @@ def test_save_is_atomic(trained, tmp_path, monkeypatch):
     monkeypatch.undo()
     trained.model.save_pretrained(tmp_path / "ck")
     digest = file_sha256(tmp_path / "ck" / "model.safetensors")
-    monkeypatch.setattr(ckpt_mod, "write_checksums", crash)
+    monkeypatch.setattr(checkpoint_io, "write_checksums", crash)
     with pytest.raises(OSError, match="disk full"):
         trained.model.save_pretrained(tmp_path / "ck", overwrite=True)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ck"]
@@ -332,9 +333,9 @@ def test_package_class_name_is_looked_up_not_imported(ckpt, ptoy_cls):
     from cellformers.model import XTrimoGene
 
     _rewrite_config(ckpt, model_class="cellformers.model.XTrimoGene")
-    assert ckpt_mod._resolve_class("cellformers.model.XTrimoGene", None) is XTrimoGene
+    assert resolve_model_class("cellformers.model.XTrimoGene", None) is XTrimoGene
     with pytest.raises(UntrustedCheckpointError):
-        ckpt_mod._resolve_class("cellformers.model.NotAModel", CellformersModel)
+        resolve_model_class("cellformers.model.NotAModel", CellformersModel)
     # a toy-class loader is not handed an XTrimoGene checkpoint
     with pytest.raises(CheckpointError, match="holds a cellformers.model.XTrimoGene model"):
         ptoy_cls.from_pretrained(ckpt, accelerator="cpu")

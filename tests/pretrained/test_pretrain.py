@@ -20,7 +20,7 @@ from cellformers.data import GeneVocab
 from cellformers.model import ScFormer, ScPaLM, XTrimoGene
 from cellformers.pp import align_to_reference
 from cellformers.pretrained import PretrainedCard, register_pretrained
-from cellformers.pretrained._format import file_sha256
+from cellformers.checkpoint._format import file_sha256
 
 FILES = ("pbmc3k_processed.h5ad", "pbmc_kang2018_ctrl_stim_2000.h5ad")
 TINY_XTG = {
@@ -58,9 +58,9 @@ def vocab_file(files, tmp_path_factory):
 
 @pytest.fixture
 def registry(monkeypatch):
-    monkeypatch.setattr("cellformers.pretrained._registry.REGISTRY", {})
-    monkeypatch.setattr("cellformers.pretrained.REGISTRY", cellformers.pretrained._registry.REGISTRY)
-    return cellformers.pretrained._registry.REGISTRY
+    monkeypatch.setattr("cellformers.checkpoint._registry.REGISTRY", {})
+    monkeypatch.setattr("cellformers.pretrained.REGISTRY", cellformers.checkpoint._registry.REGISTRY)
+    return cellformers.checkpoint._registry.REGISTRY
 
 
 def _cli(files, out, vocab_file, *extra):

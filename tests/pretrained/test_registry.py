@@ -21,7 +21,7 @@ from cellformers.pretrained import (
     pack_checkpoint,
     register_pretrained,
 )
-from cellformers.pretrained._format import file_sha256
+from cellformers.checkpoint._format import file_sha256
 
 FAKE_SHA = "0" * 64
 
@@ -35,9 +35,9 @@ def archive(trained, tmp_path_factory):
 @pytest.fixture
 def registry(monkeypatch):
     """An empty registry for the test (the module dict is patched back afterwards)."""
-    monkeypatch.setattr("cellformers.pretrained._registry.REGISTRY", {})
-    monkeypatch.setattr("cellformers.pretrained.REGISTRY", cellformers.pretrained._registry.REGISTRY)
-    return cellformers.pretrained._registry.REGISTRY
+    monkeypatch.setattr("cellformers.checkpoint._registry.REGISTRY", {})
+    monkeypatch.setattr("cellformers.pretrained.REGISTRY", cellformers.checkpoint._registry.REGISTRY)
+    return cellformers.checkpoint._registry.REGISTRY
 
 
 @pytest.fixture

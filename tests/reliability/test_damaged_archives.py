@@ -6,7 +6,7 @@ import pytest
 
 from cellformers import settings
 from cellformers.pretrained import CheckpointError, extract_checkpoint, load_pretrained, pack_checkpoint
-from cellformers.pretrained._archive import read_archive_file
+from cellformers.checkpoint._archive import read_archive_file
 
 
 @pytest.fixture(scope="module")

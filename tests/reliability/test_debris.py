@@ -17,7 +17,7 @@ import pytest
 
 import cellformers as cf
 from cellformers._utils import _debris
-from cellformers.pretrained import _checkpoint
+from cellformers.checkpoint import _directory
 
 HOUR_AND_A_BIT = _debris.STALE_AFTER_S + 60
 
@@ -122,7 +122,7 @@ def _kill_between_the_renames(monkeypatch, dead_pid):
             return real(src, dst)
         raise _Killed  # the second rename, and the restoring one in its `except`: the process is gone
 
-    monkeypatch.setattr(_checkpoint.os, "replace", replace)
+    monkeypatch.setattr(_directory.os, "replace", replace)
     monkeypatch.setattr(_debris.os, "getpid", lambda: dead_pid)
     return calls
 

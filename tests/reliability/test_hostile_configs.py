@@ -17,7 +17,7 @@ from safetensors.torch import load_file, save_file
 from cellformers import CellformersError
 from cellformers.model import ScFormer
 from cellformers.pretrained import CheckpointError, load_pretrained
-from cellformers.pretrained._format import write_checksums
+from cellformers.checkpoint._format import write_checksums
 
 _FILES = ("config.json", "model.safetensors", "vocab.json")
 

@@ -35,6 +35,15 @@ CHECKSUMS_FILE = "checksums.json"
 #: Files a checkpoint directory holds; ``checksums.json`` lists the sha256 of the other three.
 CHECKPOINT_FILES = (CONFIG_FILE, WEIGHTS_FILE, VOCAB_FILE, CHECKSUMS_FILE)
 _CHECKSUMS_FORMAT = "cellformers-checksums"
+# scvi-tools' registry keys (scvi.data._constants) read from and written to ``config.json``
+SETUP_ARGS_KEY = "setup_args"
+SETUP_METHOD_NAME = "setup_method_name"
+MODEL_NAME_KEY = "model_name"
+FIELD_REGISTRIES_KEY = "field_registries"
+STATE_REGISTRY_KEY = "state_registry"
+SCVI_UUID_KEY = "_scvi_uuid"
+CATEGORICAL_MAPPING = "categorical_mapping"
+ORIGINAL_KEY = "original_key"
 # files that look like pickled weights: never read by the loader, named in its error message
 _PICKLE_SUFFIXES = (".pt", ".pth", ".ckpt", ".bin", ".pkl", ".pickle")
 

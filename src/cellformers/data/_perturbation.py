@@ -13,6 +13,7 @@ from scipy import sparse
 
 from cellformers._exceptions import ChecksumError
 from cellformers._settings import settings
+from cellformers._utils._counts import recover_counts as _recover_counts
 
 if TYPE_CHECKING:
     import os
@@ -269,11 +270,13 @@ def read_gears_h5ad(path: str | os.PathLike, *, recover_counts: bool = True) -> 
         adata.var_names_make_unique()
     adata.obs["perturbation"] = pd.Categorical(adata.obs["condition"].astype(str).map(canonical_perturbation))
     if recover_counts:
-        from cellformers.pp import counts_from_normalized
-
         adata.layers["log1p"] = adata.X.copy()
-        counts_from_normalized(adata, key_added="counts")
-        adata.X = adata.layers["counts"].copy()
+        counts, base, n_inexact = _recover_counts(adata.X, where=f"{path} (adata.X)")
+        adata.layers["counts"] = counts
+        # what `cellformers.pp.counts_from_normalized` records
+        params = {"log_base": base, "key_added": "counts"}
+        adata.uns["counts_from_normalized"] = {"params": params, "n_inexact_cells": n_inexact}
+        adata.X = counts.copy()
     return adata
 
 

@@ -3,18 +3,15 @@
 from __future__ import annotations
 
 import logging
-import warnings
 from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 from scipy import sparse
 
 from cellformers._docs import doc_dsp
-from cellformers._exceptions import InvalidExpressionError
-from cellformers._settings import settings
-from cellformers._utils import check_block_values, get_matrix, iter_row_chunks, looks_like_counts, resolve_adata
+from cellformers._utils import check_block_values, get_matrix, iter_row_chunks, resolve_adata
 from cellformers._utils import check_counts as _check_counts
-from cellformers._utils._validation import integer_tolerance
+from cellformers._utils._counts import recover_counts
 
 if TYPE_CHECKING:
     from anndata import AnnData
@@ -22,10 +19,6 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 __all__ = ["check_counts", "counts_from_normalized", "filter_cells_by_genes"]
-
-# Recovered counts above this are implausible: the transform was wrong (huge floats are all "integers").
-_MAX_COUNT = 1e7
-_N_DETECT = 1000
 
 
 def _where(layer: str | None) -> str:
@@ -139,39 +132,6 @@ def filter_cells_by_genes(
     return adata if copy else None
 
 
-def _transform(data: np.ndarray, base: float | None) -> np.ndarray:
-    data = data.astype(np.float64)
-    if base is None:
-        return data
-    with np.errstate(over="ignore"):
-        return np.expm1(data * np.log(base))
-
-
-def _scale_rows(csr: sparse.csr_matrix, base: float | None) -> tuple[np.ndarray, np.ndarray]:
-    """Transformed values of a CSR block divided by their row's smallest non-zero value; and the row of each."""
-    values = _transform(csr.data, base)
-    counts = np.diff(csr.indptr)
-    rows = np.repeat(np.arange(csr.shape[0]), counts)
-    positive = np.where(values > 0, values, np.inf)
-    nonempty = counts > 0
-    row_min = np.full(csr.shape[0], np.inf)
-    if csr.nnz:
-        row_min[nonempty] = np.minimum.reduceat(positive, csr.indptr[:-1][nonempty])
-    with np.errstate(invalid="ignore"):
-        scaled = values / row_min[rows]
-    return scaled, rows
-
-
-def _integer_fraction(scaled: np.ndarray) -> float:
-    v = scaled[scaled != 0]
-    if v.size == 0:
-        return 0.0
-    ok = np.isfinite(v) & (v <= _MAX_COUNT)
-    dev = np.abs(v - np.rint(v))
-    ok &= dev <= integer_tolerance(v)
-    return float(ok.mean())
-
-
 @doc_dsp.dedent
 def counts_from_normalized(
     adata: AnnData,
@@ -227,100 +187,14 @@ def counts_from_normalized(
     """
     adata = resolve_adata(adata)
     X = get_matrix(adata, layer)
-    where = _where(layer)
-    n_detect = min(_N_DETECT, adata.n_obs)
-    head = X[:n_detect]
-    if hasattr(head, "to_memory"):
-        head = head.to_memory()
-    head = _as_csr(head)
-    check_block_values(head, arg=where)
-    if head.nnz and looks_like_counts(head):
-        msg = (
-            f"{where} already holds integer counts; there is nothing to recover. Use it as the counts directly "
-            "(for example as the `layer` of `setup_anndata`)."
-        )
-        raise InvalidExpressionError(msg)
-
-    candidates: list[float | None]
-    if log_base == "auto":
-        candidates = [np.e, 2.0, 10.0, None]
-    elif log_base is None:
-        candidates = [None]
-    else:
-        if float(log_base) <= 1:
-            msg = f"`log_base` must be > 1, None or 'auto', got {log_base!r}."
-            raise ValueError(msg)
-        candidates = [float(log_base)]
-    scores = {b: _integer_fraction(_scale_rows(head, b)[0]) for b in candidates}
-    base = max(candidates, key=lambda b: scores[b])  # first candidate wins ties
-    if scores[base] < 0.99:
-        tried = ", ".join(f"{_base_name(b)}: {s:.1%}" for b, s in scores.items())
-        msg = (
-            f"Could not recover integer counts from {where}: no transform makes the values integer multiples of "
-            f"each cell's smallest value (fraction of integer values per log base: {tried}). The data may be "
-            "scaled, batch-corrected, subset to genes without single counts, or not derived from counts; "
-            "find the raw counts instead."
-        )
-        raise InvalidExpressionError(msg)
-    if log_base == "auto":
-        logger.info(f"{where} looks like {_describe(base)}")
-
-    blocks = []
-    n_inexact = 0
-    max_dev = 0.0
-    for start, stop, block in iter_row_chunks(X):
-        csr = _as_csr(block).copy()
-        csr.sum_duplicates()
-        check_block_values(csr, arg=where, row_offset=start)
-        scaled, rows = _scale_rows(csr, base)
-        if not np.isfinite(scaled).all():
-            msg = (
-                f"Un-logging {where} with base {_base_name(base)} overflows in rows {start}–{stop - 1}; "
-                "the data are probably not log-normalized with that base. Check `log_base`."
-            )
-            raise InvalidExpressionError(msg)
-        rounded = np.rint(scaled)
-        dev = np.abs(scaled - rounded)
-        bad = ~(dev <= integer_tolerance(scaled))
-        if bad.any():
-            n_inexact += len(np.unique(rows[bad]))
-            max_dev = max(max_dev, float(dev.max()))
-        csr.data = rounded.astype(np.float32)
-        csr.eliminate_zeros()
-        blocks.append(csr)
-    out = (
-        sparse.vstack(blocks, format="csr", dtype=np.float32)
-        if blocks
-        else sparse.csr_matrix(X.shape, dtype=np.float32)
-    )
-    if n_inexact:
-        msg = (
-            f"{n_inexact} of {adata.n_obs} cells did not give integer counts (largest deviation {max_dev:.3g}); "
-            "their values were rounded. Such cells may lack a gene with a single count."
-        )
-        warnings.warn(msg, UserWarning, stacklevel=settings.warnings_stacklevel)
-
+    out, base, n_inexact = recover_counts(X, where=_where(layer), log_base=log_base)
     adata = adata.copy() if copy else adata
     adata.layers[key_added] = (
         out if sparse.issparse(X) or getattr(X, "format", None) in ("csr", "csc") else out.toarray()
     )
-    params: dict[str, object] = {"log_base": _base_name(base), "key_added": key_added}
+    params: dict[str, object] = {"log_base": base, "key_added": key_added}
     if layer is not None:
         params["layer"] = layer
     adata.uns["counts_from_normalized"] = {"params": params, "n_inexact_cells": int(n_inexact)}
     logger.info(f"added {key_added!r} (adata.layers)")
     return adata if copy else None
-
-
-def _base_name(base: float | None) -> str:
-    if base is None:
-        return "none"
-    if np.isclose(base, np.e):
-        return "e"
-    return f"{base:g}"
-
-
-def _describe(base: float | None) -> str:
-    if base is None:
-        return "normalized values without log"
-    return f"log-normalized values (base {_base_name(base)})"

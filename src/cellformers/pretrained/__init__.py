@@ -1,5 +1,9 @@
 """Pretrained checkpoints: the checkpoint format, one-file archives, and a registry of named checkpoints.
 
+The public namespace for checkpoints: the format, archives and registry live in :mod:`cellformers.checkpoint`
+(which imports no model), saving and loading models beside the model base (:class:`PretrainedMixin`), and the
+converters of public upstream weights here.
+
 A checkpoint is a directory written by ``model.save_pretrained(path)`` (``config.json``, ``model.safetensors``,
 ``vocab.json``, ``checksums.json``) and read by ``Model.from_pretrained(name_or_path_or_url, adata)``.
 :func:`pack_checkpoint` makes the one archive a :class:`PretrainedCard` points at; :func:`register_pretrained`
@@ -10,27 +14,27 @@ scGPT weights into :class:`~cellformers.model.XTrimoGene` and :class:`~cellforme
 
 from __future__ import annotations
 
-from ._archive import ARCHIVE_SUFFIXES, extract_checkpoint, pack_checkpoint
-from ._checkpoint import (
+from cellformers.checkpoint import (
+    ARCHIVE_SUFFIXES,
     MODEL_CLASSES,
-    PretrainedMixin,
-    load_pretrained,
-    resolve_checkpoint,
-    safe_torch_load,
-    save_pretrained,
-)
-from ._convert_scfoundation import SCFOUNDATION_KEYS, SCFOUNDATION_OPTIONS, convert_scfoundation
-from ._convert_scgpt import SCGPT_OPTIONS, convert_scgpt
-from ._format import CheckpointError, verify_checkpoint
-from ._registry import (
     PRETRAINED_URL_ENV,
     REGISTRY,
+    CheckpointError,
     PretrainedCard,
+    extract_checkpoint,
     fetch_pretrained,
     get_pretrained_card,
     list_pretrained,
+    pack_checkpoint,
     register_pretrained,
+    resolve_checkpoint,
+    safe_torch_load,
+    verify_checkpoint,
 )
+from cellformers.model.base import PretrainedMixin, load_pretrained, save_pretrained
+
+from ._convert_scfoundation import SCFOUNDATION_KEYS, SCFOUNDATION_OPTIONS, convert_scfoundation
+from ._convert_scgpt import SCGPT_OPTIONS, convert_scgpt
 
 __all__ = [
     "ARCHIVE_SUFFIXES",

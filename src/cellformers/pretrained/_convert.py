@@ -15,9 +15,8 @@ import torch
 
 from cellformers._constants import VAR_KEYS
 from cellformers._settings import settings
-
-from ._checkpoint import load_pretrained, safe_torch_load, save_pretrained
-from ._format import CheckpointError
+from cellformers.checkpoint import CheckpointError, safe_torch_load
+from cellformers.model.base import load_pretrained, save_pretrained
 
 if TYPE_CHECKING:
     import os

@@ -16,6 +16,8 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 
+from cellformers.checkpoint import CheckpointError
+
 from ._convert import (
     check_unused,
     count_layers,
@@ -25,7 +27,6 @@ from ._convert import (
     strip_prefix,
     tensor,
 )
-from ._format import CheckpointError
 
 if TYPE_CHECKING:
     from anndata import AnnData

@@ -19,8 +19,9 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from cellformers.checkpoint import CheckpointError
+
 from ._convert import check_unused, count_layers, finish_conversion, load_upstream, strip_prefix, tensor
-from ._format import CheckpointError
 
 if TYPE_CHECKING:
     from anndata import AnnData

@@ -36,11 +36,11 @@ from cellformers._utils import (
 )
 from cellformers._utils._progress import show_progress, track
 from cellformers._utils._validation import check_batch_size
-from cellformers.pretrained import PretrainedMixin
 from cellformers.train import MaskedModelingTrainingPlan, warn_if_trivial
 
 from ._annotation import AnnotationMixin
 from ._mudata import MuDataMixin
+from ._pretrained import PretrainedMixin
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
@@ -545,7 +545,7 @@ class CellformersModel(AnnotationMixin, MuDataMixin, PretrainedMixin, Unsupervis
         -------
         The model, trained as saved.
         """
-        from cellformers.model.base._safe_load import check_model_file
+        from cellformers.checkpoint._safe_load import check_model_file
 
         check_model_file(os.path.join(os.fspath(dir_path), f"{prefix or ''}model.pt"))
         return super().load(
