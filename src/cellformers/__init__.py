@@ -19,7 +19,7 @@ logger.setLevel(logging.INFO)
 # Without this the root logger prints every message a second time.
 logger.propagate = False
 
-from . import checkpoint, data, downstream, model, module, nn, pl, pp, pretrained, tl, train  # noqa: E402
+from . import checkpoint, data, downstream, metrics, model, module, nn, pl, pp, pretrained, tl, train  # noqa: E402
 from ._exceptions import (  # noqa: E402
     CellformersError,
     CheckpointError,

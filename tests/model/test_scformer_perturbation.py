@@ -6,13 +6,9 @@ import torch
 
 from cellformers import MissingKeyError
 from cellformers.data import synthetic_perturbation
+from cellformers.metrics import perturbation_scores
 from cellformers.model import ScFormerPerturbation
-from cellformers.model._scformer_perturbation import (
-    PERTURBED_GENES_OBSM,
-    perturbation_scores,
-    perturbed_genes,
-    top_de_genes,
-)
+from cellformers.model._scformer_perturbation import PERTURBED_GENES_OBSM, perturbed_genes, top_de_genes
 
 TINY = {"n_layers": 1, "d_model": 16, "n_heads": 2, "d_ff": 16}
 TRAIN = ["CD3D", "CD3E", "CD4", "CD3D+CD3E"]

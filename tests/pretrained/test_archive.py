@@ -11,8 +11,8 @@ import pytest
 
 import cellformers
 from cellformers import ChecksumError, UntrustedCheckpointError
-from cellformers.pretrained import CheckpointError, extract_checkpoint, pack_checkpoint, verify_checkpoint
 from cellformers.checkpoint._format import CHECKPOINT_FILES, file_sha256
+from cellformers.pretrained import CheckpointError, extract_checkpoint, pack_checkpoint, verify_checkpoint
 
 
 def _contents(directory):

@@ -12,7 +12,10 @@ import torch
 from safetensors.torch import load_file
 
 from cellformers import ChecksumError, GeneMappingError, MissingKeyError, UntrustedCheckpointError
+from cellformers.checkpoint import decode_json, encode_json, resolve_model_class
+from cellformers.checkpoint._format import file_sha256, write_checksums
 from cellformers.model.base import CellformersModel
+from cellformers.model.base import _checkpoint_io as checkpoint_io
 from cellformers.pretrained import (
     CheckpointError,
     PretrainedMixin,
@@ -20,9 +23,6 @@ from cellformers.pretrained import (
     safe_torch_load,
     verify_checkpoint,
 )
-from cellformers.checkpoint import decode_json, encode_json, resolve_model_class
-from cellformers.model.base import _checkpoint_io as checkpoint_io
-from cellformers.checkpoint._format import file_sha256, write_checksums
 
 
 def _rewrite_config(path, **changes):

@@ -10,6 +10,7 @@ import pytest
 
 import cellformers
 from cellformers import ChecksumError, UntrustedCheckpointError
+from cellformers.checkpoint._format import file_sha256
 from cellformers.pretrained import (
     PRETRAINED_URL_ENV,
     REGISTRY,
@@ -21,7 +22,6 @@ from cellformers.pretrained import (
     pack_checkpoint,
     register_pretrained,
 )
-from cellformers.checkpoint._format import file_sha256
 
 FAKE_SHA = "0" * 64
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from cellformers import settings
-from cellformers.pretrained import CheckpointError, extract_checkpoint, load_pretrained, pack_checkpoint
 from cellformers.checkpoint._archive import read_archive_file
+from cellformers.pretrained import CheckpointError, extract_checkpoint, load_pretrained, pack_checkpoint
 
 
 @pytest.fixture(scope="module")

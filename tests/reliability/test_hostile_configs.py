@@ -15,9 +15,9 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from cellformers import CellformersError
+from cellformers.checkpoint._format import write_checksums
 from cellformers.model import ScFormer
 from cellformers.pretrained import CheckpointError, load_pretrained
-from cellformers.checkpoint._format import write_checksums
 
 _FILES = ("config.json", "model.safetensors", "vocab.json")
 

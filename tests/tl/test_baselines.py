@@ -55,7 +55,7 @@ def test_pca_writes_key_and_leaves_x_untouched(counts):
     assert entry["params"]["n_hvg"] == counts.n_vars
     assert "runtime_s" in entry
     # PCA separates the cell types.
-    from cellformers.tl._metrics import asw_cell
+    from cellformers.metrics import asw_cell
 
     assert asw_cell(emb, counts.obs["cell_type"].to_numpy()) > 0.6
 

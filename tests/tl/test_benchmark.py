@@ -9,7 +9,7 @@ import pytest
 
 import cellformers as cf
 from cellformers import MissingKeyError
-from cellformers.tl import _metrics as M
+from cellformers import metrics as M
 from cellformers.tl._benchmark import METRICS, SCFORMER_METRICS, XTRIMOGENE_METRICS, _benchmark_table
 
 

@@ -42,7 +42,7 @@ def test_dichotomy_reaches_n_clusters(blobs):
     assert trace["n_clusters"].iloc[-1] == 4
     assert trace["resolution"].iloc[-1] == pytest.approx(params["resolution"])
     # Blobs are recovered exactly.
-    assert cf.tl._metrics.adjusted_rand_index(blobs.obs["cell_type"], col) == pytest.approx(1.0)
+    assert cf.metrics.adjusted_rand_index(blobs.obs["cell_type"], col) == pytest.approx(1.0)
 
 
 @pytest.mark.parametrize("target", [2, 6, 9])

@@ -12,6 +12,7 @@ from torch import nn
 
 from cellformers._exceptions import InvalidExpressionError, MissingKeyError
 from cellformers._settings import settings
+from cellformers.metrics import binary_scores, regression_scores
 
 if TYPE_CHECKING:
     from collections.abc import Mapping, Sequence
@@ -200,24 +201,7 @@ def _predict(model: SynergyMLP, drug_a, drug_b, cell) -> np.ndarray:
 
 
 def _metrics(y: np.ndarray, pred: np.ndarray, task: Task) -> dict[str, float]:
-    from scipy import stats
-
-    if task == "regression":
-        const = np.std(pred) == 0 or np.std(y) == 0
-        return {
-            "mse": float(np.mean((pred - y) ** 2)),
-            "pearson": float("nan") if const else float(stats.pearsonr(pred, y)[0]),
-            "spearman": float("nan") if const else float(stats.spearmanr(pred, y)[0]),
-        }
-    from sklearn.metrics import accuracy_score, average_precision_score, roc_auc_score
-
-    prob = 1.0 / (1.0 + np.exp(-pred))
-    both = np.unique(y).size == 2
-    return {
-        "auroc": float(roc_auc_score(y, prob)) if both else float("nan"),
-        "auprc": float(average_precision_score(y, prob)) if both else float("nan"),
-        "accuracy": float(accuracy_score(y, prob >= 0.5)),
-    }
+    return regression_scores(y, pred) if task == "regression" else binary_scores(y, pred)
 
 
 def _lookup(table: pd.DataFrame, keys: pd.Series, what: str, arg: str) -> np.ndarray:

@@ -21,6 +21,7 @@ from cellformers._constants import CELL_SEED_OBS_COLUMN, REGISTRY_KEYS_CF
 from cellformers._exceptions import MissingKeyError
 from cellformers._settings import settings
 from cellformers._utils import counter_uniform
+from cellformers.metrics import perturbation_scores
 from cellformers.module import ScFormerPerturbationModule
 from cellformers.module._scformer_perturbation import PERTURBATION_KEYS
 from cellformers.train._callbacks import KeepBestEpoch
@@ -49,29 +50,6 @@ _SALT_PICK = 22
 def perturbed_genes(label: str, control: str = "ctrl") -> list[str]:
     """Genes of a perturbation label: ``"A+B"`` -> ``["A", "B"]``; ``"A+ctrl"`` -> ``["A"]``; control -> ``[]``."""
     return [g for g in (p.strip() for p in str(label).split("+")) if g and g != control]
-
-
-def pearson(a: np.ndarray, b: np.ndarray) -> float:
-    """Pearson correlation of two vectors (NaN when either is constant or empty)."""
-    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
-    if a.size < 2 or np.std(a) == 0 or np.std(b) == 0:
-        return float("nan")
-    return float(np.corrcoef(a, b)[0, 1])
-
-
-def perturbation_scores(pred: np.ndarray, truth: np.ndarray, control: np.ndarray, de: np.ndarray | None) -> dict:
-    """ScFormer App. A.1.2 metrics of mean expression vectors.
-
-    ``pearson`` = corr(pred, truth); ``pearson_delta`` = corr(pred - control, truth - control); the ``_de``
-    variants restrict both to the genes ``de`` (top differentially expressed genes).
-    """
-    out = {"pearson": pearson(pred, truth), "pearson_delta": pearson(pred - control, truth - control)}
-    if de is not None and len(de):
-        out["pearson_de"] = pearson(pred[de], truth[de])
-        out["pearson_delta_de"] = pearson(pred[de] - control[de], truth[de] - control[de])
-    else:
-        out["pearson_de"] = out["pearson_delta_de"] = float("nan")
-    return out
 
 
 def top_de_genes(cells: np.ndarray, control: np.ndarray, n: int = 20) -> np.ndarray:

@@ -10,12 +10,12 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 
+from cellformers import metrics as M
 from cellformers._docs import doc_dsp
 from cellformers._exceptions import InvalidLabelsError, MissingKeyError
 from cellformers._settings import settings
 from cellformers._utils import check_key, resolve_adata
 
-from . import _metrics as M
 from ._leiden import _DEFAULT_N_RESOLUTIONS, _dichotomy, _get_rep, _knn_graph, _nmi_sweep, _obs_labels
 
 if TYPE_CHECKING:

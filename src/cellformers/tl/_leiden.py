@@ -16,8 +16,7 @@ from cellformers._docs import doc_dsp
 from cellformers._exceptions import InvalidExpressionError
 from cellformers._settings import settings
 from cellformers._utils import check_key, resolve_adata
-
-from ._metrics import normalized_mutual_info
+from cellformers.metrics import normalized_mutual_info
 
 if TYPE_CHECKING:
     from anndata import AnnData

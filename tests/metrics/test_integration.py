@@ -5,7 +5,7 @@ import pytest
 from scipy import sparse
 from sklearn import metrics as skm
 
-from cellformers.tl import _metrics as M
+from cellformers import metrics as M
 
 
 @pytest.fixture

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from sklearn.neighbors import NearestNeighbors
 
-from cellformers.tl import _metrics as M
+from cellformers import metrics as M
 
 scib_metrics = pytest.importorskip("scib_metrics", reason="scib-metrics is the optional `benchmark` extra")
 pytestmark = pytest.mark.optional
