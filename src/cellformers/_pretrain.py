@@ -4,9 +4,9 @@ The corpus is never loaded whole. Each file is opened backed (read-only); one pa
 the model's reference vocabulary (:func:`cellformers.pp.map_genes`), checks that it holds raw counts and applies the
 quality control of xTrimoGene App. 1 (cells with more than 200 expressed reference genes are kept). Training then
 streams row blocks in a shuffled order, reindexed to the reference genes (genes the file lacks are zeros, App. 1),
-through a Lightning DataModule that drives the model's own module and training plan; every rank of a DDP run reads
-its own equal share of the cells. Lightning checkpoints are written after every epoch (``--resume`` continues from
-the last one), and the trained model is written with :meth:`~cellformers.pretrained.PretrainedMixin.save_pretrained`,
+through a Lightning DataModule passed to the model's own ``train`` (so precision, per-epoch checkpoints and resume,
+seeding, progress bar and history are those of ``model.train``); every rank of a DDP run reads its own equal share
+of the cells. Lightning checkpoints are written after every epoch (``--resume`` continues from the last one), and the trained model is written with :meth:`~cellformers.pretrained.PretrainedMixin.save_pretrained`,
 packed into an archive with its sha256 (:func:`~cellformers.pretrained.pack_checkpoint`) and described by a
 :class:`~cellformers.pretrained.PretrainedCard` ready for :func:`~cellformers.pretrained.register_pretrained`.
 """
@@ -39,10 +39,7 @@ from cellformers._utils import (
     check_counts,
     get_matrix,
     iter_row_chunks,
-    resolve_precision,
-    training_device,
 )
-from cellformers.train import warn_if_trivial
 
 if TYPE_CHECKING:
     from collections.abc import Iterator, Sequence
@@ -527,18 +524,10 @@ def _build_model(model: str, adata: AnnData, vocab: GeneVocab, preset: str | Non
 
 
 def _phases(model: str) -> list[dict[str, Any]]:
-    """The training runs of a model: one, or scPaLM's two stages (each ``epochs`` long)."""
+    """The ``model.train`` calls of a run: one, or scPaLM's two stages (each ``epochs`` long, with its own history)."""
     if model == "scpalm":
-        return [{"name": "stage1", "plan": {"stage": 1}}, {"name": "stage2", "plan": {"stage": 2}}]
-    return [{"name": "train", "plan": {}}]
-
-
-def _plan_defaults(model: str) -> dict[str, Any]:
-    if model == "scformer":
-        from cellformers.model._scformer import SCFORMER_PLAN_DEFAULTS
-
-        return dict(SCFORMER_PLAN_DEFAULTS)
-    return {}
+        return [{"name": "stage1", "train": {"stage": 1}}, {"name": "stage2", "train": {"stage": 2}}]
+    return [{"name": "train", "train": {}}]
 
 
 def _merge_history(old: dict, new: dict) -> dict[str, pd.DataFrame]:
@@ -613,7 +602,8 @@ def pretrain(
     data
         ``.h5ad`` files, folders of them or glob patterns; raw counts in ``X`` or ``layer``.
     out
-        Output folder: ``pretrain_config.json``, ``lightning/`` (per-epoch checkpoints), ``checkpoint/``
+        Output folder: ``pretrain_config.json``, ``lightning/<phase>/`` (the per-epoch checkpoint of
+        ``model.train(checkpoint_dir=...)``, phase ``train`` or scPaLM's ``stage1`` and ``stage2``), ``checkpoint/``
         (:meth:`~cellformers.pretrained.PretrainedMixin.save_pretrained`), ``<name>.tar.gz`` and its ``.sha256``,
         ``card.json`` and ``history.json``.
     preset
@@ -668,9 +658,7 @@ def pretrain(
     -------
     The result on the main process (``None`` on the other DDP ranks).
     """
-    from lightning.pytorch import Trainer
-    from lightning.pytorch.callbacks import ModelCheckpoint
-    from scvi.train._logger import SimpleLogger
+    from scvi.model._utils import use_distributed_sampler
 
     from cellformers.pretrained import PretrainedCard, pack_checkpoint
     from cellformers.pretrained._convert import resolve_vocab
@@ -757,7 +745,6 @@ def pretrain(
     )
     logger.info(net._model_summary_string)
 
-    is_main = True
     history_path = out / _HISTORY_FILE
     history_old = json.loads(history_path.read_text(encoding="utf-8")) if resume and history_path.is_file() else {}
     history: dict[str, pd.DataFrame] = {}
@@ -766,61 +753,47 @@ def pretrain(
     )
     if launcher and not resume:
         config_path.write_text(json.dumps(config, indent=1) + "\n", encoding="utf-8")
-    for phase in _phases(model):
-        plan_args = {**_plan_defaults(model), **config["plan_kwargs"], **phase["plan"]}
-        plan = cls._training_plan_cls(net.module, **plan_args)
-        ckpt_dir = out / _CKPT_DIR / phase["name"]
-        last = ckpt_dir / "last.ckpt"
-        checkpointing = ModelCheckpoint(
-            dirpath=ckpt_dir,
-            filename="epoch{epoch:03d}",
-            auto_insert_metric_name=False,
-            save_last=True,
-            save_top_k=1,
-            every_n_epochs=1,
-        )
-        sim_logger = SimpleLogger()
-        trainer = Trainer(
-            max_epochs=epochs,
-            accelerator=accelerator,
-            devices=devices,
-            strategy=strategy,
-            precision=resolve_precision(precision, training_device(accelerator)),
-            callbacks=[checkpointing],
-            logger=sim_logger,
-            reload_dataloaders_every_n_epochs=1,
-            num_sanity_val_steps=0,
-            use_distributed_sampler=False,
-            enable_progress_bar=settings.progress_bar,
-            enable_model_summary=False,
-            default_root_dir=out,
-            log_every_n_steps=1,
-            limit_val_batches=1.0 if n_val > 0 else 0,
-        )
-        ckpt_path = str(last) if resume and last.is_file() else None
-        if ckpt_path is not None:
-            logger.info(f"resuming {phase['name']} from {last}")
+    phases = _phases(model)
+    for phase in phases:
+        # `model.train` runs the phase: precision, per-epoch checkpoint and resume, seeding, progress bar, history
+        trainer_kwargs = {
+            "datamodule": dm,
+            "strategy": strategy,
+            "use_distributed_sampler": False,  # every rank reads its own share of the corpus (CorpusDataModule)
+            "reload_dataloaders_every_n_epochs": 1,  # a new shuffle of the row blocks every epoch
+            "limit_val_batches": 1.0 if n_val > 0 else 0,
+            "default_root_dir": os.fspath(out),
+            "log_every_n_steps": 1,
+        }
+        if use_distributed_sampler(strategy):
+            # scvi-tools' trainer keeps a DDP run's history on disk: inside the output folder, not the working one
+            trainer_kwargs["log_save_dir"] = os.fspath(out / _CKPT_DIR / phase["name"])
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=r".*does not have many workers.*")
             warnings.filterwarnings("ignore", message=r".*IterableDataset.*__len__.*")
             warnings.filterwarnings("ignore", message=r".*module\(s\) in eval mode.*")  # scPaLM's frozen stage-1 parts
-            warnings.filterwarnings("ignore", message=r"Checkpoint directory .* exists and is not empty")
             warnings.filterwarnings("ignore", message=r".*LeafSpec.*is deprecated.*")
-            trainer.fit(plan, datamodule=dm, ckpt_path=ckpt_path, weights_only=True if ckpt_path else None)
-        if model == "scpalm":
-            net.module.trained_stages[int(phase["plan"]["stage"]) - 1] = True
-        prefix = f"{phase['name']}/" if len(_phases(model)) > 1 else ""
-        history.update({prefix + k: v for k, v in sim_logger.history.items()})
-        is_main = trainer.is_global_zero
+            net.train(
+                max_epochs=epochs,
+                batch_size=batch_size,
+                accelerator=accelerator,
+                devices=devices,
+                precision=precision,
+                check_val_every_n_epoch=1 if n_val > 0 else None,
+                plan_kwargs=dict(config["plan_kwargs"]),
+                checkpoint_dir=out / _CKPT_DIR / phase["name"],
+                resume=resume,
+                **phase["train"],
+                **trainer_kwargs,
+            )
+        prefix = f"{phase['name']}/" if len(phases) > 1 else ""
+        history.update({prefix + k: v for k, v in (getattr(net.trainer.logger, "history", None) or {}).items()})
     if model == "scpalm":
-        net.module.set_stage(1)
-    if not is_main:
+        net.module.set_stage(1)  # both stages trained: the stage `ScPaLM.train()` leaves after running both
+    if not net.trainer.is_global_zero:
         return None
-    net.is_trained_ = True
-    net.module.eval()
     merged = _merge_history(history_old, history)
     net.history_ = merged
-    warn_if_trivial(net)
     history_path.write_text(json.dumps(_history_json(merged)) + "\n", encoding="utf-8")
     config_path.write_text(json.dumps(config, indent=1) + "\n", encoding="utf-8")  # epochs reached
 
