@@ -32,8 +32,8 @@ def main(argv: list[str] | None = None) -> int:
         help="'auto' (bf16 where the CPU/GPU has bf16 units, float32 elsewhere), '32' or 'bf16-mixed'",
     )
 
+    from ._cli_pretrain import add_pretrain_parser, run_pretrain_command
     from ._exceptions import CellformersError
-    from ._pretrain import add_pretrain_parser, run_pretrain_command
 
     add_pretrain_parser(sub)
 
