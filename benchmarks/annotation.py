@@ -272,7 +272,7 @@ def transfer_task(models: list[str], args) -> dict:
     from sklearn.preprocessing import StandardScaler
 
     import cellformers as cf
-    from cellformers.model.base._annotation import classification_metrics
+    from cellformers.metrics import classification_metrics
 
     adata = load("pancreas")
     donors = adata.obs[BATCH_KEY].value_counts()

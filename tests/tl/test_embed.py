@@ -109,3 +109,34 @@ def test_embed_of_a_model_trained_here_still_asks_for_aligned_genes(trained):
     other = ad.AnnData(X=reordered.X.copy(), obs=reordered.obs[[]].copy(), var=reordered.var[[]].copy())
     with pytest.raises(GeneMappingError, match="align_to_reference"):
         tl.embed(other, model)
+
+
+def test_embed_reads_the_models_own_anndata_in_place(trained, monkeypatch):
+    adata, model = trained
+    seen = []
+    real = model.get_latent_representation
+    monkeypatch.setattr(model, "get_latent_representation", lambda a, **kw: seen.append(a) or real(a, **kw))
+    tl.embed(adata, model, key_added="X_in_place")
+    assert seen == [adata]  # not a copy: the registered AnnData itself, once
+    assert "X_in_place" in adata.obsm
+    del adata.obsm["X_in_place"], adata.uns["X_in_place"]
+
+
+def test_embed_of_new_data_writes_only_its_result_and_copies_only_what_the_model_reads(trained, monkeypatch):
+    adata, model = trained
+    query = adata.copy()
+    for key in [k for k in query.obs.columns if k.startswith("_")]:
+        del query.obs[key]
+    query.uns.clear()
+    query.layers["unrelated"] = np.zeros(query.shape, dtype=np.float32)
+    query.obsm["X_other"] = np.zeros((query.n_obs, 3), dtype=np.float32)
+    obs_before, uns_before = list(query.obs.columns), set(query.uns)
+    chunks = []
+    real = model.get_latent_representation
+    monkeypatch.setattr(model, "get_latent_representation", lambda a, **kw: chunks.append(a) or real(a, **kw))
+    tl.embed(query, model, chunk_size=40)
+    assert list(query.obs.columns) == obs_before  # no seed column, no scvi-tools field column
+    assert set(query.uns) == uns_before | {"toy"}
+    assert [c.n_obs for c in chunks] == [40, 40, 10]
+    assert all("unrelated" not in c.layers and "X_other" not in c.obsm for c in chunks)
+    np.testing.assert_allclose(query.obsm["X_toy"], real(adata), atol=1e-5)

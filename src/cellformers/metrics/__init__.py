@@ -14,6 +14,7 @@ annotation), :mod:`cellformers.pl` and the models call these, so every table and
 
 from __future__ import annotations
 
+from ._classification import classification_metrics
 from ._integration import (
     adjusted_rand_index,
     asw_batch,
@@ -37,6 +38,7 @@ __all__ = [
     "avg_batch",
     "avg_bio",
     "binary_scores",
+    "classification_metrics",
     "completeness",
     "graph_connectivity",
     "homogeneity",

@@ -14,13 +14,8 @@ from natsort import natsorted
 from cellformers._exceptions import MissingKeyError
 from cellformers._settings import settings
 from cellformers._utils import check_key, resolve_adata
-from cellformers.model.base._annotation import (
-    SPLIT_NAMES,
-    CellTypeAnnotator,
-    classification_metrics,
-    read_labels,
-    stratified_split,
-)
+from cellformers.metrics import classification_metrics
+from cellformers.model.base._annotation import SPLIT_NAMES, CellTypeAnnotator, read_labels, stratified_split
 
 from ._embed import _chunked, _model_name, _model_params
 
@@ -145,6 +140,7 @@ def annotate(
     logger.info(f"annotating cell types with {type(model).__name__}")
     probs = _chunked(
         adata,
+        model,
         lambda sub: model.predict_cell_types(sub, batch_size=batch_size, soft=True, precision=precision).to_numpy(),
         chunk_size,
     ).astype(np.float32, copy=False)

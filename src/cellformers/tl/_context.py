@@ -13,6 +13,7 @@ from cellformers._utils import resolve_adata
 from cellformers._utils._progress import progress_bar_override
 from cellformers._utils._validation import check_batch_size
 
+from ._chunks import model_chunks
 from ._embed import _checkpoint_genes, _model_name, _model_params
 
 if TYPE_CHECKING:
@@ -132,19 +133,11 @@ def context_embedding(
     name = _model_name(model)
     key = key_added or f"X_{name}_context"
     align = _checkpoint_genes(adata, model)
-    size = chunk_size or _DEFAULT_CHUNK
     n = adata.n_obs
     out = pool = None
     logger.info(f"computing {type(model).__name__} context embeddings of {len(names)} genes")
     with progress_bar_override(progress_bar):
-        for start in range(0, n, size):
-            stop = min(start + size, n)
-            sub = adata[start:stop]
-            sub = sub.to_memory() if adata.isbacked else sub.copy()
-            if align is not None:
-                from cellformers.pp import align_to_reference
-
-                sub = align_to_reference(sub, align[0], min_coverage=align[1])
+        for start, stop, sub in model_chunks(adata, model, chunk_size, align=align, default_chunk=_DEFAULT_CHUNK):
             emb = np.asarray(model.get_context_embedding(sub, genes=genes, batch_size=batch_size, **kwargs))
             if path is not None and out is None:
                 out = np.lib.format.open_memmap(os.fspath(path), mode="w+", dtype=np.float32, shape=(n, *emb.shape[1:]))

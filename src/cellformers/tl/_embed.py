@@ -8,10 +8,10 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from cellformers._exceptions import InvalidExpressionError
 from cellformers._utils import resolve_adata
 from cellformers._utils._progress import progress_bar_override
-from cellformers._utils._validation import check_batch_size
+
+from ._chunks import model_chunks
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -21,8 +21,6 @@ if TYPE_CHECKING:
     from cellformers.model.base import CellformersModel
 
 logger = logging.getLogger(__name__)
-
-_DEFAULT_CHUNK = 8192
 
 
 def _model_name(model: CellformersModel) -> str:
@@ -86,32 +84,14 @@ def _checkpoint_genes(adata: AnnData, model: CellformersModel) -> tuple[list[str
 
 def _chunked(
     adata: AnnData,
+    model: CellformersModel,
     fn: Callable[[AnnData], np.ndarray],
     chunk_size: int | None,
     *,
     align: tuple[list[str], float] | None = None,
 ) -> np.ndarray:
-    """Apply ``fn`` to row chunks of ``adata`` (loaded to memory one at a time) and stack the results.
-
-    Chunks are independent copies, so registering them with the model never writes into the caller's object, and a
-    backed ``AnnData`` is never loaded whole. With ``align=(genes, min_coverage)``, each chunk is aligned to those
-    genes first (:func:`cellformers.pp.align_to_reference`).
-    """
-    check_batch_size(chunk_size, arg="chunk_size")
-    n = adata.n_obs
-    if n == 0:
-        msg = f"`adata` has no cells (shape {adata.shape}); there is nothing to compute."
-        raise InvalidExpressionError(msg)
-    size = n if chunk_size is None and not adata.isbacked else (chunk_size or _DEFAULT_CHUNK)
-    parts = []
-    for start in range(0, n, size):
-        sub = adata[start : min(start + size, n)]
-        sub = sub.to_memory() if adata.isbacked else sub.copy()
-        if align is not None:
-            from cellformers.pp import align_to_reference
-
-            sub = align_to_reference(sub, align[0], min_coverage=align[1])
-        parts.append(np.asarray(fn(sub)))
+    """``fn`` applied to the model-ready chunks of ``adata`` (:func:`~cellformers.tl._chunks.model_chunks`), stacked."""
+    parts = [np.asarray(fn(sub)) for _, _, sub in model_chunks(adata, model, chunk_size, align=align)]
     return np.concatenate(parts, axis=0)
 
 
@@ -186,6 +166,7 @@ def embed(
     with progress_bar_override(progress_bar):
         emb = _chunked(
             adata,
+            model,
             lambda sub: model.get_latent_representation(sub, batch_size=batch_size, **kwargs),
             chunk_size,
             align=align,
@@ -261,6 +242,7 @@ def impute(
     with progress_bar_override(progress_bar):
         values = _chunked(
             adata,
+            model,
             lambda sub: model.get_imputed_expression(sub, batch_size=batch_size, **kwargs),
             chunk_size,
             align=align,

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset, Sampler
 
-from cellformers._utils._classification import classification_metrics
+from cellformers.metrics import classification_metrics
 
 from ._plan import cosine_decay
 

@@ -17,9 +17,9 @@ from natsort import natsorted
 from cellformers._exceptions import InvalidLabelsError
 from cellformers._settings import settings
 from cellformers._utils import cell_generator, check_key, resolve_precision
-from cellformers._utils._classification import classification_metrics
 from cellformers._utils._progress import show_progress
 from cellformers._utils._validation import check_batch_size
+from cellformers.metrics import classification_metrics
 from cellformers.train._annotation_plan import class_probabilities
 
 if TYPE_CHECKING:
@@ -40,7 +40,7 @@ SPLIT_NAMES: tuple[str, str, str] = ("train", "validation", "test")
 
 # ---------------------------------------------------------------------------------------------------------------
 # labels, splits and metrics (also used by cellformers.tl.annotate and tl.annotation_baselines; the metrics are
-# computed in cellformers._utils._classification, below the training plan that scores validation with them)
+# computed in cellformers.metrics, below the training plan that scores validation with them)
 # ---------------------------------------------------------------------------------------------------------------
 def read_labels(adata: AnnData, labels_key: str, *, arg: str = "labels_key") -> np.ndarray:
     """Labels of ``adata.obs[labels_key]`` as an object array of ``str``, ``None`` where missing (NaN/None).

@@ -1,7 +1,7 @@
 """Classification scores of a cell-type annotation (macro-F1, macro-precision, accuracy) on plain label arrays.
 
 Used by the annotation training plan (validation), ``model.train_annotator`` (test) and ``cellformers.tl.annotate``
-(query); it lives below them so that the training plan does not import the models.
+(query).
 """
 
 from __future__ import annotations
@@ -12,6 +12,8 @@ import numpy as np
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
+
+__all__ = ["classification_metrics"]
 
 
 def classification_metrics(y_true: Sequence[str], y_pred: Sequence[str], *, min_support: int = 5) -> dict:
