@@ -16,11 +16,11 @@ import cellformers
 from cellformers import ChecksumError, GeneMappingError, NotCountsError
 from cellformers.__main__ import main
 from cellformers._pretrain import CorpusDataset, index_file, pretrain
+from cellformers.checkpoint._format import file_sha256
 from cellformers.data import GeneVocab
 from cellformers.model import ScFormer, ScPaLM, XTrimoGene
 from cellformers.pp import align_to_reference
 from cellformers.pretrained import PretrainedCard, register_pretrained
-from cellformers.checkpoint._format import file_sha256
 
 FILES = ("pbmc3k_processed.h5ad", "pbmc_kang2018_ctrl_stim_2000.h5ad")
 TINY_XTG = {

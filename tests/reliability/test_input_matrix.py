@@ -294,7 +294,7 @@ def _transfer(a, ctx):
 
 def _leiden(a, ctx):
     cf.tl.leiden_search(a, use_rep="X_emb", n_clusters=3, n_neighbors=5, max_iter=20)
-    assert _rna(a).obs["leiden"].nunique() == 3
+    assert _rna(a).obs["leiden_search"].nunique() == 3
 
 
 def _benchmark(a, ctx):

@@ -31,14 +31,14 @@ def blobs() -> ad.AnnData:
 
 def test_dichotomy_reaches_n_clusters(blobs):
     cf.tl.leiden_search(blobs, use_rep="X_emb", n_clusters=4)
-    col = blobs.obs["leiden"]
+    col = blobs.obs["leiden_search"]
     assert isinstance(col.dtype, pd.CategoricalDtype)
     assert list(col.cat.categories) == ["0", "1", "2", "3"]
-    params = blobs.uns["leiden"]["params"]
+    params = blobs.uns["leiden_search"]["params"]
     assert params["method"] == "dichotomy"
     assert params["n_clusters"] == params["target_n_clusters"] == 4
     assert params["reached"] is True
-    trace = pd.DataFrame(blobs.uns["leiden"]["trace"])
+    trace = pd.DataFrame(blobs.uns["leiden_search"]["trace"])
     assert trace["n_clusters"].iloc[-1] == 4
     assert trace["resolution"].iloc[-1] == pytest.approx(params["resolution"])
     # Blobs are recovered exactly.
@@ -56,7 +56,7 @@ def test_dichotomy_other_targets(blobs, target):
 
 def test_clusters_numbered_by_size(blobs):
     cf.tl.leiden_search(blobs, use_rep="X_emb", n_clusters=6)
-    counts = blobs.obs["leiden"].value_counts().reindex(blobs.obs["leiden"].cat.categories)
+    counts = blobs.obs["leiden_search"].value_counts().reindex(blobs.obs["leiden_search"].cat.categories)
     assert list(counts) == sorted(counts, reverse=True)
 
 
@@ -77,10 +77,10 @@ def test_nmi_sweep_n_resolutions_and_missing_labels(blobs):
     labels.iloc[:10] = np.nan
     blobs.obs["partial"] = labels
     cf.tl.leiden_search(blobs, use_rep="X_emb", labels_key="partial", n_resolutions=5)
-    trace = blobs.uns["leiden"]["trace"]
+    trace = blobs.uns["leiden_search"]["trace"]
     np.testing.assert_allclose(trace["resolution"], [0.4, 0.8, 1.2, 1.6, 2.0])
     # Unlabelled cells are still clustered.
-    assert blobs.obs["leiden"].notna().all()
+    assert blobs.obs["leiden_search"].notna().all()
 
 
 def test_does_not_touch_neighbors_or_other_fields(blobs):
@@ -92,15 +92,15 @@ def test_does_not_touch_neighbors_or_other_fields(blobs):
     assert set(blobs.obsp.keys()) == before_obsp
     assert set(blobs.obsm.keys()) == set(before_obsm)
     np.testing.assert_array_equal(blobs.obsm["X_emb"], before_obsm["X_emb"])
-    assert set(blobs.uns.keys()) == {"neighbors", "leiden"}
+    assert set(blobs.uns.keys()) == {"neighbors", "leiden_search"}
 
 
 def test_copy(blobs):
     out = cf.tl.leiden_search(blobs, use_rep="X_emb", n_clusters=4, copy=True)
     assert out is not blobs
-    assert "leiden" in out.obs
-    assert "leiden" not in blobs.obs
-    assert "leiden" not in blobs.uns
+    assert "leiden_search" in out.obs
+    assert "leiden_search" not in blobs.obs
+    assert "leiden_search" not in blobs.uns
     assert cf.tl.leiden_search(blobs, use_rep="X_emb", n_clusters=4) is None
 
 
@@ -108,8 +108,8 @@ def test_copy(blobs):
 def test_deterministic(blobs):
     a = cf.tl.leiden_search(blobs, use_rep="X_emb", n_clusters=6, random_state=3, copy=True)
     b = cf.tl.leiden_search(blobs, use_rep="X_emb", n_clusters=6, random_state=3, copy=True)
-    assert (a.obs["leiden"] == b.obs["leiden"]).all()
-    np.testing.assert_array_equal(a.uns["leiden"]["trace"]["resolution"], b.uns["leiden"]["trace"]["resolution"])
+    assert (a.obs["leiden_search"] == b.obs["leiden_search"]).all()
+    np.testing.assert_array_equal(a.uns["leiden_search"]["trace"]["resolution"], b.uns["leiden_search"]["trace"]["resolution"])
 
 
 def test_unreachable_warns_and_keeps_closest():
@@ -119,10 +119,10 @@ def test_unreachable_warns_and_keeps_closest():
     adata = ad.AnnData(obs=pd.DataFrame(index=[str(i) for i in range(60)]), obsm={"X_emb": X})
     with pytest.warns(UserWarning, match="could not reach exactly 1 clusters"):
         cf.tl.leiden_search(adata, use_rep="X_emb", n_clusters=1, max_iter=8)
-    p = adata.uns["leiden"]["params"]
+    p = adata.uns["leiden_search"]["params"]
     assert p["reached"] is False
-    assert p["n_clusters"] == adata.obs["leiden"].nunique() == 3
-    assert len(adata.uns["leiden"]["trace"]["resolution"]) <= 8
+    assert p["n_clusters"] == adata.obs["leiden_search"].nunique() == 3
+    assert len(adata.uns["leiden_search"]["trace"]["resolution"]) <= 8
 
 
 def test_h5ad_roundtrip(blobs, tmp_path):
@@ -131,11 +131,11 @@ def test_h5ad_roundtrip(blobs, tmp_path):
     path = tmp_path / "a.h5ad"
     blobs.write_h5ad(path)
     back = ad.read_h5ad(path)
-    assert back.uns["leiden"]["params"]["n_clusters"] == 4
+    assert back.uns["leiden_search"]["params"]["n_clusters"] == 4
     pd.testing.assert_frame_equal(
         pd.DataFrame(back.uns["nmi"]["trace"]), pd.DataFrame(blobs.uns["nmi"]["trace"]), check_like=True
     )
-    assert (back.obs["leiden"] == blobs.obs["leiden"]).all()
+    assert (back.obs["leiden_search"] == blobs.obs["leiden_search"]).all()
 
 
 # --- bad inputs: clear errors and the AnnData untouched -------------------------------------------------------
@@ -178,6 +178,6 @@ def test_missing_key_is_key_error(blobs):
 def test_pbmc3k_pca_eight_clusters(shared_data_dir):
     adata = ad.read_h5ad(shared_data_dir / "pbmc3k_processed.h5ad")
     cf.tl.leiden_search(adata, use_rep="X_pca", n_clusters=8)
-    assert adata.obs["leiden"].nunique() == 8
-    assert adata.uns["leiden"]["params"]["reached"] is True
-    assert adata.uns["leiden"]["params"]["n_clusters"] == 8
+    assert adata.obs["leiden_search"].nunique() == 8
+    assert adata.uns["leiden_search"]["params"]["reached"] is True
+    assert adata.uns["leiden_search"]["params"]["n_clusters"] == 8

@@ -206,7 +206,7 @@ def leiden_search(
     n_neighbors: int = 15,
     n_resolutions: int = _DEFAULT_N_RESOLUTIONS,
     max_iter: int = 50,
-    key_added: str = "leiden",
+    key_added: str = "leiden_search",
     random_state: int = 0,
     copy: bool = False,
 ) -> AnnData | None:
@@ -246,7 +246,9 @@ def leiden_search(
     max_iter
         Maximum number of Leiden runs of the dichotomy (``n_clusters`` mode).
     key_added
-        Key of ``adata.obs`` for the clusters and of ``adata.uns`` for the parameters and trace.
+        Key of ``adata.obs`` for the clusters and of ``adata.uns`` for the parameters and trace. The default is
+        not scanpy's ``"leiden"``: the ``uns`` entry has another layout (a search trace), and a later
+        :func:`scanpy.tl.leiden` call should not overwrite it (nor this one scanpy's).
     %(random_state)s Seeds the kNN search and every Leiden run.
     %(copy)s
 
@@ -254,13 +256,13 @@ def leiden_search(
     -------
     Returns ``None`` if ``copy=False``, else a copy of ``adata``. Sets the following fields:
 
-    `adata.obs['leiden' | key_added]` : :class:`pandas.Categorical` (dtype ``category``)
+    `adata.obs['leiden_search' | key_added]` : :class:`pandas.Categorical` (dtype ``category``)
         Cluster of each cell, ``"0"`` the largest; categories in natural sort order.
-    `adata.uns['leiden' | key_added]['params']` : :class:`dict`
+    `adata.uns['leiden_search' | key_added]['params']` : :class:`dict`
         ``method`` (``"dichotomy"`` or ``"nmi"``), ``use_rep``, ``n_neighbors``, ``random_state``, the chosen
         ``resolution`` and the ``n_clusters`` it gives; in ``n_clusters`` mode also ``target_n_clusters`` and
         ``reached``; in ``labels_key`` mode also ``labels_key`` and the best ``nmi``.
-    `adata.uns['leiden' | key_added]['trace']` : :class:`dict` of arrays
+    `adata.uns['leiden_search' | key_added]['trace']` : :class:`dict` of arrays
         One entry per Leiden run, in order: ``resolution``, ``n_clusters`` and ``nmi`` (NaN in ``n_clusters``
         mode); ``pandas.DataFrame(adata.uns[key_added]['trace'])`` shows it as a table.
 
@@ -270,7 +272,7 @@ def leiden_search(
     >>> adata = cf.data.synthetic_counts(n_cells=100, n_genes=50)
     >>> cf.tl.baselines(adata, methods=["pca"], n_comps=10)
     >>> cf.tl.leiden_search(adata, use_rep="X_pca_hvg", n_clusters=3)
-    >>> adata.obs["leiden"].nunique()
+    >>> adata.obs["leiden_search"].nunique()
     3
     >>> cf.tl.leiden_search(adata, use_rep="X_pca_hvg", labels_key="labels", key_added="leiden_nmi")
     >>> sorted(adata.uns["leiden_nmi"]["params"])  # doctest: +ELLIPSIS
