@@ -90,8 +90,8 @@ def build(name: str):
     from scvi import REGISTRY_KEYS
 
     from cellformers._constants import REGISTRY_KEYS_CF
+    from cellformers.model import XTRIMOGENE_PRESETS
     from cellformers.module import XTrimoGeneModule
-    from cellformers.module._xtrimogene import XTRIMOGENE_PRESETS
 
     torch.manual_seed(0)
     if name == "xTrimoGene":

@@ -252,8 +252,8 @@ def _module(args: dict, n_genes: int, cap: int | None = None):
 
     torch.set_num_threads(int(args["threads"]))
     quiet_libraries()
+    from cellformers.model import XTRIMOGENE_PRESETS
     from cellformers.module import XTrimoGeneModule
-    from cellformers.module._xtrimogene import XTRIMOGENE_PRESETS
 
     torch.manual_seed(0)
     return XTrimoGeneModule(np.arange(n_genes), n_genes, **XTRIMOGENE_PRESETS[args["preset"]], max_encoder_length=cap)

@@ -98,7 +98,7 @@ class InvalidLabelsError(CellformersError, ValueError):
     >>> adata = cf.data.synthetic_counts(n_cells=60, n_genes=20)
     >>> adata.obs["cell_type"] = "T cell"
     >>> cf.model.ScFormer.setup_anndata(adata)
-    >>> model = cf.model.ScFormer(adata, n_layers=1, d_model=16, n_heads=2, d_ff=16)
+    >>> model = cf.model.ScFormer(adata, preset="tiny")
     >>> model.train(max_epochs=1, enable_progress_bar=False)
     >>> try:
     ...     model.train_annotator("cell_type", max_epochs=1)
@@ -137,7 +137,7 @@ class UnknownCategoryError(CellformersError, ValueError):
     >>> import cellformers as cf
     >>> adata = cf.data.synthetic_counts(n_cells=60, n_genes=20)
     >>> cf.model.ScFormer.setup_anndata(adata, batch_key="batch")
-    >>> model = cf.model.ScFormer(adata, n_layers=1, d_model=16, n_heads=2, d_ff=16)
+    >>> model = cf.model.ScFormer(adata, preset="tiny")
     >>> model.train(max_epochs=1, enable_progress_bar=False)
     >>> query = cf.data.synthetic_counts(n_cells=10, n_genes=20, random_state=1)
     >>> query.obs["batch"] = "new_batch"
@@ -161,7 +161,7 @@ class ChecksumError(CellformersError, OSError):
     >>> import cellformers as cf
     >>> adata = cf.data.synthetic_counts(n_cells=60, n_genes=20)
     >>> cf.model.ScFormer.setup_anndata(adata)
-    >>> model = cf.model.ScFormer(adata, n_layers=1, d_model=16, n_heads=2, d_ff=16)
+    >>> model = cf.model.ScFormer(adata, preset="tiny")
     >>> model.train(max_epochs=1, enable_progress_bar=False)
     >>> path = model.save_pretrained(Path(tempfile.mkdtemp()) / "checkpoint")
     >>> with open(path / "vocab.json", "a") as f:

@@ -5,8 +5,8 @@ import torch
 from scvi import REGISTRY_KEYS
 
 from cellformers._constants import MODULE_KEYS, REGISTRY_KEYS_CF
+from cellformers.model import XTRIMOGENE_PRESETS
 from cellformers.module import XTrimoGeneModule
-from cellformers.module._xtrimogene import XTRIMOGENE_PRESETS
 
 TINY = {
     "encoder_layers": 1,

@@ -271,7 +271,7 @@ def extract_checkpoint(archive: str | os.PathLike, *, sha256: str | None = None)
     >>> import cellformers as cf
     >>> adata = cf.data.synthetic_counts(n_cells=60, n_genes=30)
     >>> cf.model.ScFormer.setup_anndata(adata)
-    >>> model = cf.model.ScFormer(adata, n_layers=1, d_model=16, n_heads=2, d_ff=16)  # a tiny model
+    >>> model = cf.model.ScFormer(adata, preset="tiny")
     >>> model.train(max_epochs=1, enable_progress_bar=False)
     >>> path = model.save_pretrained(Path(tempfile.mkdtemp()) / "scformer_tiny")
     >>> archive = cf.pretrained.pack_checkpoint(path)
@@ -357,7 +357,7 @@ def pack_checkpoint(
     >>> import cellformers as cf
     >>> adata = cf.data.synthetic_counts(n_cells=60, n_genes=30)
     >>> cf.model.ScFormer.setup_anndata(adata)
-    >>> model = cf.model.ScFormer(adata, n_layers=1, d_model=16, n_heads=2, d_ff=16)  # a tiny model
+    >>> model = cf.model.ScFormer(adata, preset="tiny")
     >>> model.train(max_epochs=1, enable_progress_bar=False)
     >>> path = model.save_pretrained(Path(tempfile.mkdtemp()) / "scformer_tiny")
     >>> archive = cf.pretrained.pack_checkpoint(path)

@@ -88,7 +88,7 @@ class PretrainedCard:
     >>> import cellformers as cf
     >>> adata = cf.data.synthetic_counts(n_cells=60, n_genes=30)
     >>> cf.model.ScFormer.setup_anndata(adata)
-    >>> model = cf.model.ScFormer(adata, n_layers=1, d_model=16, n_heads=2, d_ff=16)  # a tiny model
+    >>> model = cf.model.ScFormer(adata, preset="tiny")
     >>> model.train(max_epochs=1, enable_progress_bar=False)
     >>> path = model.save_pretrained(Path(tempfile.mkdtemp()) / "scformer_tiny")
     >>> archive = cf.pretrained.pack_checkpoint(path)
@@ -220,7 +220,7 @@ def register_pretrained(card: PretrainedCard, *, overwrite: bool = False) -> Non
     >>> import cellformers as cf
     >>> adata = cf.data.synthetic_counts(n_cells=60, n_genes=30)
     >>> cf.model.ScFormer.setup_anndata(adata)
-    >>> model = cf.model.ScFormer(adata, n_layers=1, d_model=16, n_heads=2, d_ff=16)  # a tiny model
+    >>> model = cf.model.ScFormer(adata, preset="tiny")
     >>> model.train(max_epochs=1, enable_progress_bar=False)
     >>> path = model.save_pretrained(Path(tempfile.mkdtemp()) / "scformer_tiny")
     >>> archive = cf.pretrained.pack_checkpoint(path)
@@ -250,7 +250,7 @@ def get_pretrained_card(name: str) -> PretrainedCard:
     >>> import cellformers as cf
     >>> adata = cf.data.synthetic_counts(n_cells=60, n_genes=30)
     >>> cf.model.ScFormer.setup_anndata(adata)
-    >>> model = cf.model.ScFormer(adata, n_layers=1, d_model=16, n_heads=2, d_ff=16)  # a tiny model
+    >>> model = cf.model.ScFormer(adata, preset="tiny")
     >>> model.train(max_epochs=1, enable_progress_bar=False)
     >>> path = model.save_pretrained(Path(tempfile.mkdtemp()) / "scformer_tiny")
     >>> archive = cf.pretrained.pack_checkpoint(path)
@@ -290,7 +290,7 @@ def list_pretrained() -> pd.DataFrame:
     >>> import cellformers as cf
     >>> adata = cf.data.synthetic_counts(n_cells=60, n_genes=30)
     >>> cf.model.ScFormer.setup_anndata(adata)
-    >>> model = cf.model.ScFormer(adata, n_layers=1, d_model=16, n_heads=2, d_ff=16)  # a tiny model
+    >>> model = cf.model.ScFormer(adata, preset="tiny")
     >>> model.train(max_epochs=1, enable_progress_bar=False)
     >>> path = model.save_pretrained(Path(tempfile.mkdtemp()) / "scformer_tiny")
     >>> archive = cf.pretrained.pack_checkpoint(path)
@@ -346,7 +346,7 @@ def fetch_pretrained(name: str) -> Path:
     >>> import cellformers as cf
     >>> adata = cf.data.synthetic_counts(n_cells=60, n_genes=30)
     >>> cf.model.ScFormer.setup_anndata(adata)
-    >>> model = cf.model.ScFormer(adata, n_layers=1, d_model=16, n_heads=2, d_ff=16)  # a tiny model
+    >>> model = cf.model.ScFormer(adata, preset="tiny")
     >>> model.train(max_epochs=1, enable_progress_bar=False)
     >>> path = model.save_pretrained(Path(tempfile.mkdtemp()) / "scformer_tiny")
     >>> archive = cf.pretrained.pack_checkpoint(path)

@@ -48,7 +48,7 @@ def resolve_checkpoint(name_or_path_or_url: str | os.PathLike, *, sha256: str | 
     >>> import cellformers as cf
     >>> adata = cf.data.synthetic_counts(n_cells=60, n_genes=30)
     >>> cf.model.ScFormer.setup_anndata(adata)
-    >>> model = cf.model.ScFormer(adata, n_layers=1, d_model=16, n_heads=2, d_ff=16)  # a tiny model
+    >>> model = cf.model.ScFormer(adata, preset="tiny")
     >>> model.train(max_epochs=1, enable_progress_bar=False)
     >>> path = model.save_pretrained(Path(tempfile.mkdtemp()) / "scformer_tiny")
     >>> archive = cf.pretrained.pack_checkpoint(path)

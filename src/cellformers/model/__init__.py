@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from cellformers.checkpoint import register_model_class
 
-from ._scformer import ScFormer
+from ._scformer import SCFORMER_PRESETS, ScFormer
 from ._scformer_perturbation import ScFormerPerturbation
 from ._scpalm import SCPALM_PRESETS, SCPALM_QUANTIZERS, ScPaLM
-from ._xtrimogene import XTrimoGene
+from ._xtrimogene import XTRIMOGENE_PRESETS, XTrimoGene
 from .base import CellformersModel, CellTypeAnnotator
 
 # the classes a checkpoint's `model_class` may name (cellformers.checkpoint never imports a name it reads)
@@ -19,9 +19,11 @@ __all__ = [
     "CellformersModel",
     "CellTypeAnnotator",
     "XTrimoGene",
+    "SCFORMER_PRESETS",
     "SCPALM_PRESETS",
     "SCPALM_QUANTIZERS",
     "ScFormer",
     "ScFormerPerturbation",
     "ScPaLM",
+    "XTRIMOGENE_PRESETS",
 ]

@@ -19,6 +19,7 @@ from cellformers.train import BatchGroupedDataSplitter
 from cellformers.train._callbacks import DarRamp, EcsWarmup, KeepBestEpoch
 
 from .base import CellformersModel
+from .base._presets import preset_config
 
 if TYPE_CHECKING:
     import os
@@ -31,6 +32,13 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 Pooling = Literal["cls", "mean", "weighted"]
+
+#: Architecture presets. ``"paper"``: section 5 (4 blocks of width 128, 4 heads; the paper gives no feed-forward
+#: width or dropout: 128 and 0.1, as scGPT's integration example); ``"tiny"``: examples and tests.
+SCFORMER_PRESETS: dict[str, dict[str, int | float]] = {
+    "paper": {"n_layers": 4, "d_model": 128, "n_heads": 4, "d_ff": 128, "dropout_rate": 0.1},
+    "tiny": {"n_layers": 1, "d_model": 16, "n_heads": 2, "d_ff": 16, "dropout_rate": 0.1},
+}
 
 #: scFormer section 5: Adam, lr 1e-3, x0.9 after every epoch, no weight decay, no warmup.
 SCFORMER_PLAN_DEFAULTS = {
@@ -73,16 +81,19 @@ class ScFormer(CellformersModel):
     vocab
         Gene vocabulary (:class:`~cellformers.data.GeneVocab`, a reference name such as ``"scgpt-default"``), or
         ``None`` for the union of the data's genes (section 3.1).
+    preset
+        Architecture of :data:`SCFORMER_PRESETS`: ``"paper"`` (section 5: 4 blocks of width 128, 4 heads) or
+        ``"tiny"`` (one block of width 16, for examples and tests). The five arguments below override it.
     n_layers
-        Transformer blocks.
+        Transformer blocks (``None``: the preset's).
     d_model
-        Embedding width.
+        Embedding width (``None``: the preset's).
     n_heads
-        Attention heads.
+        Attention heads (``None``: the preset's).
     d_ff
-        Feed-forward width.
+        Feed-forward width (``None``: the preset's).
     dropout_rate
-        Dropout (the paper does not give one; scGPT's integration example uses 0.2).
+        Dropout (``None``: the preset's, 0.1; the paper does not give one; scGPT's integration example uses 0.2).
     n_bins
         Value bins including the zero bin.
     mask_ratio
@@ -137,7 +148,7 @@ class ScFormer(CellformersModel):
     >>> import cellformers as cf
     >>> adata = cf.data.synthetic_counts(n_cells=100, n_genes=50)
     >>> cf.model.ScFormer.setup_anndata(adata, batch_key="batch")
-    >>> model = cf.model.ScFormer(adata, n_layers=1, d_model=16, n_heads=2, d_ff=16)  # a tiny configuration
+    >>> model = cf.model.ScFormer(adata, preset="tiny")
     >>> model.train(max_epochs=1, enable_progress_bar=False)
     >>> adata.obsm["X_scformer"] = model.get_latent_representation()
     >>> adata.obsm["X_scformer"].shape
@@ -160,11 +171,12 @@ class ScFormer(CellformersModel):
         self,
         adata: AnnData | None = None,
         vocab: GeneVocab | str | None = None,
-        n_layers: int = 4,
-        d_model: int = 128,
-        n_heads: int = 4,
-        d_ff: int = 128,
-        dropout_rate: float = 0.1,
+        preset: Literal["paper", "tiny"] = "paper",
+        n_layers: int | None = None,
+        d_model: int | None = None,
+        n_heads: int | None = None,
+        d_ff: int | None = None,
+        dropout_rate: float | None = None,
         n_bins: int = 51,
         mask_ratio: float = 0.4,
         value_encoder: Literal["continuous", "categorical"] = "continuous",
@@ -186,6 +198,12 @@ class ScFormer(CellformersModel):
         if adata is None:
             msg = "`adata` is required: ScFormer builds its gene token table from the registered genes."
             raise ValueError(msg)
+        size = preset_config(
+            "ScFormer",
+            SCFORMER_PRESETS,
+            preset,
+            {"n_layers": n_layers, "d_model": d_model, "n_heads": n_heads, "d_ff": d_ff, "dropout_rate": dropout_rate},
+        )
         vocab, gene_token_ids = self._resolve_vocab(adata, vocab)
         n_batch = int(self.summary_stats.n_batch)
         multi_batch = n_batch > 1
@@ -202,11 +220,7 @@ class ScFormer(CellformersModel):
             pad_id=vocab.pad_id,
             cls_id=vocab.cls_id,
             n_batch=n_batch,
-            d_model=d_model,
-            n_layers=n_layers,
-            n_heads=n_heads,
-            d_ff=d_ff,
-            dropout_rate=dropout_rate,
+            **size,
             n_bins=n_bins,
             mask_ratio=mask_ratio,
             value_encoder=value_encoder,
@@ -228,12 +242,13 @@ class ScFormer(CellformersModel):
         heads = [n for n, on in (("MGM", use_mgm), ("MVC", use_mvc), ("ECS", use_ecs), ("DAR", use_dar)) if on]
         n_params = sum(p.numel() for p in m.parameters())
         self._model_summary_string = (
-            f"ScFormer model: {n_layers} blocks x {d_model} ({n_heads} heads, FFN {d_ff}), {m.n_genes} genes, "
+            f"ScFormer model ({preset} preset): {size['n_layers']} blocks x {size['d_model']} ({size['n_heads']} heads, "
+            f"FFN {size['d_ff']}), {m.n_genes} genes, "
             f"{n_bins} bins ({mgm_loss}), heads: {'+'.join(heads) or 'none'}{', DSBN' if use_dsbn else ''}, "
             f"mask_ratio: {mask_ratio}, zero genes: {include_zero_genes}, max_length: {max_length}, "
             f"parameters: {n_params / 1e6:.2f}M"
         )
-        self._warn_long_input(n_heads)
+        self._warn_long_input(size["n_heads"])
         self.init_params_ = self._get_init_params(locals())
 
     def _warn_long_input(self, n_heads: int) -> None:
@@ -507,10 +522,10 @@ class ScFormer(CellformersModel):
         >>> import cellformers as cf
         >>> adata = cf.data.synthetic_counts(n_cells=60, n_genes=30)
         >>> cf.model.ScFormer.setup_anndata(adata)
-        >>> model = cf.model.ScFormer(adata, n_layers=1, d_model=8, n_heads=2, d_ff=8)
+        >>> model = cf.model.ScFormer(adata, preset="tiny")
         >>> model.train(max_epochs=1, enable_progress_bar=False)
         >>> model.get_context_embedding(genes=adata.var_names[:5]).shape
-        (60, 5, 8)
+        (60, 5, 16)
         """
         from cellformers._constants import MODULE_KEYS
         from cellformers.model.base._context import context_genes

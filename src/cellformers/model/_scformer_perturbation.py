@@ -26,8 +26,9 @@ from cellformers.module import ScFormerPerturbationModule
 from cellformers.module._scformer_perturbation import PERTURBATION_KEYS
 from cellformers.train._callbacks import KeepBestEpoch
 
-from ._scformer import SCFORMER_PLAN_DEFAULTS
+from ._scformer import SCFORMER_PLAN_DEFAULTS, SCFORMER_PRESETS
 from .base import CellformersModel
+from .base._presets import preset_config
 
 if TYPE_CHECKING:
     import os
@@ -156,7 +157,7 @@ class ScFormerPerturbation(CellformersModel):
         AnnData registered with :meth:`setup_anndata`.
     vocab
         Gene vocabulary, a reference name, or ``None`` for the data's genes.
-    n_layers, d_model, n_heads, d_ff, dropout_rate, n_bins, include_zero_genes, max_length
+    preset, n_layers, d_model, n_heads, d_ff, dropout_rate, n_bins, include_zero_genes, max_length
         As in :class:`~cellformers.model.ScFormer`; zero genes are included by default because every gene's
         post-perturbation value is predicted.
     value_mode
@@ -170,7 +171,7 @@ class ScFormerPerturbation(CellformersModel):
     >>> import cellformers as cf
     >>> adata = cf.data.synthetic_perturbation(n_control=60, n_per_perturbation=20, n_genes=30)
     >>> cf.model.ScFormerPerturbation.setup_anndata(adata, perturbation_key="perturbation")
-    >>> model = cf.model.ScFormerPerturbation(adata, n_layers=1, d_model=16, n_heads=2, d_ff=16, max_length=12)
+    >>> model = cf.model.ScFormerPerturbation(adata, preset="tiny", max_length=12)
     >>> model.train(
     ...     max_epochs=1,
     ...     batch_size=32,
@@ -192,11 +193,12 @@ class ScFormerPerturbation(CellformersModel):
         self,
         adata: AnnData | None = None,
         vocab: GeneVocab | str | None = None,
-        n_layers: int = 4,
-        d_model: int = 128,
-        n_heads: int = 4,
-        d_ff: int = 128,
-        dropout_rate: float = 0.1,
+        preset: Literal["paper", "tiny"] = "paper",
+        n_layers: int | None = None,
+        d_model: int | None = None,
+        n_heads: int | None = None,
+        d_ff: int | None = None,
+        dropout_rate: float | None = None,
         n_bins: int = 51,
         value_mode: Literal["binned", "log1p"] = "binned",
         include_zero_genes: bool = True,
@@ -207,17 +209,19 @@ class ScFormerPerturbation(CellformersModel):
         if adata is None:
             msg = "`adata` is required: ScFormerPerturbation builds its gene token table from the registered genes."
             raise ValueError(msg)
+        size = preset_config(
+            "ScFormerPerturbation",
+            SCFORMER_PRESETS,
+            preset,
+            {"n_layers": n_layers, "d_model": d_model, "n_heads": n_heads, "d_ff": d_ff, "dropout_rate": dropout_rate},
+        )
         vocab, gene_token_ids = self._resolve_vocab(adata, vocab)
         self.module = self._module_cls(
             gene_token_ids,
             len(vocab),
             pad_id=vocab.pad_id,
             cls_id=vocab.cls_id,
-            d_model=d_model,
-            n_layers=n_layers,
-            n_heads=n_heads,
-            d_ff=d_ff,
-            dropout_rate=dropout_rate,
+            **size,
             n_bins=n_bins,
             value_mode=value_mode,
             include_zero_genes=include_zero_genes,
@@ -229,7 +233,8 @@ class ScFormerPerturbation(CellformersModel):
         self.train_indices_ = np.zeros(0, dtype=np.int64)
         m = self.module
         self._model_summary_string = (
-            f"ScFormerPerturbation model: {n_layers} blocks x {d_model} ({n_heads} heads, FFN {d_ff}), "
+            f"ScFormerPerturbation model ({preset} preset): {size['n_layers']} blocks x {size['d_model']} "
+            f"({size['n_heads']} heads, FFN {size['d_ff']}), "
             f"{m.n_genes} genes, values: {value_mode} ({m.mgm_loss}), max_length: {max_length}, "
             f"parameters: {sum(p.numel() for p in m.parameters()) / 1e6:.2f}M"
         )

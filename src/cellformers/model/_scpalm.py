@@ -18,6 +18,7 @@ from cellformers.nn import codebook_usage
 from cellformers.train import ScPaLMTrainingPlan
 
 from .base import CellformersModel
+from .base._presets import preset_config
 
 if TYPE_CHECKING:
     import os
@@ -30,7 +31,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 #: Architecture presets. ``"paper"`` is Table 2 of the paper (with N = 256 tokens and K = 128 codes, section B.1);
-#: ``"small"`` is a CPU-sized configuration for tests, tutorials and quick runs.
+#: ``"small"`` is a CPU-sized configuration for tutorials and quick runs; ``"tiny"`` for examples and tests.
 SCPALM_PRESETS: dict[str, dict[str, int | float]] = {
     "paper": {
         "n_hidden": 256,
@@ -53,6 +54,17 @@ SCPALM_PRESETS: dict[str, dict[str, int | float]] = {
         "dropout_rate": 0.0,
         "n_value_hidden": 16,
         "n_gene_embedding": 16,
+    },
+    "tiny": {
+        "n_hidden": 16,
+        "n_layers": 1,
+        "n_heads": 2,
+        "n_intermediate": 32,
+        "n_pathway_tokens": 8,
+        "n_codes": 16,
+        "dropout_rate": 0.0,
+        "n_value_hidden": 8,
+        "n_gene_embedding": 8,
     },
 }
 
@@ -122,18 +134,7 @@ class ScPaLM(CellformersModel):
     >>> import cellformers as cf
     >>> adata = cf.data.synthetic_counts(n_cells=100, n_genes=50)
     >>> cf.model.ScPaLM.setup_anndata(adata, batch_key="batch")
-    >>> model = cf.model.ScPaLM(
-    ...     adata,
-    ...     preset="small",
-    ...     n_hidden=16,
-    ...     n_layers=1,
-    ...     n_heads=2,
-    ...     n_intermediate=32,
-    ...     n_pathway_tokens=8,
-    ...     n_codes=16,
-    ...     n_value_hidden=8,
-    ...     n_gene_embedding=8,
-    ... )  # a tiny configuration
+    >>> model = cf.model.ScPaLM(adata, preset="tiny")
     >>> model.train(max_epochs=1, enable_progress_bar=False)  # stage 1, then stage 2
     >>> adata.obsm["X_scpalm"] = model.get_latent_representation()
     >>> adata.obsm["X_scpalm"].shape
@@ -165,7 +166,7 @@ class ScPaLM(CellformersModel):
         self,
         adata: AnnData,
         vocab: GeneVocab | str | dict | None = None,
-        preset: Literal["paper", "small"] = "paper",
+        preset: Literal["paper", "small", "tiny"] = "paper",
         n_hidden: int | None = None,
         n_layers: int | None = None,
         n_heads: int | None = None,
@@ -184,10 +185,6 @@ class ScPaLM(CellformersModel):
         if genes not in ("hvg", "all"):
             msg = f"`genes` must be 'hvg' or 'all', got {genes!r}."
             raise ValueError(msg)
-        if preset not in SCPALM_PRESETS:
-            msg = f"`preset` must be one of {sorted(SCPALM_PRESETS)}, got {preset!r}."
-            raise ValueError(msg)
-        config = dict(SCPALM_PRESETS[preset])
         explicit = {
             "n_hidden": n_hidden,
             "n_layers": n_layers,
@@ -197,7 +194,7 @@ class ScPaLM(CellformersModel):
             "n_codes": n_codes,
             "dropout_rate": dropout_rate,
         }
-        config.update({k: v for k, v in explicit.items() if v is not None})
+        config = preset_config("ScPaLM", SCPALM_PRESETS, preset, explicit)
         config.update(SCPALM_QUANTIZERS[quantizer])
         # module_kwargs win over the preset (they are saved as given, so `load` rebuilds the same module)
         config.update(module_kwargs)

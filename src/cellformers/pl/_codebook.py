@@ -70,18 +70,7 @@ def codebook(
     >>> import cellformers as cf
     >>> adata = cf.data.synthetic_counts(n_cells=100, n_genes=40)
     >>> cf.model.ScPaLM.setup_anndata(adata)
-    >>> model = cf.model.ScPaLM(
-    ...     adata,
-    ...     preset="small",
-    ...     n_hidden=16,
-    ...     n_layers=1,
-    ...     n_heads=2,
-    ...     n_intermediate=32,
-    ...     n_pathway_tokens=8,
-    ...     n_codes=16,
-    ...     n_value_hidden=8,
-    ...     n_gene_embedding=8,
-    ... )
+    >>> model = cf.model.ScPaLM(adata, preset="tiny")
     >>> model.train(max_epochs=2, stage=1, enable_progress_bar=False)
     >>> axes = cf.pl.codebook(model, show=False)
     >>> [ax.get_ylabel() for ax in axes]

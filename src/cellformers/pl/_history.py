@@ -75,7 +75,7 @@ def history(
     >>> import cellformers as cf
     >>> adata = cf.data.synthetic_counts(n_cells=100, n_genes=40)
     >>> cf.model.ScFormer.setup_anndata(adata)
-    >>> model = cf.model.ScFormer(adata, n_layers=1, d_model=16, n_heads=2, d_ff=16)
+    >>> model = cf.model.ScFormer(adata, preset="tiny")
     >>> model.train(max_epochs=3, enable_progress_bar=False)  # doctest: +ELLIPSIS
     >>> axes = cf.pl.history(model, show=False)
     >>> [ax.get_ylabel() for ax in axes]

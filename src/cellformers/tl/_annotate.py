@@ -103,7 +103,7 @@ def annotate(
     >>> import cellformers as cf
     >>> adata = cf.data.synthetic_counts(n_cells=100, n_genes=50)
     >>> cf.model.ScFormer.setup_anndata(adata, labels_key="labels")
-    >>> model = cf.model.ScFormer(adata, n_layers=1, d_model=16, n_heads=2, d_ff=16)  # a tiny model
+    >>> model = cf.model.ScFormer(adata, preset="tiny")
     >>> model.train(max_epochs=1, enable_progress_bar=False)
     >>> cf.tl.annotate(adata, model, labels_key="labels", max_epochs=2)  # fine-tunes a classifier head
     >>> adata.obs[["scformer_label", "scformer_label_confidence", "scformer_label_split"]].shape
@@ -262,7 +262,7 @@ def annotation_baselines(
     >>> import cellformers as cf
     >>> adata = cf.data.synthetic_counts(n_cells=100, n_genes=50)
     >>> cf.model.ScFormer.setup_anndata(adata, labels_key="labels")
-    >>> model = cf.model.ScFormer(adata, n_layers=1, d_model=16, n_heads=2, d_ff=16)  # a tiny model
+    >>> model = cf.model.ScFormer(adata, preset="tiny")
     >>> model.train(max_epochs=1, enable_progress_bar=False)
     >>> cf.tl.annotate(adata, model, labels_key="labels", max_epochs=2)
     >>> cf.tl.baselines(adata, methods=["pca"], n_comps=10)

@@ -102,9 +102,7 @@ def context_embedding(
     >>> import cellformers as cf
     >>> adata = cf.data.synthetic_counts(n_cells=60, n_genes=30)
     >>> cf.model.XTrimoGene.setup_anndata(adata)
-    >>> model = cf.model.XTrimoGene(
-    ...     adata, encoder_layers=1, encoder_dim=16, encoder_heads=2, decoder_layers=1, decoder_dim=8
-    ... )
+    >>> model = cf.model.XTrimoGene(adata, preset="tiny")
     >>> model.train(max_epochs=1, enable_progress_bar=False)
     >>> cf.tl.context_embedding(adata, model, genes=adata.var_names[:10])
     >>> adata.obsm["X_xtrimogene_context"].shape  # mean over the 10 genes of each cell's decoder outputs

@@ -149,7 +149,7 @@ def embed(
     >>> import cellformers as cf
     >>> adata = cf.data.synthetic_counts(n_cells=100, n_genes=50)
     >>> cf.model.ScFormer.setup_anndata(adata, labels_key="labels")
-    >>> model = cf.model.ScFormer(adata, n_layers=1, d_model=16, n_heads=2, d_ff=16)  # a tiny model
+    >>> model = cf.model.ScFormer(adata, preset="tiny")
     >>> model.train(max_epochs=1, enable_progress_bar=False)
     >>> cf.tl.embed(adata, model)
     >>> adata.obsm["X_scformer"].shape
@@ -227,7 +227,7 @@ def impute(
     >>> import cellformers as cf
     >>> adata = cf.data.synthetic_counts(n_cells=100, n_genes=50)
     >>> cf.model.ScFormer.setup_anndata(adata, labels_key="labels")
-    >>> model = cf.model.ScFormer(adata, n_layers=1, d_model=16, n_heads=2, d_ff=16)  # a tiny model
+    >>> model = cf.model.ScFormer(adata, preset="tiny")
     >>> model.train(max_epochs=1, enable_progress_bar=False)
     >>> cf.tl.impute(adata, model)
     >>> adata.layers["scformer_imputed"].shape  # log1p(1e4-normalized) scale
@@ -294,7 +294,7 @@ def gene_embeddings(
     >>> import cellformers as cf
     >>> adata = cf.data.synthetic_counts(n_cells=100, n_genes=50)
     >>> cf.model.ScFormer.setup_anndata(adata, labels_key="labels")
-    >>> model = cf.model.ScFormer(adata, n_layers=1, d_model=16, n_heads=2, d_ff=16)  # a tiny model
+    >>> model = cf.model.ScFormer(adata, preset="tiny")
     >>> model.train(max_epochs=1, enable_progress_bar=False)
     >>> cf.tl.gene_embeddings(adata, model)
     >>> adata.varm["scformer_gene_embeddings"].shape

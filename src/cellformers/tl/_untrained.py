@@ -55,7 +55,7 @@ def embed_untrained(
     >>> import cellformers as cf
     >>> adata = cf.data.synthetic_counts(n_cells=80, n_genes=40)
     >>> cf.model.ScFormer.setup_anndata(adata, labels_key="labels")
-    >>> model = cf.model.ScFormer(adata, n_layers=1, d_model=16, n_heads=2, d_ff=16)
+    >>> model = cf.model.ScFormer(adata, preset="tiny")
     >>> model.train(max_epochs=1, enable_progress_bar=False)
     >>> cf.tl.embed(adata, model)
     >>> cf.tl.embed_untrained(adata, model)

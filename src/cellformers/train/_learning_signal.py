@@ -68,7 +68,7 @@ def warn_if_trivial(model: BaseModelClass) -> dict[str, float] | None:
     >>> import cellformers as cf
     >>> adata = cf.data.synthetic_counts(n_cells=60, n_genes=20)
     >>> cf.model.ScFormer.setup_anndata(adata)
-    >>> model = cf.model.ScFormer(adata, n_layers=1, d_model=8, n_heads=2, d_ff=8)
+    >>> model = cf.model.ScFormer(adata, preset="tiny")
     >>> with warnings.catch_warnings():
     ...     warnings.simplefilter("ignore")  # `train` itself warns if the model did not beat the baseline
     ...     model.train(max_epochs=1, enable_progress_bar=False, plan_kwargs={"lr": 0.0})

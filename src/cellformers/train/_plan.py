@@ -68,7 +68,7 @@ class MaskedModelingTrainingPlan(TrainingPlan):
     >>> import cellformers as cf
     >>> adata = cf.data.synthetic_counts(n_cells=60, n_genes=30)
     >>> cf.model.ScFormer.setup_anndata(adata)
-    >>> model = cf.model.ScFormer(adata, n_layers=1, d_model=16, n_heads=2, d_ff=16)
+    >>> model = cf.model.ScFormer(adata, preset="tiny")
     >>> model.train(max_epochs=1, plan_kwargs={"lr": 5e-4, "lr_scheduler": "constant"}, enable_progress_bar=False)
     >>> type(model.trainer.lightning_module).__name__
     'MaskedModelingTrainingPlan'

@@ -109,7 +109,7 @@ class BatchGroupedAnnDataLoader(AnnDataLoader):
     >>> import cellformers as cf
     >>> adata = cf.data.synthetic_counts(n_cells=60, n_genes=30)  # two batches
     >>> cf.model.ScFormer.setup_anndata(adata, batch_key="batch")
-    >>> model = cf.model.ScFormer(adata, n_layers=1, d_model=16, n_heads=2, d_ff=16)
+    >>> model = cf.model.ScFormer(adata, preset="tiny")
     >>> loader = cf.train.BatchGroupedAnnDataLoader(model.adata_manager, batch_size=16, shuffle=True)
     >>> all(minibatch["batch"].unique().numel() == 1 for minibatch in loader)
     True
@@ -170,7 +170,7 @@ class BatchGroupedDataSplitter(DataSplitter):
     >>> import cellformers as cf
     >>> adata = cf.data.synthetic_counts(n_cells=60, n_genes=30)  # two batches
     >>> cf.model.ScFormer.setup_anndata(adata, batch_key="batch")
-    >>> model = cf.model.ScFormer(adata, n_layers=1, d_model=16, n_heads=2, d_ff=16)
+    >>> model = cf.model.ScFormer(adata, preset="tiny")
     >>> splitter = cf.train.BatchGroupedDataSplitter(model.adata_manager, group_by_batch=True, batch_size=16)
     >>> splitter.setup()
     >>> all(minibatch["batch"].unique().numel() == 1 for minibatch in splitter.train_dataloader())

@@ -44,18 +44,7 @@ class ScPaLMTrainingPlan(MaskedModelingTrainingPlan):
     >>> import cellformers as cf
     >>> adata = cf.data.synthetic_counts(n_cells=60, n_genes=30)
     >>> cf.model.ScPaLM.setup_anndata(adata)
-    >>> model = cf.model.ScPaLM(
-    ...     adata,
-    ...     preset="small",
-    ...     n_hidden=16,
-    ...     n_layers=1,
-    ...     n_heads=2,
-    ...     n_intermediate=32,
-    ...     n_pathway_tokens=8,
-    ...     n_codes=16,
-    ...     n_value_hidden=8,
-    ...     n_gene_embedding=8,
-    ... )
+    >>> model = cf.model.ScPaLM(adata, preset="tiny")
     >>> model.train(stage=1, max_epochs=1, enable_progress_bar=False)
     >>> n_params = sum(1 for p in model.module.parameters())
     >>> plan = cf.train.ScPaLMTrainingPlan(model.module, stage=2)  # freezes the stage-1 parts

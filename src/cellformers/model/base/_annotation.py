@@ -153,7 +153,7 @@ class CellTypeAnnotator:
     >>> import cellformers as cf
     >>> adata = cf.data.synthetic_counts(n_cells=60, n_genes=30)
     >>> cf.model.ScFormer.setup_anndata(adata, labels_key="labels")
-    >>> model = cf.model.ScFormer(adata, n_layers=1, d_model=16, n_heads=2, d_ff=16)  # a tiny model
+    >>> model = cf.model.ScFormer(adata, preset="tiny")
     >>> model.train(max_epochs=1, enable_progress_bar=False)
     >>> annotator = model.train_annotator("labels", max_epochs=2)
     >>> isinstance(annotator, cf.model.CellTypeAnnotator), annotator is model.annotator_

@@ -66,7 +66,7 @@ class CellformersModel(AnnotationMixin, MuDataMixin, PretrainedMixin, Unsupervis
     >>> import cellformers as cf
     >>> adata = cf.data.synthetic_counts(n_cells=60, n_genes=30)
     >>> cf.model.ScFormer.setup_anndata(adata, labels_key="labels")
-    >>> model = cf.model.ScFormer(adata, n_layers=1, d_model=16, n_heads=2, d_ff=16)  # a tiny model
+    >>> model = cf.model.ScFormer(adata, preset="tiny")
     >>> isinstance(model, cf.model.CellformersModel)
     True
     >>> model.train(max_epochs=1, enable_progress_bar=False)
@@ -574,11 +574,11 @@ class CellformersModel(AnnotationMixin, MuDataMixin, PretrainedMixin, Unsupervis
         >>> import cellformers as cf
         >>> adata = cf.data.synthetic_counts(n_cells=60, n_genes=30)
         >>> cf.model.ScFormer.setup_anndata(adata)
-        >>> model = cf.model.ScFormer(adata, n_layers=1, d_model=8, n_heads=2, d_ff=8)
+        >>> model = cf.model.ScFormer(adata, preset="tiny")
         >>> model.train(max_epochs=1, enable_progress_bar=False)
         >>> reference = model.untrained_copy()
         >>> reference.get_latent_representation().shape
-        (60, 8)
+        (60, 16)
         """
         params = getattr(self, "init_params_", None) or {}
         if "non_kwargs" not in params:

@@ -248,7 +248,7 @@ def load_pretrained(
     >>> import cellformers as cf
     >>> adata = cf.data.synthetic_counts(n_cells=60, n_genes=30)
     >>> cf.model.ScFormer.setup_anndata(adata)
-    >>> model = cf.model.ScFormer(adata, n_layers=1, d_model=16, n_heads=2, d_ff=16)  # a tiny model
+    >>> model = cf.model.ScFormer(adata, preset="tiny")
     >>> model.train(max_epochs=1, enable_progress_bar=False)
     >>> path = model.save_pretrained(Path(tempfile.mkdtemp()) / "scformer_tiny")
     >>> loaded = cf.pretrained.load_pretrained(path, adata)  # the class is read from the checkpoint
@@ -371,7 +371,7 @@ def save_pretrained(model, path: str | os.PathLike, *, overwrite: bool = False) 
     >>> import cellformers as cf
     >>> adata = cf.data.synthetic_counts(n_cells=60, n_genes=30)
     >>> cf.model.ScFormer.setup_anndata(adata)
-    >>> model = cf.model.ScFormer(adata, n_layers=1, d_model=16, n_heads=2, d_ff=16)  # a tiny model
+    >>> model = cf.model.ScFormer(adata, preset="tiny")
     >>> model.train(max_epochs=1, enable_progress_bar=False)
     >>> path = cf.pretrained.save_pretrained(model, Path(tempfile.mkdtemp()) / "scformer_tiny")
     >>> sorted(p.name for p in path.iterdir())

@@ -67,7 +67,7 @@ class MuDataMixin:
         >>> rna = cf.model.ScFormer.setup_mudata(mdata, batch_key="batch")
         >>> rna is mdata["rna"]
         True
-        >>> model = cf.model.ScFormer(rna, n_layers=1, d_model=8, n_heads=2, d_ff=8)
+        >>> model = cf.model.ScFormer(rna, preset="tiny")
         """
         from mudata import MuData
 
