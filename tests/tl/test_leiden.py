@@ -109,7 +109,9 @@ def test_deterministic(blobs):
     a = cf.tl.leiden_search(blobs, use_rep="X_emb", n_clusters=6, random_state=3, copy=True)
     b = cf.tl.leiden_search(blobs, use_rep="X_emb", n_clusters=6, random_state=3, copy=True)
     assert (a.obs["leiden_search"] == b.obs["leiden_search"]).all()
-    np.testing.assert_array_equal(a.uns["leiden_search"]["trace"]["resolution"], b.uns["leiden_search"]["trace"]["resolution"])
+    np.testing.assert_array_equal(
+        a.uns["leiden_search"]["trace"]["resolution"], b.uns["leiden_search"]["trace"]["resolution"]
+    )
 
 
 def test_unreachable_warns_and_keeps_closest():
