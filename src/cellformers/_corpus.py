@@ -27,7 +27,14 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from cellformers._constants import VAR_KEYS
 from cellformers._exceptions import GeneMappingError
-from cellformers._utils import cell_seed, check_block_values, check_counts, get_matrix, iter_row_chunks
+from cellformers._utils import (
+    cell_seed,
+    check_block_values,
+    check_counts,
+    get_matrix,
+    iter_row_chunks,
+    registered_cell_seeds,
+)
 
 if TYPE_CHECKING:
     import os
@@ -198,7 +205,7 @@ def index_file(
     finally:
         if adata.file is not None:
             adata.file.close()
-    seeds = np.fromiter((cell_seed(str(n), salt="cell") % (1 << 24) for n in names), dtype=np.float64, count=len(names))
+    seeds = registered_cell_seeds(names)  # the seed the models register for the same cell
     threshold = round(val_fraction * 10_000)
     validation = np.fromiter(
         (cell_seed(f"{path.name}/{n}", salt="pretrain-validation") % 10_000 < threshold for n in names),
@@ -211,7 +218,7 @@ def index_file(
         src=src,
         dst=ids[src],
         rows=kept,
-        seeds=seeds.astype(np.float32),
+        seeds=seeds,
         validation=validation,
         n_obs=int(adata.n_obs),
     )

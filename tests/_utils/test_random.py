@@ -33,3 +33,25 @@ def test_cell_seed_depends_on_global_seed_and_salt():
     assert s0 != cell_seed("AAAC-1")
     g1 = cell_generator("x").random(3)
     assert np.allclose(g1, cell_generator("x").random(3))
+
+
+def test_counter_uniform_at_positions():
+    from cellformers._utils import counter_uniform_at
+
+    seeds = torch.tensor([5, 7])
+    full = counter_uniform(seeds, 40, salt=3)
+    pos = torch.tensor([[0, 39, 7], [12, 12, 1]])
+    torch.testing.assert_close(counter_uniform_at(seeds, pos, salt=3), torch.gather(full, 1, pos))
+
+
+def test_registered_cell_seeds():
+    import cellformers
+    from cellformers._utils import registered_cell_seeds
+
+    names = ["AAAC-1", "TTTG-3"]
+    seeds = registered_cell_seeds(names)
+    assert seeds.dtype == np.float32
+    assert seeds.tolist() == [cell_seed(n, salt="cell") % (1 << 24) for n in names]  # exact in float32
+    assert registered_cell_seeds(names, seed=5).tolist() != seeds.tolist()
+    cellformers.settings.seed = 5
+    assert registered_cell_seeds(names).tolist() == registered_cell_seeds(names, seed=5).tolist()

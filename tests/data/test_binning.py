@@ -158,3 +158,43 @@ def test_binning_properties(case, chunk_size, rnd):
     # invariant to per-cell scaling and monotone transforms (log1p of normalized values)
     scaled = np.log1p(X / np.maximum(X.sum(1, keepdims=True), 1) * 1e4).astype(np.float32)
     assert np.array_equal(_bin(scaled, n_bins, names), out)
+
+
+# ---------------------------------------------------------------- the torch definition
+def test_bin_cells_is_the_definition_of_bin_expression():
+    import torch
+
+    from cellformers._utils import registered_cell_seeds
+    from cellformers.data._binning import bin_cells
+
+    rng = np.random.default_rng(3)
+    X = rng.poisson(0.7, size=(12, 80)).astype(np.float32)  # heavy ties
+    names = [f"cell{i}" for i in range(12)]
+    seeds = torch.as_tensor(registered_cell_seeds(names))
+    got = bin_cells(torch.as_tensor(X), seeds, 11)
+    assert got.dtype == torch.int64
+    np.testing.assert_array_equal(got.numpy(), _bin(X, 11, names))
+    # rows of non-zeros with their columns (the sparse path) give the same bins
+    cols = torch.as_tensor(np.argsort(X == 0, axis=1, kind="stable"))
+    vals = torch.gather(torch.as_tensor(X), 1, cols)
+    packed = bin_cells(vals, seeds, 11, positions=cols)
+    np.testing.assert_array_equal(torch.gather(got, 1, cols).numpy(), packed.numpy())
+
+
+def test_bin_cells_orders_ties_by_the_cell_draw_then_the_column():
+    import torch
+
+    from cellformers._utils import counter_uniform
+    from cellformers.data._binning import BINNING_SALT, bin_cells
+
+    x = torch.ones(1, 6)
+    seed = torch.tensor([42])
+    u = counter_uniform(seed, 6, salt=BINNING_SALT)[0]
+    rank = torch.argsort(torch.argsort(u, stable=True), stable=True)
+    assert bin_cells(x, seed, 7)[0].tolist() == (rank + 1).tolist()  # 6 tied values over 6 bins: the draw's order
+    # equal draws fall back to the column: 24-bit draws collide at tens of thousands of genes
+    n = 5000
+    big = bin_cells(torch.ones(1, n), seed, n + 1)[0]
+    u = counter_uniform(seed, n, salt=BINNING_SALT)[0]
+    order = np.lexsort((np.arange(n), u.numpy()))
+    assert big[torch.as_tensor(order)].tolist() == list(range(1, n + 1))

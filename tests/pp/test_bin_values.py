@@ -23,7 +23,7 @@ def test_writes_sparse_layer_and_params(adata):
     assert np.array_equal(binned.indices, adata.X.indices)
     assert binned.data.min() >= 1
     assert binned.max() == 10
-    assert adata.uns["X_binned"]["params"] == {"n_bins": 11, "seed": 0, "tie_breaking": "random_rank"}
+    assert adata.uns["X_binned"]["params"] == {"n_bins": 11, "seed": 0, "tie_breaking": "counter_draw"}
     expected = bin_expression(adata.X, 11, cell_names=adata.obs_names)
     assert (binned != expected).nnz == 0
 

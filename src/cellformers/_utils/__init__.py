@@ -10,6 +10,6 @@ from ._anndata import (
     row_nnz,
     to_dense_rows,
 )
-from ._random import cell_generator, cell_seed, counter_uniform
+from ._random import cell_generator, cell_seed, counter_uniform, counter_uniform_at, registered_cell_seeds
 from ._torch import autocast_context, bf16_hardware, resolve_precision, training_device
 from ._validation import check_block_values, check_counts, check_expression_values, looks_like_counts

@@ -10,17 +10,76 @@ import numpy as np
 from scipy import sparse
 
 from cellformers._settings import settings
-from cellformers._utils import cell_generator, check_block_values, iter_row_chunks
+from cellformers._utils import check_block_values, counter_uniform_at, iter_row_chunks, registered_cell_seeds
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
+    from torch import Tensor
+
 logger = logging.getLogger(__name__)
 
-__all__ = ["bin_expression"]
+__all__ = ["bin_cells", "bin_expression"]
 
-#: Salt of the per-cell generator used for tie-breaking (see :func:`cellformers._utils.cell_generator`).
-BINNING_SALT = "binning"
+#: Salt of the per-cell counter-based draw that orders tied values (:func:`cellformers._utils.counter_uniform`).
+BINNING_SALT = 15
+
+#: Bits of a tie-breaking draw (:func:`~cellformers._utils.counter_uniform` returns multiples of ``2**-24``).
+_DRAW_BITS = 24
+
+
+def bin_cells(values: Tensor, cell_seeds: Tensor, n_bins: int, *, positions: Tensor | None = None) -> Tensor:
+    """Per-cell equal-frequency bins of dense rows, in torch on their device: the one definition of the bins.
+
+    :func:`bin_expression` (and so :func:`cellformers.pp.bin_values`) and the scFormer module both call this
+    function, so a cell gets the same bins from the data layer and inside the model.
+
+    Zeros stay ``0``. The ``m`` non-zero values of a cell are ranked from smallest to largest (``r = 0 … m-1``) and
+    split into ``B = n_bins - 1`` groups of consecutive ranks whose sizes differ by at most one:
+    ``bin = ceil((r + 1) · B / m)``. Equal values are ranked by a per-cell draw at their column,
+    ``counter_uniform(cell_seed, n_columns, salt=BINNING_SALT)[column]``, and, where two draws are equal too, by
+    the column. A counter-based draw rather than a generator is what lets the module compute the same ranks on the
+    device of its minibatch, for any minibatch composition.
+
+    Parameters
+    ----------
+    values
+        ``(batch, L)`` finite, non-negative values (compared as ``float32``).
+    cell_seeds
+        ``(batch,)`` integer-valued per-cell seeds (the registered seeds,
+        :func:`cellformers._utils.registered_cell_seeds`).
+    n_bins
+        Number of bins including the zero bin.
+    positions
+        ``(batch, L)`` column of each entry in the cell's row, in increasing order along each row except at entries
+        whose value is zero (a padded sparse row). ``None``: entry ``j`` is column ``j``.
+
+    Returns
+    -------
+    ``int64`` bins ``(batch, L)`` on the device of ``values``.
+    """
+    import torch
+
+    values = values.float()
+    b, n = values.shape
+    device = values.device
+    seeds = cell_seeds.reshape(-1).to(device)
+    if positions is None:
+        positions = torch.arange(n, device=device, dtype=torch.int64).reshape(1, -1)
+    draw = counter_uniform_at(seeds, positions.to(device), salt=BINNING_SALT)
+    draw = (draw * float(1 << _DRAW_BITS)).to(torch.int64).expand(b, n)
+    nonzero = values > 0
+    # the bits of a non-negative float32 sort like the float (31 bits), so (value, draw) packs into one int64 key;
+    # a stable sort then orders equal keys by column
+    bits = torch.where(nonzero, values, torch.zeros_like(values)).view(torch.int32).to(torch.int64)
+    key = (bits << _DRAW_BITS) | draw
+    order = torch.argsort(key, dim=1, stable=True)
+    rank = torch.empty_like(order).scatter_(1, order, torch.arange(n, device=device).expand(b, n))
+    m = nonzero.sum(1, keepdim=True)
+    rank = rank - (n - m)  # zeros take the first ranks: the non-zeros are ranked 0 … m-1
+    n_nonzero_bins = n_bins - 1
+    bins = ((rank + 1) * n_nonzero_bins + m - 1) // m.clamp_min(1)  # ceil((rank+1) * B / m), in 1 … B
+    return torch.where(nonzero, bins, torch.zeros_like(bins))
 
 
 def _is_sparse(X) -> bool:
@@ -28,32 +87,28 @@ def _is_sparse(X) -> bool:
     return sparse.issparse(X) or getattr(X, "format", None) in ("csr", "csc")
 
 
-def _bin_csr(block: sparse.csr_matrix, n_bins: int, names: Sequence[str], seed: int | None, where: str, start: int):
-    """Bin one CSR row block; returns the binned CSR block (``int32``) and the number of empty rows."""
+def _bin_csr(block: sparse.csr_matrix, n_bins: int, seeds: np.ndarray, where: str, start: int):
+    """Bin one CSR row block through :func:`bin_cells`; returns the binned CSR block (``int32``) and its empty rows."""
+    import torch
+
     csr = sparse.csr_matrix(block, dtype=np.float32, copy=True)
-    csr.sum_duplicates()  # canonical form: sorted column indices, so draws match entries the same way every time
+    csr.sum_duplicates()  # canonical form: sorted column indices, the order bin_cells breaks equal draws by
     check_block_values(csr, arg=where, row_offset=start)
     csr.eliminate_zeros()
-    data, indptr = csr.data, csr.indptr
-    n_rows, nnz = csr.shape[0], csr.nnz
+    indptr = csr.indptr
     counts = np.diff(indptr)
-
-    # Ties are broken by visiting each cell's entries in a random order drawn from the cell's own generator and
-    # sorting stably: equal values keep that random order. The sort key packs (row, value) into one uint64
-    # (the bits of a non-negative float32 sort like the float), which sorts much faster than np.lexsort.
-    visit = np.arange(nnz, dtype=np.int64)
-    for i in np.flatnonzero(counts > 1):  # a lone value needs no tie-breaking
-        rng = cell_generator(str(names[i]), seed=seed, salt=BINNING_SALT)
-        visit[indptr[i] : indptr[i + 1]] = indptr[i] + rng.permutation(counts[i])
-    rows = np.repeat(np.arange(n_rows, dtype=np.uint64), counts)
-    key = (rows << np.uint64(32)) | data.view(np.uint32).astype(np.uint64)
-    order = visit[np.argsort(key[visit], kind="stable")]
-    rank = np.empty(nnz, dtype=np.int64)
-    rank[order] = np.arange(nnz, dtype=np.int64) - np.repeat(indptr[:-1].astype(np.int64), counts)
-    m = np.repeat(counts.astype(np.int64), counts)
-    n_nonzero_bins = n_bins - 1
-    bins = ((rank + 1) * n_nonzero_bins + m - 1) // m  # ceil((rank+1) * B / m), in 1 … B
-    out = sparse.csr_matrix((bins.astype(np.int32), csr.indices.copy(), indptr.copy()), shape=csr.shape)
+    n_rows, nnz = csr.shape[0], csr.nnz
+    # the non-zeros of each row, left-aligned in a dense (rows, longest row) block; padding is zero, so binned 0
+    rows = np.repeat(np.arange(n_rows), counts)
+    slot = np.arange(nnz) - np.repeat(indptr[:-1], counts)
+    width = max(int(counts.max()) if n_rows else 0, 1)
+    values = np.zeros((n_rows, width), dtype=np.float32)
+    columns = np.zeros((n_rows, width), dtype=np.int64)
+    values[rows, slot] = csr.data
+    columns[rows, slot] = csr.indices
+    bins = bin_cells(torch.from_numpy(values), torch.from_numpy(seeds), n_bins, positions=torch.from_numpy(columns))
+    data = bins.numpy()[rows, slot].astype(np.int32)
+    out = sparse.csr_matrix((data, csr.indices.copy(), indptr.copy()), shape=csr.shape)
     return out, int((counts == 0).sum())
 
 
@@ -73,11 +128,13 @@ def bin_expression(
     ``bin = ceil((r + 1) · B / m)``, so bins run over ``1 … B`` and the largest value of every cell gets ``B``.
     A cell with fewer than ``B`` non-zero values uses ``m`` bins spread over that range.
 
-    **Ties.** Equal values (ubiquitous in counts: many 1s and 2s) are ordered by a random permutation drawn from
-    the cell's own generator, :func:`cellformers._utils.cell_generator` (``settings.seed``, the cell name and the salt
-    ``"binning"``). The bins therefore stay exactly equal in size, tied values may fall in adjacent bins (as in
-    scGPT's stochastic ``_digitize``), a larger value never gets a smaller bin than a smaller one, and the result
-    is the same whatever the chunking, the order of cells, or the other cells present.
+    **Ties.** Equal values (ubiquitous in counts: many 1s and 2s) are ordered by a per-cell draw at their column,
+    from the cell's registered seed (:func:`cellformers._utils.registered_cell_seeds`: ``settings.seed`` and the cell
+    name), then by column; the definition is :func:`bin_cells`, which the scFormer module applies to its minibatches
+    on their device, so a cell gets the same bins here and in the model. The bins therefore stay exactly equal in
+    size, tied values may fall in adjacent bins (as in scGPT's stochastic ``_digitize``), a larger value never gets a
+    smaller bin than a smaller one, and the result is the same whatever the chunking, the order of cells, or the
+    other cells present.
     Values are compared as ``float32``.
 
     Parameters
@@ -120,13 +177,13 @@ def bin_expression(
     if len(cell_names) != n_obs:
         msg = f"`cell_names` has {len(cell_names)} entries but {arg} has {n_obs} rows."
         raise ValueError(msg)
-    names = np.asarray(cell_names, dtype=object)
+    seeds = registered_cell_seeds(cell_names, seed=seed)
     is_sparse = _is_sparse(X)
 
     blocks: list[sparse.csr_matrix] = []
     n_empty = 0
     for start, stop, block in iter_row_chunks(X, chunk_size=chunk_size):
-        binned, empty = _bin_csr(block, n_bins, names[start:stop], seed, arg, start)
+        binned, empty = _bin_csr(block, n_bins, seeds[start:stop], arg, start)
         blocks.append(binned)
         n_empty += empty
     if n_empty:

@@ -32,8 +32,9 @@ def bin_values(
 
     Zeros get bin ``0``; the non-zero values of each cell are split by rank into ``n_bins - 1`` groups of equal
     size (``1 … n_bins-1``; the largest value of a cell always gets ``n_bins - 1``). Ties are ordered by a
-    generator seeded from ``cellformers.settings.seed`` and the cell name, so the bins of a cell do not depend on
-    chunking, cell order or the other cells. See :func:`cellformers.data.bin_expression` for the exact rule.
+    per-cell draw at each column, seeded from ``cellformers.settings.seed`` and the cell name, so the bins of a
+    cell do not depend on chunking, cell order or the other cells; scFormer computes the same bins from the same
+    counts inside the model. See :func:`cellformers.data.bin_expression` for the exact rule.
     Bins only depend on the order of values within a cell, so raw counts and normalized or log values give the
     same result. Rows are read in chunks, so backed ``AnnData`` works; sparse input gives a sparse layer.
 
@@ -75,7 +76,7 @@ def bin_values(
     logger.info(f"binning {where} into {n_bins - 1} equal-frequency bins per cell")
     binned = bin_expression(X, n_bins, cell_names=adata.obs_names, seed=seed, chunk_size=chunk_size, arg=where)
     adata.layers[key_added] = binned
-    params: dict[str, object] = {"n_bins": int(n_bins), "seed": int(seed), "tie_breaking": "random_rank"}
+    params: dict[str, object] = {"n_bins": int(n_bins), "seed": int(seed), "tie_breaking": "counter_draw"}
     if layer is not None:
         params["layer"] = layer
     adata.uns[key_added] = {"params": params}
