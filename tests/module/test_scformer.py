@@ -3,9 +3,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from anndata import AnnData
 from scvi import REGISTRY_KEYS
 
+from cellformers import pp
 from cellformers._constants import MODULE_KEYS, REGISTRY_KEYS_CF
+from cellformers._utils import registered_cell_seeds
 from cellformers.data import bin_expression, synthetic_counts
 from cellformers.module import ScFormerModule
 from cellformers.module._scformer import SCFORMER_KEYS
@@ -48,13 +51,39 @@ def test_forward_shapes_and_loss(tensors):
 
 def test_bins_match_bin_expression(tensors):
     m = make()
-    x, seeds = tensors[REGISTRY_KEYS.X_KEY], tensors[REGISTRY_KEYS_CF.CELL_SEED]
-    got = m.encode_values(x, seeds.reshape(-1)).long().numpy()
-    names = [str(int(s)) for s in seeds.reshape(-1).tolist()]
+    x = tensors[REGISTRY_KEYS.X_KEY]
+    # one definition: bin_expression of cells whose registered seeds are these gives the same bins
+    names = [f"cell{i}" for i in range(x.shape[0])]
+    seeds = torch.as_tensor(registered_cell_seeds(names))
+    got = m.encode_values(x, seeds).long().numpy()
     np.testing.assert_array_equal(got, bin_expression(x.numpy(), n_bins=51, cell_names=names))
     # per cell: the same bins whatever the other cells of the minibatch
-    sub = m.encode_values(x[5:9], seeds[5:9].reshape(-1)).long().numpy()
+    sub = m.encode_values(x[5:9], seeds[5:9]).long().numpy()
     np.testing.assert_array_equal(sub, got[5:9])
+
+
+def test_bins_equal_pp_bin_values_on_tied_counts():
+    """The module binned in NumPy with the cell seed as the cell's name, so its tie order differed from pp.bin_values."""
+    rng = np.random.default_rng(0)
+    counts = rng.poisson(0.9, size=(40, 60)).astype(np.float32)  # mostly 0, 1 and 2: many ties in every cell
+    counts[:, :6] += rng.poisson(20, size=(40, 6))  # a few highly expressed genes
+    adata = AnnData(counts)
+    adata.obs_names = [f"AAAC-{i}" for i in range(40)]
+    ids = np.arange(60)
+    ids[[3, 17, 42]] = -1  # genes outside the vocabulary: the module bins the other 57
+    m = ScFormerModule(ids, 63, pad_id=60, cls_id=61, **TINY)
+    seeds = torch.as_tensor(registered_cell_seeds(adata.obs_names))
+    got = m.encode_values(torch.as_tensor(counts), seeds).long().numpy()
+
+    mapped = adata[:, ids >= 0].copy()
+    pp.bin_values(mapped, n_bins=51)
+    want = np.asarray(mapped.layers["X_binned"])
+    np.testing.assert_array_equal(got, want)
+    # the data has ties that land in different bins, so the tie rule is what is compared
+    x = counts[:, ids >= 0]
+    assert any(len(np.unique(got[i][x[i] == 1])) > 1 for i in range(40))
+    # on the device of the minibatch: no NumPy round trip (the bins keep the input's device and are integers)
+    assert m._bin(torch.as_tensor(x), seeds).dtype == torch.int64
 
 
 def test_mask_ratio_and_masked_values_hidden(tensors):

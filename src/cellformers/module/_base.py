@@ -8,6 +8,8 @@ import numpy as np
 import torch
 from scvi.module.base import BaseModuleClass
 
+from ._tokens import uniform_draws
+
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
@@ -133,6 +135,69 @@ class GeneTokenModule(BaseModuleClass):
         if not bool(has.any()):
             return None
         return (per_pos.sum(-1)[has] / n[has]).mean()
+
+    def log_normalize(self, x: Tensor, target_sum: float) -> Tensor:
+        """``log1p(target_sum · x / Σx)`` of the module's genes ``(batch, n_genes)``, float32.
+
+        The library size ``Σx`` sums all ``n_vars`` input columns (genes outside the vocabulary count towards the
+        depth of the cell), then the vocabulary columns are kept.
+        """
+        x = x.float()
+        # Counts are integers, so a cell's total is 0 or at least 1: clamping at 1 only keeps an empty cell at 0
+        # (0 / 1) and never changes a real cell, where a tiny epsilon would also blow a non-count row summing to
+        # less than 1 up towards ``target_sum``.
+        library = x.sum(-1, keepdim=True).clamp_min(1.0)
+        return torch.log1p(self.select_genes(x) / library * target_sum)
+
+    def uniform(
+        self,
+        cell_seed: Tensor | None,
+        n: int,
+        salt: int,
+        *,
+        n_cells: int | None = None,
+        device: torch.device | str | None = None,
+        seeded: bool | None = None,
+    ) -> Tensor:
+        """Uniform numbers ``(n_cells, n)``: torch's generator in training, per-cell seeded draws in evaluation.
+
+        Seeded draws (:func:`~cellformers._utils.counter_uniform`, stream ``salt``) make validation losses,
+        embeddings and imputations of a cell independent of its minibatch; training wants fresh numbers every step.
+
+        Parameters
+        ----------
+        cell_seed
+            Registered per-cell seeds (any shape with one element per cell); ``None`` always draws from torch.
+        n
+            Numbers per cell.
+        salt
+            Independent stream of the seeded draws.
+        n_cells
+            Number of cells; ``None``: one per seed.
+        device
+            Device of the result; ``None``: the module's.
+        seeded
+            Force seeded (``True``) or torch (``False``) draws; ``None``: seeded unless the module is training.
+        """
+        if n_cells is None:
+            n_cells = int(cell_seed.numel())
+        device = self.input_columns.device if device is None else device
+        seeded = not self.training if seeded is None else seeded
+        return uniform_draws(cell_seed, n, salt, n_cells=n_cells, device=device, seeded=seeded)
+
+    def to_input_columns(self, values: Tensor, fill: float = float("nan")) -> Tensor:
+        """Per-gene values ``(batch, n_genes, ...)`` -> all input columns ``(batch, n_vars, ...)``.
+
+        Columns outside the vocabulary get ``fill`` (NaN: the module has no prediction for them).
+        """
+        if values.shape[1] != self.n_genes:
+            msg = f"expected {self.n_genes} genes, got {values.shape[1]}"
+            raise ValueError(msg)
+        if self.n_genes == self.n_input_vars:
+            return values
+        out = values.new_full((values.shape[0], self.n_input_vars, *values.shape[2:]), fill)
+        out[:, self.input_columns.to(values.device)] = values
+        return out
 
     def select_genes(self, x: Tensor) -> Tensor:
         """Keep the vocabulary-mapped columns of ``x`` (``(batch, n_vars)`` -> ``(batch, n_genes)``)."""

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import math
-import warnings
-from typing import TYPE_CHECKING, Literal, NamedTuple
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 import torch
@@ -14,7 +12,6 @@ from scvi.module.base import LossOutput, auto_move_data
 from torch import nn
 
 from cellformers._constants import MODULE_KEYS, REGISTRY_KEYS_CF
-from cellformers._utils import counter_uniform
 from cellformers.nn import (
     AdversarialDiscriminator,
     CategoricalValueEncoder,
@@ -28,6 +25,8 @@ from cellformers.nn import (
 )
 
 from ._base import GeneTokenModule
+from ._scformer_impute import ScFormerImputeMixin
+from ._scformer_tokens import SCFORMER_KEYS, ScFormerTokensMixin
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -39,24 +38,7 @@ ValueEncoder = Literal["continuous", "categorical"]
 ValueMode = Literal["binned", "log1p"]
 LossKind = Literal["ce", "mse"]
 
-
-class _ScFormerKeys(NamedTuple):
-    # inference outputs beyond MODULE_KEYS
-    GENE_INDEX: str = "gene_index"  # (B, L) column of each position among the module's genes; -1 at padding
-    GENE_EMBEDDING: str = "gene_embedding"  # (B, L, d) token embeddings emb_g of the sequence genes (MVC queries)
-    VALUES: str = "values"  # (B, L) visible input values (0 where masked or padded)
-    BATCH_INDEX: str = "batch_index"  # (B,) long
-    # generative outputs beyond MODULE_KEYS.PREDICTION (the MGM estimate)
-    MVC_PREDICTION: str = "mvc_prediction"
-
-
-SCFORMER_KEYS = _ScFormerKeys()
-
-# counter_uniform salts: independent per-cell streams for evaluation-time masking, subsampling and imputation passes
-_SALT_MASK = 11
-_SALT_SUBSAMPLE = 12
-_SALT_IMPUTE = 13
-_SALT_CHUNK = 14
+__all__ = ["SCFORMER_KEYS", "ScFormerModule"]
 
 
 def _check_choice(name: str, value, choices: Sequence) -> None:
@@ -65,7 +47,7 @@ def _check_choice(name: str, value, choices: Sequence) -> None:
         raise ValueError(msg)
 
 
-class ScFormerModule(GeneTokenModule):
+class ScFormerModule(ScFormerTokensMixin, ScFormerImputeMixin, GeneTokenModule):
     """scFormer :cite:p:`Cui22`: tensors in, ``LossOutput`` out.
 
     Each cell becomes the sequence ``[<cls>, g_1 … g_M]`` of gene tokens with their binned values (eq. 1–3) and
@@ -331,111 +313,6 @@ class ScFormerModule(GeneTokenModule):
             AdversarialDiscriminator(d_model, n_batch, lambda_=grad_reverse_lambda) if use_dar else None
         )
 
-    # ------------------------------------------------------------------ values
-    def _bin(self, x: Tensor, cell_seed: Tensor) -> Tensor:
-        """Per-cell equal-frequency bins of the module's genes, through :func:`cellformers.data.bin_expression`.
-
-        Ties are broken by a generator keyed by the registered per-cell seed (passed as the cell name), so the bins
-        of a cell never depend on the minibatch.
-        """
-        from cellformers.data import bin_expression
-
-        names = [str(int(s)) for s in cell_seed.reshape(-1).tolist()]
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message=".*no non-zero values.*")
-            bins = bin_expression(x.detach().float().cpu().numpy(), n_bins=self.n_bins, cell_names=names)
-        return torch.from_numpy(np.asarray(bins, dtype=np.int64)).to(x.device)
-
-    def log_normalize(self, x_all: Tensor) -> Tensor:
-        """``log1p(target_sum · x / Σx)`` of the module's genes; the library size sums all input columns."""
-        x_all = x_all.float()
-        lib = x_all.sum(-1, keepdim=True).clamp_min(1.0)
-        return torch.log1p(self.select_genes(x_all) / lib * self.target_sum)
-
-    def encode_values(self, x_all: Tensor, cell_seed: Tensor) -> Tensor:
-        """Raw counts ``(B, n_vars)`` -> model values ``(B, n_genes)``: bins (float) or log1p values."""
-        if self.value_mode == "log1p":
-            return self.log_normalize(x_all)
-        return self._bin(self.select_genes(x_all), cell_seed).float()
-
-    def _uniform(self, cell_seed: Tensor, n: int, salt: int, shape_like: Tensor) -> Tensor:
-        if self.training:
-            return torch.rand(shape_like.shape[0], n, device=shape_like.device)
-        return counter_uniform(cell_seed.reshape(-1), n, salt=salt).to(shape_like.device)
-
-    # ------------------------------------------------------------------ tokens
-    def tokenize(
-        self,
-        values: Tensor,
-        cell_seed: Tensor,
-        *,
-        all_genes: bool = False,
-        forced: Tensor | None = None,
-    ) -> tuple[Tensor, Tensor]:
-        """Choose each cell's gene positions.
-
-        Parameters
-        ----------
-        values
-            ``(B, G)`` values of the module's genes (zero = not expressed).
-        cell_seed
-            ``(B,)`` per-cell seeds.
-        all_genes
-            Use every gene, ignoring ``include_zero_genes`` and ``max_length``.
-        forced
-            Optional boolean ``(B, G)``: genes always kept (e.g. the perturbed genes), ahead of the subsample.
-
-        Returns
-        -------
-        ``gene_index`` ``(B, L)``: the column (``0 … G-1``) at each position, ``-1`` at padding (in gene order);
-        and ``valid`` ``(B, L)``.
-        """
-        b, g = values.shape
-        device = values.device
-        fill = self.include_zero_genes == "fill" and not all_genes
-        zeros_in = all_genes or self.include_zero_genes is True or fill
-        cand = torch.ones_like(values, dtype=torch.bool) if zeros_in else values > 0
-        if forced is not None:
-            cand = cand | forced
-        n_cand = cand.sum(1)
-        longest = int(n_cand.max()) if b else 0
-        limit = None if all_genes else self.max_length
-        subsample = limit is not None and longest > limit
-        if bool(cand.all()) and not subsample:
-            index = torch.arange(g, device=device).expand(b, g)
-            return index, torch.ones_like(index, dtype=torch.bool)
-        length = min(longest, limit) if subsample else longest
-        length = max(length, 1)
-        u = self._uniform(cell_seed, g, _SALT_SUBSAMPLE, values) if subsample else torch.zeros_like(values)
-        if fill:  # expressed genes first, zero genes fill the remaining positions
-            u = u * 0.5 + (values <= 0).to(u.dtype) * 0.5
-        if forced is not None:
-            u = torch.where(forced, torch.full_like(u, -1.0), u)
-        score = torch.where(cand, u, torch.full_like(u, 2.0))
-        order = torch.argsort(score, dim=1, stable=True)[:, :length]
-        valid = torch.gather(score, 1, order) < 2.0
-        # back to gene order; padding (index g) last
-        order = torch.sort(torch.where(valid, order, torch.full_like(order, g)), dim=1).values
-        valid = order < g
-        return torch.where(valid, order, torch.full_like(order, -1)), valid
-
-    def make_mask(self, gene_index: Tensor, valid: Tensor, cell_seed: Tensor, mask_ratio: float) -> Tensor:
-        """Mask ``round(mask_ratio · n)`` (at least one) of each cell's ``n`` valid positions.
-
-        Random in training; in evaluation drawn per cell and gene from ``counter_uniform``, so the validation
-        loss and imputation do not depend on minibatch composition.
-        """
-        if mask_ratio <= 0:
-            return torch.zeros_like(valid)
-        n_genes = self.n_genes
-        u_genes = self._uniform(cell_seed, n_genes, _SALT_MASK, gene_index)
-        u = torch.gather(u_genes, 1, gene_index.clamp_min(0))
-        u = torch.where(valid, u, torch.full_like(u, 2.0))
-        n_valid = valid.sum(1)
-        n_mask = torch.round(n_valid.float() * mask_ratio).long().clamp_min(1).minimum(n_valid)
-        ranks = torch.argsort(torch.argsort(u, dim=1), dim=1)
-        return (ranks < n_mask.unsqueeze(1)) & valid
-
     # ------------------------------------------------------------------ scvi-tools interface
     def _get_inference_input(self, tensors: dict[str, Tensor], **kwargs) -> dict[str, Tensor | None]:
         batch = tensors.get(REGISTRY_KEYS.BATCH_KEY)
@@ -444,17 +321,6 @@ class ScFormerModule(GeneTokenModule):
             "cell_seed": tensors[REGISTRY_KEYS_CF.CELL_SEED],
             "batch_index": batch,
         }
-
-    def _external(self, gene_index: Tensor, valid: Tensor, external: Tensor | None) -> Tensor | None:
-        """External categories at each position: per-cell ``(B, G)`` if given, else the static per-gene ones."""
-        if self.external_embedding is None:
-            return None
-        if external is None:
-            if self.external_token_ids is None:
-                return torch.zeros_like(gene_index)
-            external = self.external_token_ids.expand(gene_index.shape[0], -1)
-        ext = torch.gather(external.long(), 1, gene_index.clamp_min(0))
-        return torch.where(valid, ext, torch.zeros_like(ext))
 
     @auto_move_data
     def inference(
@@ -709,166 +575,3 @@ class ScFormerModule(GeneTokenModule):
             )
             raise ValueError(msg)
         return self.pool(full, pad, out[SCFORMER_KEYS.VALUES], pooling)
-
-    def _expected(self, pred: Tensor) -> Tensor:
-        """Point estimate from a head's output: expected bin under the softmax (CE) or the scalar (MSE)."""
-        pred = pred.float()
-        if self.mgm_loss == "ce":
-            grid = torch.arange(self.n_bins, device=pred.device, dtype=pred.dtype)
-            return pred.softmax(-1) @ grid
-        return pred.squeeze(-1)
-
-    def _probs_or_scalar(self, pred: Tensor) -> Tensor:
-        return pred.float().softmax(-1) if self.mgm_loss == "ce" else pred.float().squeeze(-1)
-
-    @staticmethod
-    def bin_representatives(bins: Tensor, lognorm: Tensor, n_bins: int) -> Tensor:
-        """Per cell, the mean log1p value of the genes in each bin, ``(B, n_bins)``; empty bins are interpolated.
-
-        Bin ``0`` is ``0``; an empty bin takes the linear interpolation of its nearest non-empty neighbours (the
-        last non-empty value above the top, zero below the first).
-        """
-        b = bins.shape[0]
-        idx = bins.long().clamp(0, n_bins - 1)
-        sums = torch.zeros(b, n_bins, device=bins.device).scatter_add_(1, idx, lognorm.float())
-        counts = torch.zeros(b, n_bins, device=bins.device).scatter_add_(1, idx, torch.ones_like(lognorm.float()))
-        rep = sums / counts.clamp_min(1.0)
-        has = counts > 0
-        has[:, 0] = True
-        rep[:, 0] = 0.0
-        out = np.empty((b, n_bins), dtype=np.float32)
-        grid = np.arange(n_bins)
-        rep_np, has_np = rep.cpu().numpy(), has.cpu().numpy()
-        for i in range(b):
-            xp = grid[has_np[i]]
-            out[i] = np.interp(grid, xp, rep_np[i, has_np[i]])
-        return torch.from_numpy(out).to(bins.device)
-
-    def gene_chunks(self, cell_seed: Tensor, forced: Tensor | None = None) -> list[Tensor]:
-        """Positions that cover every gene in chunks of at most ``max_length`` tokens.
-
-        Genes are split into chunks by per-cell seeded draws (``counter_uniform``);
-        ``forced`` genes join every chunk. Without ``max_length`` (or when all genes fit) there is one chunk.
-
-        Returns
-        -------
-        List of ``gene_index`` tensors ``(B, L_c)`` as returned by :meth:`tokenize`.
-        """
-        g = self.n_genes
-        b = cell_seed.shape[0]
-        device = self.input_gene_ids.device
-        n_forced = int(forced.sum(1).max()) if forced is not None and forced.numel() else 0
-        if self.max_length is None or self.max_length >= g:
-            return [torch.arange(g, device=device).expand(b, g)]
-        room = max(1, self.max_length - n_forced)
-        n_chunks = math.ceil(g / room)
-        u = counter_uniform(cell_seed.reshape(-1), g, salt=_SALT_CHUNK).to(device)
-        chunk = torch.argsort(torch.argsort(u, dim=1), dim=1) * n_chunks // g
-        pos = torch.arange(g, device=device, dtype=torch.float32).expand(b, g)
-        out = []
-        for c in range(n_chunks):
-            member = chunk == c
-            if forced is not None:
-                member = member | forced
-            score = torch.where(member, pos, torch.full_like(pos, float("inf")))
-            length = int(member.sum(1).max())
-            order = torch.argsort(score, dim=1)[:, :length]
-            keep = torch.isfinite(torch.gather(score, 1, order))
-            out.append(torch.where(keep, order, torch.full_like(order, -1)))
-        return out
-
-    def _all_gene_estimates(
-        self,
-        tensors: dict[str, Tensor],
-        values: Tensor,
-        masks: list[Tensor | None],
-    ) -> Tensor:
-        """MGM head estimates (probabilities or scalars) for every gene ``(B, G[, n_bins])``.
-
-        One pass per chunk (:meth:`gene_chunks`, keeping the ``forced`` genes of the inference input in every
-        chunk) and per mask of ``masks`` (boolean ``(B, G)``, or ``None`` for an unmasked pass); a gene's estimate
-        is taken from the passes where it is masked (or from every pass with ``None``).
-        """
-        inp = self._get_inference_input(tensors)
-        seeds = inp["cell_seed"].reshape(-1)
-        forced = inp.get("forced")
-        b, g = values.shape
-        pred = None
-        for gene_index in self.gene_chunks(seeds, forced):
-            safe = gene_index.clamp_min(0)
-            for mask in masks:
-                out = self.inference(**inp, mask=mask, values=values, gene_index=gene_index)
-                gen = self.generative(**self._get_generative_input(tensors, out))
-                est = self._probs_or_scalar(gen[MODULE_KEYS.PREDICTION])
-                if pred is None:
-                    pred = torch.zeros((b, g, *est.shape[2:]), device=est.device, dtype=est.dtype)
-                take = gene_index >= 0
-                if mask is not None:
-                    take = take & torch.gather(mask, 1, safe)
-                # positions not taken write into an extra dump column, so no two writes hit the same gene
-                idx = torch.where(take, gene_index, torch.full_like(gene_index, g))
-                buf = torch.cat([pred, pred[:, :1]], 1)
-                buf.scatter_(1, idx.unsqueeze(-1).expand_as(est) if est.dim() == 3 else idx, est)
-                pred = buf[:, :g]
-        return pred
-
-    def to_expression(self, est: Tensor, values: Tensor, x_all: Tensor, scale: Literal["log1p", "bins"]) -> Tensor:
-        """Turn head estimates ``(B, G[, n_bins])`` into values on ``scale`` for cells with inputs ``values``.
-
-        In ``value_mode="binned"``, ``"log1p"`` maps bins to the input cell's own log1p-normalised values
-        (:meth:`bin_representatives`; the expectation over the softmax for cross entropy); ``"bins"`` gives the
-        expected bin. In ``value_mode="log1p"`` the estimates already are log1p values.
-        """
-        if self.value_mode == "log1p":
-            return est
-        if scale == "bins":
-            if self.mgm_loss == "ce":
-                return est @ torch.arange(self.n_bins, device=est.device, dtype=est.dtype)
-            return est
-        rep = self.bin_representatives(values, self.log_normalize(x_all), self.n_bins)
-        if self.mgm_loss == "ce":
-            return torch.einsum("bgk,bk->bg", est, rep)
-        pos = est.clamp(0, self.n_bins - 1)
-        lo = pos.floor().long().clamp(max=self.n_bins - 1)
-        hi = (lo + 1).clamp(max=self.n_bins - 1)
-        frac = pos - lo.float()
-        return torch.gather(rep, 1, lo) * (1 - frac) + torch.gather(rep, 1, hi) * frac
-
-    @torch.inference_mode()
-    def impute(
-        self,
-        tensors: dict[str, Tensor],
-        source: Literal["mgm", "mvc"] = "mgm",
-        scale: Literal["log1p", "bins"] = "log1p",
-    ) -> Tensor:
-        """Predicted values of all the module's genes ``(B, n_genes)`` (evaluation mode expected).
-
-        ``"mgm"``: ``ceil(1 / mask_ratio)`` passes with disjoint, per-cell seeded masks over every gene (zeros
-        included; in chunks of ``max_length`` when set); each gene's value comes from the MGM head while it is
-        masked. ``"mvc"``: one unmasked pass gives the cell embedding, from which the MVC head predicts every gene.
-        ``scale`` as in :meth:`to_expression`.
-        """
-        inp = self._get_inference_input(tensors)
-        x, seeds = inp["x"], inp["cell_seed"].reshape(-1)
-        values = self.encode_values(x, seeds)
-        b, g = values.shape
-        if source == "mgm":
-            if self.mgm_head is None:
-                msg = "This model has no MGM head (`use_mgm=False`); use `source='mvc'`."
-                raise ValueError(msg)
-            n_pass = min(g, math.ceil(1.0 / self.mask_ratio)) if self.mask_ratio > 0 else 1
-            u = counter_uniform(seeds, g, salt=_SALT_IMPUTE).to(values.device)
-            group = torch.argsort(torch.argsort(u, dim=1), dim=1) * n_pass // g
-            est = self._all_gene_estimates(tensors, values, [group == p for p in range(n_pass)])
-        else:
-            if self.mvc_head is None:
-                msg = "This model has no MVC head (`use_mvc=False`); use `source='mgm'`."
-                raise ValueError(msg)
-            out = self.inference(**inp, mask_ratio=0.0, values=values)
-            cell = out[MODULE_KEYS.CELL_EMBEDDING]
-            bidx = out[SCFORMER_KEYS.BATCH_INDEX]
-            if self.batch_embedding is not None:
-                cell = torch.cat([cell, self.batch_embedding(bidx)], -1)
-            genes = self.gene_norm(self.gene_embedding(self.input_gene_ids)).unsqueeze(0).expand(b, -1, -1)
-            est = self._probs_or_scalar(self.mvc_head(genes, cell))
-        return self.to_expression(est, values, x, scale)

@@ -11,7 +11,6 @@ from scvi.module.base import LossOutput, auto_move_data
 from torch import nn
 
 from cellformers._constants import MODULE_KEYS
-from cellformers._utils import counter_uniform
 from cellformers.nn import (
     PermutationInvariantEmbedding,
     TokenContrastiveLoss,
@@ -21,6 +20,7 @@ from cellformers.nn import (
 )
 
 from ._base import GeneTokenModule
+from ._tokens import equal_groups, pack_left
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -354,10 +354,8 @@ class ScPaLMModule(GeneTokenModule):
 
     # ------------------------------------------------------------------ building blocks
     def normalize(self, x: Tensor) -> Tensor:
-        """``log1p(x / sum(x) * library_size)`` over all input columns, then the vocabulary columns."""
-        x = x.float()
-        lib = x.sum(-1, keepdim=True).clamp_min(1e-8)
-        return self.select_genes(torch.log1p(x / lib * self.library_size))
+        """``log1p(x / sum(x) * library_size)``: the sum runs over all input columns, then the vocabulary columns."""
+        return self.log_normalize(x, self.library_size)
 
     def encode_pathways(self, x_norm: Tensor):
         """Stage-1 encoder and quantizer: returns ``(z_e, QuantizerOutput)``, tokens ``(batch, N, d)``."""
@@ -393,11 +391,7 @@ class ScPaLMModule(GeneTokenModule):
 
         With ``cell_seeds`` the subset depends only on the cell (counter-based); otherwise on the torch RNG.
         """
-        n = self.n_pathway_tokens
-        if cell_seeds is None:
-            u = torch.rand(batch, n, device=device)
-        else:
-            u = counter_uniform(cell_seeds.reshape(-1), n, salt=salt).to(device)
+        u = self.uniform(cell_seeds, self.n_pathway_tokens, salt, n_cells=batch, device=device, seeded=True)
         return u.argsort(1)[:, : self.n_keep].sort(1).values
 
     def encode_cell(self, z: Tensor, keep: Tensor | None = None) -> Tensor:
@@ -566,19 +560,11 @@ class ScPaLMModule(GeneTokenModule):
         n = self.n_pathway_tokens
         n_groups = max(2, math.ceil(n / (n - self.n_keep)))
         b = z.shape[0]
-        if cell_seeds is None:
-            u = torch.rand(b, n, device=z.device)
-        else:
-            u = counter_uniform(cell_seeds.reshape(-1), n, salt=7).to(z.device)
-        rank = u.argsort(1).argsort(1)
-        group = rank * n_groups // n  # (B, N), equal group sizes for every cell
+        u = self.uniform(cell_seeds, n, 7, n_cells=b, device=z.device, seeded=True)
+        group = equal_groups(u, n_groups)  # (B, N), equal group sizes for every cell
         out = torch.zeros(b, self.n_genes, device=z.device)
         for g in range(n_groups):
-            kept = group != g
-            n_kept = int(kept[0].sum())
-            keep = (
-                torch.sort(kept.to(torch.int8), dim=1, descending=True, stable=True).indices[:, :n_kept].sort(1).values
-            )
+            keep, _ = pack_left(group != g)  # every cell keeps the same number of tokens: no padding
             pred = self.decode_cell(self.encode_cell(z, keep), keep)
             left = self.left_out_genes(keep)
             out = torch.where(left, pred, out)

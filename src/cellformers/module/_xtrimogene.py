@@ -12,9 +12,12 @@ from scvi.module.base import LossOutput, auto_move_data
 from torch import nn
 
 from cellformers._constants import MODULE_KEYS, REGISTRY_KEYS_CF
-from cellformers._utils import counter_uniform
-from cellformers.module._base import GeneTokenModule
 from cellformers.nn import Performer, TransformerEncoder, TrivialBaseline, make_value_embedding
+
+from ._base import GeneTokenModule
+from ._tokens import scatter_to_genes
+from ._xtrimogene_impute import XTrimoGeneImputeMixin
+from ._xtrimogene_tokens import ENCODER_INDEX, HIDDEN, INPUT_VALUES, XTrimoGeneTokensMixin
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -59,15 +62,10 @@ XTRIMOGENE_PRESETS: dict[str, dict[str, int]] = {
     },
 }
 
-#: Salts of the counter-based generator for evaluation masks (independent streams).
-_SALT_SELECT, _SALT_REPLACE, _SALT_RANDOM, _SALT_IMPUTE = 7101, 7102, 7103, 7104
-
-INPUT_VALUES = "input_values"
-HIDDEN = "hidden"
-ENCODER_INDEX = "encoder_index"
+__all__ = ["ENCODER_INDEX", "HIDDEN", "INPUT_VALUES", "XTRIMOGENE_PRESETS", "XTrimoGeneModule"]
 
 
-class XTrimoGeneModule(GeneTokenModule):
+class XTrimoGeneModule(XTrimoGeneTokensMixin, XTrimoGeneImputeMixin, GeneTokenModule):
     """Asymmetric encoder-decoder of xTrimoGene :cite:p:`Gong23`.
 
     One forward pass (Fig. 1):
@@ -294,118 +292,6 @@ class XTrimoGeneModule(GeneTokenModule):
         self.head_norm = nn.LayerNorm(decoder_dim) if head_norm else None
         self.head = nn.Linear(decoder_dim, 1)
 
-    # ------------------------------------------------------------------ data preparation
-    def normalize(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        """Raw counts ``(batch, n_vars)`` -> ``log1p(x / Σx · target_sum)`` of the vocabulary genes and the library size.
-
-        Returns
-        -------
-        ``values`` ``(batch, n_genes)`` (float32) and ``library`` ``(batch,)`` (sum over all registered genes).
-        """
-        x = x.float()
-        library = x.sum(-1)
-        values = torch.log1p(self.select_genes(x) / library.clamp_min(1.0).unsqueeze(-1) * self.target_sum)
-        return values, library
-
-    def _uniforms(self, cell_seed: Tensor | None, shape: tuple[int, int], salt: int, device) -> Tensor:
-        """Training: torch's RNG. Evaluation: counter-based per-cell numbers (independent of batch composition)."""
-        if self.training or cell_seed is None:
-            return torch.rand(shape, device=device)
-        return counter_uniform(cell_seed.reshape(-1), shape[1], salt=salt).to(device)
-
-    def make_mask(
-        self,
-        values: Tensor,
-        cell_seed: Tensor | None = None,
-        mask_ratio: float | None = None,
-    ) -> tuple[Tensor, Tensor, Tensor]:
-        """Choose the positions to predict and what the encoder sees there.
-
-        Parameters
-        ----------
-        values
-            Normalized expression ``(batch, n_genes)``.
-        cell_seed
-            Per-cell seeds ``(batch, 1)``; used in evaluation mode so masks are reproducible per cell.
-        mask_ratio
-            Overrides the module's ``mask_ratio``.
-
-        Returns
-        -------
-        ``mask`` (positions in the loss), ``hidden`` (positions shown as ``[MASK]``, a subset of ``mask``) and the
-        input values (random replacements applied), all ``(batch, n_genes)``.
-        """
-        b, g = values.shape
-        device = values.device
-        ratio = self.mask_ratio if mask_ratio is None else float(mask_ratio)
-        nonzero = values > 0
-        u = self._uniforms(cell_seed, (b, g), _SALT_SELECT, device)
-        if self.mask_strategy == "balanced":
-            nnz = nonzero.sum(-1)
-            k_nz = torch.round(ratio * nnz.float()).long()
-            k_z = torch.minimum(torch.round(self.balanced_zero_ratio * k_nz.float()).long(), g - nnz)
-            # rank positions inside each group by u: non-zeros get ranks 0..nnz-1, zeros nnz..g-1
-            order = (u + (~nonzero).float()).argsort(dim=-1)
-            rank = torch.empty_like(order).scatter_(-1, order, torch.arange(g, device=device).expand(b, g))
-            mask = torch.where(nonzero, rank < k_nz[:, None], (rank - nnz[:, None]) < k_z[:, None])
-        else:
-            p = torch.where(nonzero, ratio, self.zero_mask_rate)
-            mask = u < p
-        p_mask, p_random, _ = self.mask_replacement
-        if p_mask >= 1.0:
-            return mask, mask, values
-        r = self._uniforms(cell_seed, (b, g), _SALT_REPLACE, device)
-        hidden = mask & (r < p_mask)
-        randomized = mask & (r >= p_mask) & (r < p_mask + p_random)
-        input_values = values
-        if randomized.any():
-            # a random non-zero value of the same cell (values sorted descending: non-zeros first)
-            nnz = nonzero.sum(-1, keepdim=True)
-            sorted_vals = values.sort(dim=-1, descending=True).values
-            u3 = self._uniforms(cell_seed, (b, g), _SALT_RANDOM, device)
-            pick = (u3 * nnz).long().clamp(max=g - 1)
-            input_values = torch.where(randomized, sorted_vals.gather(-1, pick), values)
-        return mask, hidden, input_values
-
-    def pack(self, keep: Tensor, values: Tensor, max_length: int | None = None) -> tuple[Tensor, Tensor]:
-        """Left-pack the kept genes of each cell, loop-free.
-
-        Kept genes come first in gene order (a stable gather through ``topk`` on ``2·keep - index / n_genes``),
-        followed by padding. With ``max_encoder_length`` and more kept genes than that, the most highly expressed
-        kept genes are chosen instead.
-
-        Parameters
-        ----------
-        keep
-            Boolean ``(batch, n_genes)``.
-        values
-            Values ``(batch, n_genes)`` (used only to rank genes above ``max_encoder_length``).
-        max_length
-            Overrides the module's ``max_encoder_length`` for this call.
-
-        Returns
-        -------
-        ``index`` ``(batch, length)`` gene positions (padding slots point at ``n_genes``) and ``padding_mask``
-        ``(batch, length)``.
-        """
-        b, g = keep.shape
-        device = keep.device
-        n_keep = keep.sum(-1)
-        length = max(int(n_keep.max().item()) if b else 0, 1)
-        cap = self.max_encoder_length if max_length is None else int(max_length)
-        if cap is not None and length > cap:
-            length = cap
-            score = torch.where(keep, values.float(), torch.full_like(values, -1.0, dtype=torch.float32))
-            index = score.topk(length, dim=-1).indices
-            padding = ~keep.gather(-1, index)
-        else:
-            pos = torch.arange(g, device=device, dtype=torch.float32) / max(g, 1)
-            score = keep.float() * 2.0 - pos
-            index = score.topk(min(length, g), dim=-1).indices
-            padding = torch.arange(index.shape[-1], device=device)[None, :] >= n_keep[:, None]
-        index = index.masked_fill(padding, g)
-        return index, padding
-
     # ------------------------------------------------------------------ scvi-tools interface
     def _get_inference_input(self, tensors: dict[str, Tensor], **kwargs) -> dict[str, Tensor | None]:
         return {
@@ -574,9 +460,7 @@ class XTrimoGeneModule(GeneTokenModule):
             z = self.decoder(self.decoder_tokens(**self._get_generative_input({}, inf)))[:, :g]
         else:
             h = inf[MODULE_KEYS.TOKEN_EMBEDDING][:, self.n_special :]
-            index = inf[ENCODER_INDEX]
-            z = h.new_zeros(h.shape[0], g + 1, h.shape[-1])
-            z = z.scatter(1, index.unsqueeze(-1).expand(-1, -1, h.shape[-1]), h)[:, :g]
+            z = scatter_to_genes(h.new_zeros(h.shape[0], g, h.shape[-1]), inf[ENCODER_INDEX], h)
         if genes is not None:
             z = z.index_select(1, genes.to(z.device))
         return z.float()
@@ -627,91 +511,6 @@ class XTrimoGeneModule(GeneTokenModule):
             out = [h[:, 0], h[:, 1], *out]
         return out[0] if len(out) == 1 else torch.cat(out, dim=-1)
 
-    @torch.no_grad()
-    def impute(
-        self,
-        x: Tensor,
-        cell_seed: Tensor | None = None,
-        mode: Literal["masked", "visible"] = "masked",
-        n_passes: int | None = None,
-        zero_groups: int | Literal["training"] | None = None,
-    ) -> Tensor:
-        """Predicted normalized expression of every gene, ``(batch, n_genes)``.
-
-        ``"masked"``: each gene is read where the decoder saw it as ``[MASK]``, the only positions the training
-        loss (eq. 5) covers. Zero-count genes are masked in every pass (the encoder never sees them, so this leaves
-        the encoder input unchanged) and their predictions are averaged over the passes; the non-zero genes are
-        split into ``n_passes`` groups by per-cell draws, and pass ``k`` hides group ``k`` from the encoder.
-        ``None``: ``ceil(1 / mask_ratio)`` passes, so the encoder sees about as much of the cell as in training.
-        ``"visible"``: one pass with nothing masked, reading the decoder at the positions it was shown (trained only
-        when ``mask_replacement`` keeps some masked positions visible).
-
-        ``zero_groups``: ``None`` hides every zero-count gene in every pass (hundreds to thousands of ``[MASK]``
-        positions, where training hides a few dozen); an integer ``m`` splits each cell's zero genes into ``m`` groups
-        (per-cell draws) and each pass hides one group, the others entering the decoder as zeros, as in training;
-        ``"training"`` picks ``m`` per cell so that a pass hides about as many zeros as a training mask
-        (``balanced_zero_ratio`` times the masked non-zeros, or ``zero_mask_rate`` of the zeros), at most 64.
-        There are ``max(n_passes, m)`` decoder passes (the encoder runs ``n_passes`` times, as zeros never enter it),
-        and each gene's prediction is the mean over the passes that hid it.
-        """
-        if mode not in ("masked", "visible"):
-            msg = f"`mode` must be 'masked' or 'visible', got {mode!r}."
-            raise ValueError(msg)
-        if mode == "visible":
-            inf = self.inference(x, cell_seed, apply_mask=False)
-            return self.generative(**self._get_generative_input({}, inf))[MODULE_KEYS.PREDICTION]
-        if n_passes is None:
-            n_passes = max(1, math.ceil(1.0 / max(self.mask_ratio, 1e-6)))
-        if int(n_passes) < 1:
-            msg = f"`n_passes` must be a positive integer or None, got {n_passes!r}."
-            raise ValueError(msg)
-        n_passes = int(n_passes)
-        values, _ = self.normalize(x)
-        nonzero = values > 0
-        b, g = values.shape
-        if cell_seed is None:
-            u = torch.rand((b, g), device=values.device)
-        else:
-            u = counter_uniform(cell_seed.reshape(-1), g, salt=_SALT_IMPUTE).to(values.device)
-        group = (u * n_passes).long().clamp(max=n_passes - 1)
-        m = self._zero_groups(nonzero, zero_groups)  # (B,) groups of zero genes per cell
-        if cell_seed is None:
-            u0 = torch.rand((b, g), device=values.device)
-        else:
-            u0 = counter_uniform(cell_seed.reshape(-1), g, salt=_SALT_IMPUTE + 1).to(values.device)
-        zgroup = (u0 * m[:, None]).long().minimum(m[:, None] - 1)
-        sums = torch.zeros_like(values)
-        counts = torch.zeros_like(values)
-        encoded: dict[int, dict[str, Tensor]] = {}
-        for p in range(max(n_passes, int(m.max()) if b else 1)):
-            k = p % n_passes
-            if k not in encoded:  # zeros never enter the encoder: one encoder pass per group of non-zero genes
-                encoded[k] = self.inference(x, cell_seed, hidden=~nonzero | (group == k))
-            hidden = (nonzero & (group == k)) | (~nonzero & (zgroup == (p % m)[:, None]))
-            inf = {**encoded[k], HIDDEN: hidden}
-            pred = self.generative(**self._get_generative_input({}, inf))[MODULE_KEYS.PREDICTION].float()
-            sums += pred * hidden
-            counts += hidden
-        return sums / counts.clamp_min(1.0)
-
-    def _zero_groups(self, nonzero: Tensor, zero_groups: int | str | None) -> Tensor:
-        """Number of groups the zero genes of each cell are split into for masked imputation, ``(batch,)``."""
-        b = nonzero.shape[0]
-        if zero_groups is None:
-            return torch.ones(b, dtype=torch.long, device=nonzero.device)
-        if zero_groups == "training":
-            n_nz = nonzero.sum(1).float()
-            n_zero = (~nonzero).sum(1).float()
-            if self.mask_strategy == "balanced":
-                per_pass = (n_nz * self.mask_ratio).round().clamp_min(1) * self.balanced_zero_ratio
-            else:
-                per_pass = n_zero * self.zero_mask_rate
-            return torch.ceil(n_zero / per_pass.clamp_min(1.0)).long().clamp(1, _MAX_ZERO_GROUPS)
-        if isinstance(zero_groups, bool) or not isinstance(zero_groups, int) or zero_groups < 1:
-            msg = f"`zero_groups` must be None, 'training' or a positive integer, got {zero_groups!r}."
-            raise ValueError(msg)
-        return torch.full((b,), int(zero_groups), dtype=torch.long, device=nonzero.device)
-
     def _get_generative_input(self, tensors: dict[str, Tensor], inference_outputs: dict[str, Tensor], **kwargs):
         return {
             "token_embedding": inference_outputs[MODULE_KEYS.TOKEN_EMBEDDING],
@@ -737,13 +536,12 @@ class XTrimoGeneModule(GeneTokenModule):
             hidden.unsqueeze(-1), self.value_embedding.emb_mask.to(dtype), zero.to(dtype)
         )  # (b, g, d): [MASK] or zero embedding
         # non-zero genes not seen by the encoder (above max_encoder_length) enter through their value embedding
-        in_encoder = torch.zeros(b, g + 1, dtype=torch.bool, device=h.device).scatter_(-1, encoder_index, True)
-        unseen = (input_values > 0) & ~hidden & ~in_encoder[:, :g]
+        seen = torch.ones_like(encoder_index, dtype=torch.bool)
+        in_encoder = scatter_to_genes(torch.zeros(b, g, dtype=torch.bool, device=h.device), encoder_index, seen)
+        unseen = (input_values > 0) & ~hidden & ~in_encoder
         if unseen.any():
             base = torch.where(unseen.unsqueeze(-1), self.value_embedding(input_values).to(dtype), base)
-        base = torch.cat([base, base.new_zeros(b, 1, base.shape[-1])], dim=1)
-        idx = encoder_index.unsqueeze(-1).expand(-1, -1, h.shape[-1])
-        full = base.scatter(1, idx, h)[:, :g]
+        full = scatter_to_genes(base, encoder_index, h)
         genes = self.gene_embedding(self.input_gene_ids)
         if self.decoder_depth_tokens:
             full = torch.cat([full, token_embedding[:, : self.n_special]], dim=1)
@@ -806,10 +604,6 @@ class XTrimoGeneModule(GeneTokenModule):
             for name, part in (("nonzero", nz), ("zero", z)):
                 extra[f"masked_mse_{name}_trivial"] = self.score_trivial(self.trivial, target, part)
         return LossOutput(loss=loss, reconstruction_loss=per_cell, extra_metrics=extra)
-
-
-#: Most groups ``zero_groups="training"`` splits a cell's zero genes into (each costs one decoder pass).
-_MAX_ZERO_GROUPS = 64
 
 
 def _check_choice(name: str, value, choices: tuple) -> None:
