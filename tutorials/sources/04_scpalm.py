@@ -60,9 +60,13 @@ print(
 # ## Two-stage training
 #
 # `preset="small"` is a CPU-sized configuration (2-layer transformers of width 64); here with `N` = 32 pathway tokens
-# and the paper's `K` = 128 codes. {meth}`~cellformers.model.ScPaLM.train` runs stage 1 (pathway encoder, quantizer
-# and decoder; AdamW at `1e-3`) and then stage 2 (cell token, mask token, second encoder and decoder, with stage 1
-# frozen; `5e-4`). `train(stage=1)` and `train(stage=2)` run them one at a time.
+# and the paper's `K` = 128 codes. The quantizer is cellformers' default, `quantizer="per_position"`: each of the 32
+# positions has its own codebook of `K` codes (4,096 codes in all), initialised by k-means after the first 30% of the
+# stage-1 steps, which run without quantization. The paper shares one codebook between the positions
+# (`quantizer="paper"`; see the {doc}`user guide <../../user_guide/scpalm>` for why it is not the default).
+# {meth}`~cellformers.model.ScPaLM.train` runs stage 1 (pathway encoder, quantizer and decoder; AdamW at `1e-3`) and
+# then stage 2 (cell token, mask token, second encoder and decoder, with stage 1 frozen; `5e-4`). `train(stage=1)`
+# and `train(stage=2)` run them one at a time.
 
 # %%
 cf.model.ScPaLM.setup_anndata(adata)
@@ -89,18 +93,27 @@ for ax, (key, title) in zip(
 plt.show()
 
 # %% [markdown]
-# Perplexity is `exp` of the entropy of the code histogram of a minibatch: it grows as more codes are used evenly
-# (dead codes are re-initialised during training, App. A.2), here to about 100 of the 128 codes. The stage-1
-# reconstruction error stops improving after the first epoch: the decoder has learned each gene's mean (its output
-# biases start there) but not yet the variation between cells, which takes far longer training than a tutorial
-# allows. In stage 2 the contrastive loss is computed against pseudo-labels that K-Means refits as training goes,
-# so it need not decrease steadily.
+# Perplexity is `exp` of the entropy of the code histogram of a minibatch (64 cells × 32 tokens, over all 4,096
+# codes): it grows as more codes are used evenly (dead codes are re-initialised during training, App. A.2). In the
+# first three epochs, the warm-up without quantization, it stays near 100; when the codebooks are initialised by
+# k-means it jumps to about 1,300 and then settles near 1,000. The stage-1 reconstruction error on the training
+# cells keeps falling slowly (from 0.98 to 0.88). In stage 2 the contrastive loss is computed against pseudo-labels
+# that K-Means refits as training goes, so it need not decrease steadily (here it alternates between about 1 and 0).
+#
+# Training ends with a `UserWarning` about stage 2, the last one run: on the validation cells its masked-region MSE
+# (0.9417) is no lower than that of predicting each gene's mean normalized expression over the training cells
+# (0.9413; ratio 1.000). The stage-2 encoder and decoder have not learned to predict a left-out region of a cell
+# beyond the gene means, so, as the warning says, the cell token `h_C` reflects little beyond gene identity and the
+# untrained network. (Stage 1 raised no such warning.) This is a few minutes on a CPU from scratch, not a
+# pre-trained scPaLM.
 #
 # ## Codebook usage
 #
-# Every cell becomes `N` = 32 codes out of `K` = 128. {meth}`~cellformers.model.ScPaLM.get_codebook_usage`
-# summarises how many codes the data uses; {meth}`~cellformers.model.ScPaLM.get_pathway_codes` returns the codes of
-# each cell.
+# Every cell becomes `N` = 32 codes, one from each position's codebook of `K` = 128.
+# {meth}`~cellformers.model.ScPaLM.get_codebook_usage` summarises how many codes the data uses, counting the codes of
+# different positions apart (code `k` of position `j` has the global id `j · K + k`, so `n_codes` is 32 × 128 =
+# 4,096); {meth}`~cellformers.model.ScPaLM.get_pathway_codes` returns each cell's local codes `k` (0 to 127), one
+# per position.
 
 # %%
 usage = model.get_codebook_usage()
@@ -128,9 +141,18 @@ fig.colorbar(im, ax=axes[1])
 plt.show()
 
 # %% [markdown]
-# Most codes are shared by all cell types, but some are not: in this run a few codes are used mostly by the myeloid
-# cells (monocytes and dendritic cells) and rarely by lymphocytes. Codes used mostly by one cell type are candidates
-# for cell-type programmes.
+# The cells use 2,652 of the 4,096 codes (65%; 1,444 are never used), about 83 per position on average. The
+# perplexity, 1,450, is the number of equally used codes with the same entropy; as every position contributes the
+# same number of tokens, it is 32 times the (geometric) mean perplexity of a position, so each position spreads the
+# cells over the equivalent of about 45 of its 128 codes. A shared codebook uses only a few codes per position (see
+# the user guide); {meth}`~cellformers.model.ScPaLM.get_codebook_statistics` gives the per-position numbers
+# directly.
+#
+# The two plots count the local index `k` of each token, pooled over the 32 positions: at most 128 of the 4,096 bars
+# on the left are non-zero, and each heatmap column adds up 32 different codes, one per position. Most indices are
+# shared by all cell types, but some are not: in this run 102, 108, 87, 44 and 117 are used mostly by the myeloid
+# cells (monocytes and dendritic cells) and rarely by lymphocytes, and 19 is used most by B cells. Codes used mostly
+# by one cell type are candidates for cell-type programmes.
 #
 # ## Pathway gene lists
 #
@@ -147,10 +169,13 @@ table = pathways[["frequency"]].assign(genes=pathways[gene_cols].apply(", ".join
 table.head(10)
 
 # %% [markdown]
-# In this run, the codes favoured by myeloid cells in the heatmap above (22, 63, 118, 121) list myeloid genes:
-# `CLEC10A` and `FCER1A` (dendritic cells), `C1QA`, `FCGR1B` and `PLA2G7` (monocytes and macrophages); other lists
-# mix genes without an obvious common function, as expected after a few minutes of training. (Code numbers change
-# from one training run to the next.)
+# The codes here are global ids `j · K + k`. A code's `frequency` is its share of all tokens; the codes of one
+# position hold 1/32 ≈ 0.031 of them together. In this run three of the ten most frequent codes list myeloid genes,
+# and their local indices are among those favoured by myeloid cells in the heatmap above: 300 (position 2, index 44)
+# and 1909 (position 14, index 117) list `S100A8`, `S100A12`, `CD93`, `FCGR1B`, `FOLR3` and `PLA2G7` (monocytes),
+# 1382 (position 10, index 102) `CLEC10A` and `FCER1A` (dendritic cells), `C1QA` and `PLA2G7`. The other lists mix
+# genes without an obvious common function, as expected after a few minutes of training. (Code numbers change from
+# one training run to the next.)
 #
 # Scores for every code and gene come from {meth}`~cellformers.model.ScPaLM.get_pathway_gene_scores`. For instance,
 # which codes take the largest share of some well-known markers:
@@ -163,6 +188,12 @@ pd.DataFrame(
 ).round(3)
 
 # %% [markdown]
+# A share is at most 1/32 ≈ 0.031 here, since each position's codebook holds 1/32 of every gene. The B-cell markers
+# MS4A1 and CD79A go to one code, 2963 (position 23, index 19, the index used most by B cells above), FCGR3A to the
+# myeloid code 1382, and NKG7 and GNLY to 2408, the most frequent code, whose own top genes are not NK genes: the
+# code that takes the largest share of a gene is not necessarily specific to it. (CD3E, LYZ and CD14 are not among
+# the 1,838 input genes.)
+#
 # ## Cell embeddings
 #
 # `representation="cell"` gives `h_C`, the stage-2 cell token over all pathway tokens (the paper's embedding);
@@ -194,9 +225,11 @@ for ax, key in zip(axes, embeddings, strict=True):
 plt.show()
 
 # %% [markdown]
-# A few minutes of training on 2,638 cells do not give scPaLM embeddings that compete with PCA: the cell types are
-# barely separated (the paper pre-trains on 0.5 million cells). The {doc}`benchmarks <../../benchmarks>` report a
-# longer run, with the same conclusion so far.
+# A few minutes of training on 2,638 cells do not give scPaLM embeddings that compete with PCA: AvgBIO 0.45 for
+# `h_C` and 0.48 for the mean pathway token, against 0.75 for HVG-PCA (the paper pre-trains on 0.5 million cells).
+# Both separate the myeloid cells from the lymphocytes and keep most B cells together, but mix the T and NK cells.
+# The mean of the pathway tokens, which comes from stage 1 alone, scores a little higher than `h_C`. The
+# {doc}`benchmarks <../../benchmarks>` report a longer run, with the same conclusion so far.
 #
 # ## Imputation
 #
@@ -226,11 +259,12 @@ imputation[cols].plot.barh(figsize=(7, 3), title="error on the hidden entries (l
 plt.show()
 
 # %% [markdown]
-# As the training curves suggested, both scPaLM decoders predict about each gene's mean: their errors are those of
-# the "gene mean" baseline, kNN smoothing is slightly better, and all of them beat leaving the hidden entries at
-# zero. The errors are large for every method because only expressed entries were hidden (`candidates="nonzero"`),
-# whose true values are far from zero; `candidates="all"` is the paper's setting, where most hidden entries are
-# zeros.
+# The two scPaLM decoders and the two imputing baselines have nearly the same error: the pathway (stage-1) decoder
+# is slightly below the "gene mean" baseline (RMSE 3.067 against 3.090) and level with kNN smoothing (3.076), the
+# cell (stage-2) decoder is at the gene-mean level (3.099; stage 2 did not beat the gene means, see the warning
+# above), and all of them beat leaving the hidden entries at zero (3.783). The errors are large for every method
+# because only expressed entries were hidden (`candidates="nonzero"`), whose true values are far from zero;
+# `candidates="all"` is the paper's setting, where most hidden entries are zeros.
 #
 # `cf.tl.impute(adata, model)` writes the imputed matrix of any AnnData to `adata.layers["scpalm_imputed"]`;
 # `decoder="cell"` uses the stage-2 decoder, which predicts each gene from the tokens that remain when its own
