@@ -182,3 +182,24 @@ def test_cell_embedding_with_training_keep_ratio():
     keep = m.random_keep(12, device=x.device, cell_seeds=seeds, salt=101)
     z, _ = m.get_pathway_tokens(x)
     torch.testing.assert_close(one, m.encode_cell(z, keep)[:, 0])
+
+
+def test_stage2_evaluation_subsets_are_seeded_per_cell():
+    """In evaluation the kept tokens came from torch's generator: validation losses changed from call to call."""
+    torch.manual_seed(0)
+    m = _module()
+    m.trained_stages[0] = True
+    m.set_stage(2)
+    m.eval()
+    t = _tensors()
+    first, _, loss1 = m(t)
+    second, _, loss2 = m(t)
+    torch.testing.assert_close(first["keep"], second["keep"])
+    torch.testing.assert_close(loss1.loss, loss2.loss)
+    # a cell's subset does not depend on the other cells of the minibatch
+    sub = {k: v[3:7] for k, v in t.items()}
+    torch.testing.assert_close(m.inference(**m._get_inference_input(sub))["keep"], first["keep"][3:7])
+    # training keeps drawing fresh subsets
+    m.train()
+    keeps = {tuple(m(t)[0]["keep"][0].tolist()) for _ in range(8)}
+    assert len(keeps) > 1

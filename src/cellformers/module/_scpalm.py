@@ -10,7 +10,7 @@ from scvi import REGISTRY_KEYS
 from scvi.module.base import LossOutput, auto_move_data
 from torch import nn
 
-from cellformers._constants import MODULE_KEYS
+from cellformers._constants import MODULE_KEYS, REGISTRY_KEYS_CF
 from cellformers.nn import (
     PermutationInvariantEmbedding,
     TokenContrastiveLoss,
@@ -40,6 +40,9 @@ _KEEP = "keep"
 _H_TOKENS = "h_tokens"
 _H_CELL_2 = "cell_embedding_view2"
 _STAGE = "stage"
+
+#: counter_uniform salt of the stage-2 subset in evaluation (``get_cell_embedding`` uses 101, 102, ...; impute 7)
+_SALT_EVAL_KEEP = 0
 
 
 def code_statistics(codes: Tensor) -> dict[str, Tensor]:
@@ -424,12 +427,18 @@ class ScPaLMModule(GeneTokenModule):
         return left[:, self.token_of_gene]
 
     # ------------------------------------------------------------------ scvi-tools interface
-    def _get_inference_input(self, tensors: dict[str, Tensor], **kwargs) -> dict[str, Tensor]:
-        return {"x": tensors[REGISTRY_KEYS.X_KEY]}
+    def _get_inference_input(self, tensors: dict[str, Tensor], **kwargs) -> dict[str, Tensor | None]:
+        return {"x": tensors[REGISTRY_KEYS.X_KEY], "cell_seed": tensors.get(REGISTRY_KEYS_CF.CELL_SEED)}
 
     @auto_move_data
-    def inference(self, x: Tensor, stage: int | None = None) -> dict[str, Tensor | int]:
-        """Stage 1: pathway tokens; stage 2: cell-token encoder over a random subset (two views when contrastive)."""
+    def inference(
+        self, x: Tensor, stage: int | None = None, cell_seed: Tensor | None = None
+    ) -> dict[str, Tensor | int]:
+        """Stage 1: pathway tokens; stage 2: cell-token encoder over a random subset (two views when contrastive).
+
+        The stage-2 subset is drawn from torch's generator in training and, given the per-cell seeds ``cell_seed``
+        ``(batch, 1)``, per cell in evaluation, so validation losses do not depend on the minibatch.
+        """
         stage = self.stage if stage is None else int(stage)
         x_norm = self.normalize(x)
         if stage == 1:
@@ -447,7 +456,8 @@ class ScPaLMModule(GeneTokenModule):
         with torch.no_grad():
             _, vq = self.encode_pathways(x_norm)
         z = vq.quantized.detach()
-        keep = self.random_keep(z.shape[0], device=z.device)
+        seeds = None if self.training else cell_seed
+        keep = self.random_keep(z.shape[0], device=z.device, cell_seeds=seeds, salt=_SALT_EVAL_KEEP)
         h = self.encode_cell(z, keep)
         out = {
             _STAGE: 2,
