@@ -1,7 +1,8 @@
 """The package's layering, checked on its source: no import circle, and each layer imports only those below it.
 
-Imports are read with :mod:`ast` from every file, including those inside functions and ``TYPE_CHECKING`` blocks: a
-deferred import is still a dependency, and deferring one to dodge a circle is what these tests forbid.
+Imports are read with :mod:`ast` from every file, including those inside functions: a deferred import is still a
+dependency, and deferring one to dodge a circle is what these tests forbid. Imports under ``if TYPE_CHECKING:`` are
+left out: they name types for annotations and never run.
 """
 
 from __future__ import annotations
@@ -45,7 +46,16 @@ def _imports(name: str, path: Path, modules: dict[str, Path]) -> set[str]:
     """The package's modules that ``name`` imports (``from pkg import submodule`` counts as the submodule only)."""
     package = name if path.name == "__init__.py" else name.rsplit(".", 1)[0]
     found = set()
-    for node in ast.walk(ast.parse(path.read_text())):
+    tree = ast.parse(path.read_text())
+    typing_only = {
+        id(inner)
+        for node in ast.walk(tree)
+        if isinstance(node, ast.If) and getattr(node.test, "id", getattr(node.test, "attr", None)) == "TYPE_CHECKING"
+        for inner in ast.walk(node)
+    }
+    for node in ast.walk(tree):
+        if id(node) in typing_only:
+            continue
         if isinstance(node, ast.ImportFrom):
             if node.level:
                 base = package.split(".")[: len(package.split(".")) - node.level + 1]

@@ -23,7 +23,11 @@ def add_pretrain_parser(sub) -> None:
     p.add_argument("--model", required=True, choices=list(_pretrain.PRETRAIN_MODELS), help="model to pretrain")
     p.add_argument("--data", required=True, nargs="+", help=".h5ad files, folders of them, or glob patterns")
     p.add_argument("--out", required=True, help="output folder (checkpoints, archive, card)")
-    p.add_argument("--preset", default=None, help="model size: xtrimogene 3M/10M/100M, scpalm paper/small")
+    p.add_argument(
+        "--preset",
+        default=None,
+        help="model size: xtrimogene tiny/3M/10M/100M, scformer paper/tiny, scpalm paper/small/tiny",
+    )
     p.add_argument("--vocab", default=None, help="reference vocabulary: a name or a vocabulary JSON file")
     p.add_argument("--epochs", type=int, default=5, help="number of epochs (default 5, as xTrimoGene-100M)")
     p.add_argument(

@@ -134,3 +134,32 @@ def test_model_rebuilds_data_vocab_of_map_genes(adata, toy_model_cls):
     toy_model_cls.setup_anndata(adata)
     model = toy_model_cls(adata)
     assert model.vocab.genes == list(adata.var_names)
+
+
+def test_setup_registers_the_key_map_genes_wrote_and_the_model_reads_it():
+    import cellformers as cf
+
+    adata = cf.data.synthetic_counts(n_cells=30, n_genes=20)
+    vocab = GeneVocab(["EXTRA", *list(adata.var_names[::-1])], name="reversed")
+    cf.pp.map_genes(adata, vocab, key_added="my_ids")
+    cf.model.ScFormer.setup_anndata(adata, gene_mapping_key="my_ids")
+    assert cf.model.ScFormer._get_most_recent_anndata_manager(adata).registry["setup_args"]["gene_mapping_key"] == (
+        "my_ids"
+    )
+    with pytest.raises(GeneMappingError, match="pass the same vocabulary"):
+        cf.model.ScFormer(adata, preset="tiny")  # "reversed" is not a named reference: it cannot be rebuilt
+    model = cf.model.ScFormer(adata, vocab=vocab, preset="tiny")
+    np.testing.assert_array_equal(model.module.input_gene_ids.numpy(), adata.var["my_ids"].to_numpy())
+
+
+def test_setup_refuses_a_gene_mapping_key_that_map_genes_did_not_write():
+    import cellformers as cf
+    from cellformers import MissingKeyError
+
+    adata = cf.data.synthetic_counts(n_cells=30, n_genes=20)
+    with pytest.raises(MissingKeyError, match="gene_mapping_key"):
+        cf.model.ScFormer.setup_anndata(adata, gene_mapping_key="my_ids")
+    adata.var["my_ids"] = np.arange(adata.n_vars)
+    with pytest.raises(MissingKeyError, match="key_added='my_ids'"):
+        cf.model.ScFormer.setup_anndata(adata, gene_mapping_key="my_ids")
+    assert "_scvi_uuid" not in adata.uns  # nothing was registered

@@ -141,9 +141,9 @@ def _attn_state(s, i):
 
 
 @torch.no_grad()
-def _reference(s, counts, seeds, genes, *, cls_value=0.0, masked=None):
+def _reference(s, counts, cells, genes, *, cls_value=0.0, masked=None):
     """scGPT on the expressed genes of each cell (``<cls>`` first), batched with padding like ``pad_batch``."""
-    bins = bin_expression(counts, n_bins=N_BINS, cell_names=[str(int(x)) for x in seeds])
+    bins = bin_expression(counts, n_bins=N_BINS, cell_names=cells)  # ties drawn from each cell's registered seed
     ids, vals, keys = [], [], []
     for c in range(counts.shape[0]):
         nz = [j for j in np.flatnonzero(counts[c]) if genes[j] in VOCAB_JSON]
@@ -217,8 +217,8 @@ def test_matches_reference_forward(adata, tmp_path):
     assert isinstance(model, ScFormer)
     data = model.adata  # aligned to the checkpoint's genes (the unknown gene dropped, order of the vocabulary)
     assert list(data.var_names) == GENES
-    counts, seeds = np.asarray(data.X), data.obs[CELL_SEED_OBS_COLUMN].to_numpy()
-    ref_cell, ref_mgm, ref_mvc = _reference(s, counts, seeds, list(data.var_names))
+    counts, cells = np.asarray(data.X), list(data.obs_names)
+    ref_cell, ref_mgm, ref_mvc = _reference(s, counts, cells, list(data.var_names))
     np.testing.assert_allclose(model.get_latent_representation(batch_size=3), ref_cell, rtol=1e-4, atol=1e-5)
     cell, mgm, mvc = _ours(model)
     np.testing.assert_allclose(cell, ref_cell, rtol=1e-4, atol=1e-5)
@@ -226,7 +226,7 @@ def test_matches_reference_forward(adata, tmp_path):
     _close(mvc, ref_mvc)
     # masked values: scGPT feeds mask_value (-1) through the value encoder, cellformers its converted <mask> vector
     masked = np.random.default_rng(0).random(counts.shape) < 0.4
-    ref_cell, ref_mgm, ref_mvc = _reference(s, counts, seeds, list(data.var_names), masked=masked)
+    ref_cell, ref_mgm, ref_mvc = _reference(s, counts, cells, list(data.var_names), masked=masked)
     cell, mgm, mvc = _ours(model, masked=masked)
     np.testing.assert_allclose(cell, ref_cell, rtol=1e-4, atol=1e-5)
     _close(mgm, ref_mgm)
@@ -239,7 +239,7 @@ def test_attention_key_layouts_and_embed_data_cls(adata, tmp_path, layout):
     folder = _model_dir(tmp_path, {f"module.{k}": v for k, v in s.items()})  # a DDP-saved state dict
     model = convert_scgpt(weights=folder / "best_model.pt", args=ARGS, vocab=VOCAB_JSON, adata=adata, cls_value=-2)
     data = model.adata
-    ref_cell, _, _ = _reference(s, np.asarray(data.X), data.obs[CELL_SEED_OBS_COLUMN].to_numpy(), GENES, cls_value=-2)
+    ref_cell, _, _ = _reference(s, np.asarray(data.X), list(data.obs_names), GENES, cls_value=-2)
     np.testing.assert_allclose(model.get_latent_representation(), ref_cell, rtol=1e-4, atol=1e-5)
 
 
@@ -255,7 +255,7 @@ def test_vocabulary_checkpoint_and_refusals(adata, tmp_path):
     np.testing.assert_array_equal(table[vocab["<eoc>"]], s["encoder.embedding.weight"][N_TOKENS - 1])
     reloaded = ScFormer.from_pretrained(tmp_path / "converted", adata, accelerator="cpu")
     data = reloaded.adata
-    ref_cell, _, _ = _reference(s, np.asarray(data.X), data.obs[CELL_SEED_OBS_COLUMN].to_numpy(), GENES)
+    ref_cell, _, _ = _reference(s, np.asarray(data.X), list(data.obs_names), GENES)
     np.testing.assert_allclose(reloaded.get_latent_representation(), ref_cell, rtol=1e-4, atol=1e-5)
 
     def convert(state=s, args=ARGS, vocab=VOCAB_JSON, **kw):

@@ -210,7 +210,7 @@ def test_scformer_and_scpalm(files, vocab_file, tmp_path):
     )
     assert isinstance(result.model, ScFormer)
     assert result.card.model_class == "cellformers.model.ScFormer"
-    with pytest.raises(ValueError, match="no presets"):
+    with pytest.raises(ValueError, match=r"`preset` of ScFormer must be one of \['paper', 'tiny'\], got '10M'"):
         pretrain("scformer", files, tmp_path / "preset", preset="10M", vocab=vocab_file)
     result = pretrain(
         "scpalm",

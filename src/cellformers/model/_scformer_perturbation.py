@@ -250,6 +250,7 @@ class ScFormerPerturbation(CellformersModel):
         perturbation_key: str = "perturbation",
         control_value: str = "ctrl",
         cell_type_key: str | None = None,
+        gene_mapping_key: str | None = None,
         **kwargs,
     ):
         """%(summary)s.
@@ -268,6 +269,9 @@ class ScFormerPerturbation(CellformersModel):
             Label of the control cells.
         cell_type_key
             Column of ``adata.obs`` with the cell type or context of each cell; ``None`` for one context.
+        gene_mapping_key
+            ``key_added`` of :func:`cellformers.pp.map_genes`, when it was not the default: the model then uses the
+            token ids of ``adata.var[gene_mapping_key]`` and the vocabulary recorded in ``adata.uns``.
         """
         for key, arg in ((perturbation_key, "perturbation_key"), (cell_type_key, "cell_type_key")):
             if key is not None and key not in adata.obs:
@@ -277,7 +281,7 @@ class ScFormerPerturbation(CellformersModel):
         if not (labels == control_value).any():
             msg = f"No cell has `{perturbation_key}` == {control_value!r} (the control); set `control_value`."
             raise ValueError(msg)
-        cls._prepare_setup(adata, layer)
+        cls._prepare_setup(adata, layer, gene_mapping_key=gene_mapping_key)
         per_label = {lab: perturbed_genes(lab, control_value) for lab in labels.unique()}
         width = max(1, max(len(g) for g in per_label.values()))
         col = {g: i for i, g in enumerate(adata.var_names)}

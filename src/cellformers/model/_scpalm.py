@@ -203,7 +203,7 @@ class ScPaLM(CellformersModel):
 
             vocab = GeneVocab.from_dict(vocab)
         if vocab is None and genes == "hvg":
-            vocab = _hvg_vocab(self.adata)
+            vocab = _hvg_vocab(self.adata, self._gene_mapping_key)
         gene_vocab, gene_token_ids = self._resolve_vocab(self.adata, vocab)
         self.vocab = gene_vocab
         self.module = self._module_cls(
@@ -253,6 +253,7 @@ class ScPaLM(CellformersModel):
         layer: str | None = None,
         batch_key: str | None = None,
         labels_key: str | None = None,
+        gene_mapping_key: str | None = None,
         **kwargs,
     ) -> None:
         """%(summary)s.
@@ -263,8 +264,11 @@ class ScPaLM(CellformersModel):
         %(param_layer)s
         %(param_batch_key)s
         %(param_labels_key)s
+        gene_mapping_key
+            ``key_added`` of :func:`cellformers.pp.map_genes`, when it was not the default: the model then uses the
+            token ids of ``adata.var[gene_mapping_key]`` and the vocabulary recorded in ``adata.uns``.
         """
-        cls._prepare_setup(adata, layer, batch_key=batch_key, labels_key=labels_key)
+        cls._prepare_setup(adata, layer, batch_key=batch_key, labels_key=labels_key, gene_mapping_key=gene_mapping_key)
         setup_method_args = cls._get_setup_method_args(**locals())
         anndata_fields = cls._anndata_fields(layer, batch_key, labels_key)
         adata_manager = AnnDataManager(fields=anndata_fields, setup_method_args=setup_method_args)
@@ -750,12 +754,12 @@ class ScPaLM(CellformersModel):
         return pd.DataFrame(weights, index=pd.Index(names, name="gene"))
 
 
-def _hvg_vocab(adata: AnnData, n_top_genes: int = 2000) -> GeneVocab | None:
+def _hvg_vocab(adata: AnnData, mapping_key: str | None = None, n_top_genes: int = 2000) -> GeneVocab | None:
     """Vocabulary of the highly variable genes of ``adata`` (``None``: every gene, or a map_genes vocabulary)."""
     from cellformers.data import GeneVocab
-    from cellformers.model.base._base import _mapped_vocab_name
+    from cellformers.model.base._vocab import mapped_vocab_name
 
-    if _mapped_vocab_name(adata) is not None:
+    if mapped_vocab_name(adata, mapping_key) is not None:
         return None
     if "highly_variable" in adata.var.columns:
         mask = adata.var["highly_variable"].to_numpy(dtype=bool)

@@ -194,6 +194,7 @@ class XTrimoGene(CellformersModel):
         layer: str | None = None,
         batch_key: str | None = None,
         labels_key: str | None = None,
+        gene_mapping_key: str | None = None,
         **kwargs,
     ):
         """%(summary)s.
@@ -207,8 +208,11 @@ class XTrimoGene(CellformersModel):
         %(param_layer)s
         %(param_batch_key)s
         %(param_labels_key)s
+        gene_mapping_key
+            ``key_added`` of :func:`cellformers.pp.map_genes`, when it was not the default: the model then uses the
+            token ids of ``adata.var[gene_mapping_key]`` and the vocabulary recorded in ``adata.uns``.
         """
-        cls._prepare_setup(adata, layer, batch_key=batch_key, labels_key=labels_key)
+        cls._prepare_setup(adata, layer, batch_key=batch_key, labels_key=labels_key, gene_mapping_key=gene_mapping_key)
         setup_method_args = cls._get_setup_method_args(**locals())
         anndata_fields = cls._anndata_fields(layer, batch_key, labels_key)
         adata_manager = AnnDataManager(fields=anndata_fields, setup_method_args=setup_method_args)

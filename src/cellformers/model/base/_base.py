@@ -4,24 +4,15 @@ from __future__ import annotations
 
 import logging
 import os
-import warnings
 from typing import TYPE_CHECKING, ClassVar
 
 import numpy as np
-import pandas as pd
 import torch
 from scvi import REGISTRY_KEYS
 from scvi.data.fields import CategoricalObsField, LayerField, NumericalObsField
 from scvi.model.base import BaseModelClass, UnsupervisedTrainingMixin
 
-from cellformers._constants import CELL_SEED_OBS_COLUMN, REGISTRY_KEYS_CF, UNS_KEYS, VAR_KEYS
-from cellformers._exceptions import (
-    GeneMappingError,
-    InvalidExpressionError,
-    MissingKeyError,
-    NotCountsError,
-    UnknownCategoryError,
-)
+from cellformers._constants import CELL_SEED_OBS_COLUMN, REGISTRY_KEYS_CF
 from cellformers._settings import settings
 from cellformers._utils import (
     autocast_context,
@@ -38,9 +29,11 @@ from cellformers._utils._progress import show_progress, track
 from cellformers._utils._validation import check_batch_size
 from cellformers.train import MaskedModelingTrainingPlan, warn_if_trivial
 
+from ._anndata_checks import check_has_cells, check_indices, check_new_anndata, warn_unused_categories
 from ._annotation import AnnotationMixin
 from ._mudata import MuDataMixin
 from ._pretrained import PretrainedMixin
+from ._vocab import check_gene_mapping_key, resolve_vocab
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
@@ -88,7 +81,9 @@ class CellformersModel(AnnotationMixin, MuDataMixin, PretrainedMixin, Unsupervis
 
     # ------------------------------------------------------------------ setup
     @classmethod
-    def _prepare_setup(cls, adata: AnnData, layer: str | None, **obs_keys: str | None) -> None:
+    def _prepare_setup(
+        cls, adata: AnnData, layer: str | None, gene_mapping_key: str | None = None, **obs_keys: str | None
+    ) -> None:
         """Validate the expression layer (raw counts, finite, non-negative) and add the per-cell seed column.
 
         Subclasses call this first in their ``setup_anndata``, with their ``adata.obs`` keys as keyword arguments
@@ -112,6 +107,7 @@ class CellformersModel(AnnotationMixin, MuDataMixin, PretrainedMixin, Unsupervis
         for arg, key in obs_keys.items():
             if key is not None:
                 check_key(adata, "obs", key, arg=arg)
+        check_gene_mapping_key(adata, gene_mapping_key)
         check_counts(get_matrix(adata, layer), arg="layer", layer=layer)
         cls._add_cell_seeds(adata)
 
@@ -130,7 +126,7 @@ class CellformersModel(AnnotationMixin, MuDataMixin, PretrainedMixin, Unsupervis
             key = setup_locals.get(arg)
             if isinstance(key, str) and isinstance(adata, AnnData):
                 check_key(adata, "obs", key, arg=arg)
-                _warn_unused_categories(adata.obs[key], key, arg)
+                warn_unused_categories(adata.obs[key], key, arg)
         return BaseModelClass._get_setup_method_args(**setup_locals)
 
     @staticmethod
@@ -154,9 +150,9 @@ class CellformersModel(AnnotationMixin, MuDataMixin, PretrainedMixin, Unsupervis
         """
         if adata is not None:
             adata = resolve_adata(adata)
-            _check_has_cells(adata)
+            check_has_cells(adata)
             if self.get_anndata_manager(adata) is None:
-                self._check_new_anndata(adata)
+                check_new_anndata(self, adata)
         added = False
         if adata is not None and CELL_SEED_OBS_COLUMN not in adata.obs.columns:
             if adata.is_view:
@@ -170,70 +166,6 @@ class CellformersModel(AnnotationMixin, MuDataMixin, PretrainedMixin, Unsupervis
                 adata.obs.drop(columns=[CELL_SEED_OBS_COLUMN], inplace=True, errors="ignore")
             raise
 
-    def _check_new_anndata(self, adata: AnnData) -> None:
-        """Raise a clear error when ``adata`` does not match the model's genes, counts layer or covariates."""
-        registry = self.registry_
-        setup_args = registry.get("setup_args", {})
-        name = type(self).__name__
-        genes = pd.Index(np.asarray(self.get_var_names()).astype(str))
-        var_names = pd.Index(np.asarray(adata.var_names).astype(str))
-        if not var_names.equals(genes):
-            n_common = int(var_names.isin(genes).sum())
-            msg = (
-                f"`adata` has other genes than the {name} model ({adata.n_vars} genes, {n_common} of them among the "
-                f"model's {genes.size}{', in another order' if n_common == genes.size == adata.n_vars else ''}). "
-                "Align it first: `adata = cellformers.pp.align_to_reference(adata, model.get_var_names())`."
-            )
-            raise GeneMappingError(msg)
-        layer = setup_args.get("layer")
-        where = "adata.X" if layer is None else f"adata.layers[{layer!r}]"
-        if layer is not None and layer not in adata.layers:
-            msg = (
-                f"The {name} model reads raw counts from {where}, which `adata` does not have (layers: "
-                f"{list(adata.layers) or 'none'}). Put this data's raw counts there."
-            )
-            raise MissingKeyError(msg)
-        try:
-            check_counts(get_matrix(adata, layer), arg="layer", layer=layer)
-        except NotCountsError as err:
-            msg = (
-                f"`adata` does not hold raw counts in {where}, where the {name} model reads them (it has non-integer "
-                "values: normalized or log-transformed?). Put this data's raw counts there, e.g. from "
-                "`adata.raw.X` or a counts layer, or recover them with `cellformers.pp.counts_from_normalized`."
-            )
-            raise NotCountsError(msg) from err
-        for field in registry.get("field_registries", {}).values():
-            state = field.get("state_registry", {})
-            column = state.get("original_key")
-            if "categorical_mapping" not in state or column is None or str(column).startswith("_scvi_"):
-                continue
-            arg = next(
-                (
-                    f"{k}={v!r}"
-                    for k, v in setup_args.items()
-                    if k.endswith("_key") and isinstance(v, str) and v == column
-                ),
-                None,
-            )
-            what = f"`adata.obs[{column!r}]`" + (f" (`{arg}` of the model's setup)" if arg else "")
-            if column not in adata.obs.columns:
-                msg = (
-                    f"The {name} model was set up with the covariate {what}, which `adata` does not have. Add that "
-                    "column with categories the model knows."
-                )
-                raise MissingKeyError(msg)
-            mapping = pd.Index(np.asarray(state["categorical_mapping"]).astype(object))
-            values = pd.Index(pd.unique(adata.obs[column].astype(object)))
-            unknown = values.difference(mapping)
-            if unknown.size:
-                known = mapping[:10].tolist()
-                msg = (
-                    f"{what} holds categories the {name} model was not trained with ({unknown[:10].tolist()}); it "
-                    f"knows {known}{' …' if mapping.size > 10 else ''}. Relabel those cells with a known category "
-                    "(e.g. the most similar batch), or train a model that includes them."
-                )
-                raise UnknownCategoryError(msg)
-
     @classmethod
     def _anndata_fields(cls, layer: str | None, batch_key: str | None, labels_key: str | None) -> list:
         """The ``AnnDataManager`` fields every cellformers model registers."""
@@ -245,70 +177,15 @@ class CellformersModel(AnnotationMixin, MuDataMixin, PretrainedMixin, Unsupervis
         ]
 
     # ------------------------------------------------------------------ vocabulary
-    @staticmethod
-    def _resolve_vocab(adata: AnnData, vocab: GeneVocab | str | None) -> tuple[GeneVocab, np.ndarray]:
-        """The vocabulary and the token id of each gene of ``adata`` (``-1`` when absent).
+    @property
+    def _gene_mapping_key(self) -> str | None:
+        """The ``gene_mapping_key`` of the setup (the ``key_added`` of :func:`cellformers.pp.map_genes`)."""
+        setup_args = self.adata_manager.registry.get("setup_args", {}) if self.adata_manager is not None else {}
+        return setup_args.get("gene_mapping_key")
 
-        ``vocab=None`` uses the vocabulary :func:`cellformers.pp.map_genes` recorded in
-        ``adata.uns['cellformers_gene_mapping']`` when ``adata`` was mapped (and says so), else builds one from the
-        data's genes (scFormer section 3.1). ``adata.var['cellformers_token_id']`` from
-        :func:`~cellformers.pp.map_genes` is used when present (it resolves Ensembl ids and case), else the var
-        names are looked up directly; a vocabulary other than the one ``map_genes`` used is an error.
-        """
-        from cellformers.data import GeneVocab
-
-        mapped_with = _mapped_vocab_name(adata)
-        if vocab is None and mapped_with is not None:
-            vocab = _load_mapped_vocab(mapped_with, adata)
-            logger.info(
-                f"using the vocabulary {mapped_with!r} that `cellformers.pp.map_genes` recorded in "
-                f"adata.uns[{UNS_KEYS.GENE_MAPPING!r}] (pass `vocab=` to choose another)"
-            )
-        elif vocab is None:
-            vocab = GeneVocab.from_adata(adata)
-        elif isinstance(vocab, str):
-            vocab = GeneVocab.load(vocab)
-        elif not isinstance(vocab, GeneVocab):
-            msg = f"`vocab` must be a GeneVocab, a reference name or None, got {type(vocab).__name__}."
-            raise TypeError(msg)
-        if mapped_with is not None and vocab.name not in (None, "custom") and vocab.name != mapped_with:
-            msg = (
-                f"`adata` was mapped with `cellformers.pp.map_genes` against the vocabulary {mapped_with!r}, but the "
-                f"model is given {vocab.name!r}: the token ids in adata.var[{VAR_KEYS.TOKEN_ID!r}] would mean other "
-                f"genes. Pass `vocab={mapped_with!r}` (or leave `vocab` out), or rerun `map_genes` with "
-                f"`vocab={vocab.name!r}`."
-            )
-            raise GeneMappingError(msg)
-        if VAR_KEYS.TOKEN_ID in adata.var.columns:
-            ids = adata.var[VAR_KEYS.TOKEN_ID].to_numpy(dtype=np.int64)
-            if ids.max(initial=-1) >= len(vocab):
-                msg = (
-                    f"`adata.var[{VAR_KEYS.TOKEN_ID!r}]` holds token ids beyond this vocabulary ({len(vocab)} "
-                    "tokens): it was mapped against another vocabulary. Rerun `cellformers.pp.map_genes` with "
-                    "the model's vocabulary."
-                )
-                raise GeneMappingError(msg)
-        else:
-            ids = vocab.lookup(adata.var_names)
-        repeated = (ids >= 0) & pd.Series(ids).duplicated().to_numpy()
-        if repeated.any():
-            msg = (
-                f"{int(repeated.sum())} genes of `adata` map to a token another gene already has (repeated names, "
-                f"e.g. {adata.var_names[repeated][:5].tolist()}); only the first of each is used as model input. "
-                "Run `adata.var_names_make_unique()` or sum the repeated genes to silence this."
-            )
-            warnings.warn(msg, UserWarning, stacklevel=settings.warnings_stacklevel)
-            ids = np.where(repeated, -1, ids)
-        n_mapped = int((ids >= 0).sum())
-        if n_mapped == 0:
-            msg = (
-                "None of the genes of `adata` is in the vocabulary. Check that `adata.var_names` are gene symbols "
-                "(or run `cellformers.pp.map_genes(adata, vocab, gene_symbols=...)`)."
-            )
-            raise GeneMappingError(msg)
-        if n_mapped < ids.size:
-            logger.info(f"{n_mapped} of {ids.size} genes are in the vocabulary; the others are ignored")
-        return vocab, ids
+    def _resolve_vocab(self, adata: AnnData, vocab: GeneVocab | str | None) -> tuple[GeneVocab, np.ndarray]:
+        """:func:`~cellformers.model.base._vocab.resolve_vocab` with the ``gene_mapping_key`` of the setup."""
+        return resolve_vocab(adata, vocab, self._gene_mapping_key)
 
     # ------------------------------------------------------------------ training
     def train(
@@ -637,10 +514,10 @@ class CellformersModel(AnnotationMixin, MuDataMixin, PretrainedMixin, Unsupervis
         self._check_if_trained(warn=False)
         check_batch_size(batch_size)  # before the AnnData is set up: a bad argument writes nothing
         if adata is not None:
-            _check_has_cells(resolve_adata(adata))
+            check_has_cells(resolve_adata(adata))
         data = self.adata if adata is None else resolve_adata(adata)
         if indices is not None and data is not None:
-            _check_indices(indices, data.n_obs)
+            check_indices(indices, data.n_obs)
         adata = self._validate_anndata(adata)
         batch_size = self._batch_size(batch_size)
         requested = np.arange(adata.n_obs) if indices is None else np.asarray(indices)
@@ -682,77 +559,3 @@ class CellformersModel(AnnotationMixin, MuDataMixin, PretrainedMixin, Unsupervis
     @property
     def _progress(self) -> bool:
         return settings.progress_bar
-
-
-def _mapped_vocab_name(adata: AnnData) -> str | None:
-    """Name of the vocabulary :func:`cellformers.pp.map_genes` mapped ``adata`` to (``"custom"`` if unnamed)."""
-    if VAR_KEYS.TOKEN_ID not in adata.var.columns:
-        return None
-    record = adata.uns.get(UNS_KEYS.GENE_MAPPING)
-    params = record.get("params") if isinstance(record, dict) else None
-    if not isinstance(params, dict) or params.get("var_key", VAR_KEYS.TOKEN_ID) != VAR_KEYS.TOKEN_ID:
-        return None
-    name = params.get("vocab")
-    return str(name) if name is not None else None
-
-
-def _load_mapped_vocab(name: str, adata: AnnData) -> GeneVocab:
-    """The vocabulary ``name`` recorded by :func:`cellformers.pp.map_genes`, or a clear error.
-
-    A named reference is loaded. Another vocabulary cannot be rebuilt, except the data's own genes
-    (``GeneVocab.from_adata(adata)``), recognised by giving exactly the recorded token ids.
-    """
-    from cellformers.data import GeneVocab
-    from cellformers.data._references import REFERENCES
-
-    if name not in REFERENCES:
-        own = GeneVocab.from_adata(adata)
-        if np.array_equal(own.lookup(adata.var_names), adata.var[VAR_KEYS.TOKEN_ID].to_numpy(dtype=np.int64)):
-            return own
-        msg = (
-            f"`adata` was mapped with `cellformers.pp.map_genes` against a vocabulary that is not a named reference "
-            f"({name!r}), so the model cannot rebuild it: pass the same vocabulary, `vocab=<the GeneVocab given to "
-            "map_genes>`."
-        )
-        raise GeneMappingError(msg)
-    return GeneVocab.load(name)
-
-
-def _check_indices(indices, n_obs: int) -> None:
-    """Raise a ``ValueError`` unless ``indices`` are cell positions in ``range(n_obs)`` or a mask of ``n_obs`` cells."""
-    idx = np.asarray(indices)
-    if idx.dtype == bool:
-        if idx.shape != (n_obs,):
-            msg = f"`indices` is a boolean mask of shape {idx.shape}; it must have one entry per cell ({n_obs})."
-            raise ValueError(msg)
-        return
-    if idx.size and (idx.dtype.kind not in "iu" or idx.min() < 0 or idx.max() >= n_obs):
-        msg = (
-            f"`indices` must be integer cell positions from 0 to {n_obs - 1} (or a boolean mask), got {indices!r:.80}."
-        )
-        raise ValueError(msg)
-
-
-def _check_has_cells(adata: AnnData) -> None:
-    """Raise :class:`~cellformers.InvalidExpressionError` for an AnnData without cells, before anything is written."""
-    if adata.n_obs == 0:
-        msg = (
-            f"`adata` has no cells (shape {adata.shape}); there is nothing to compute. Check the filtering or "
-            "subsetting that produced it."
-        )
-        raise InvalidExpressionError(msg)
-
-
-def _warn_unused_categories(column: pd.Series, key: str, arg: str) -> None:
-    """Warn when a categorical ``adata.obs`` column has categories no cell has (scvi-tools registers them all)."""
-    if not isinstance(column.dtype, pd.CategoricalDtype):
-        return
-    used = pd.unique(column.dropna())
-    unused = [c for c in column.cat.categories if c not in set(used)]
-    if unused:
-        msg = (
-            f"`adata.obs[{key!r}]` (`{arg}`) has categories without cells ({unused[:5]}{' …' if len(unused) > 5 else ''}); "
-            f"the model counts them anyway ({column.cat.categories.size} categories instead of {len(used)}). Drop them: "
-            f"`adata.obs[{key!r}] = adata.obs[{key!r}].cat.remove_unused_categories()`."
-        )
-        warnings.warn(msg, UserWarning, stacklevel=settings.warnings_stacklevel)
