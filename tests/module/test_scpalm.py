@@ -112,11 +112,15 @@ def test_inference_helpers():
     assert codes.dtype == torch.long
     seeds = torch.arange(12.0)
     for decoder in ("pathway", "cell"):
-        out = m.impute(x, decoder=decoder, cell_seeds=seeds)
+        out = m.impute({REGISTRY_KEYS.X_KEY: x, REGISTRY_KEYS_CF.CELL_SEED: seeds}, decoder=decoder)
         assert out.shape == (12, N_VARS - 1)
         assert (out >= 0).all()
+
     # seeded "cell" imputation does not depend on the batch composition
-    torch.testing.assert_close(m.impute(x, "cell", seeds)[3:5], m.impute(x[3:5], "cell", seeds[3:5]))
+    def batch(rows):
+        return {REGISTRY_KEYS.X_KEY: x[rows], REGISTRY_KEYS_CF.CELL_SEED: seeds[rows]}
+
+    torch.testing.assert_close(m.impute(batch(slice(None)), "cell")[3:5], m.impute(batch(slice(3, 5)), "cell"))
 
 
 def test_bad_arguments():

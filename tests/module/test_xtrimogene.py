@@ -8,6 +8,12 @@ from cellformers._constants import MODULE_KEYS, REGISTRY_KEYS_CF
 from cellformers.model import XTRIMOGENE_PRESETS
 from cellformers.module import XTrimoGeneModule
 
+
+def _batch(x, seed):
+    """A minibatch of registered data, as every module's ``impute`` takes it."""
+    return {REGISTRY_KEYS.X_KEY: x, REGISTRY_KEYS_CF.CELL_SEED: seed}
+
+
 TINY = {
     "encoder_layers": 1,
     "encoder_heads": 2,
@@ -257,7 +263,7 @@ def test_masked_imputation_reads_every_gene_where_it_was_masked():
         return out
 
     m.generative = spy
-    out = m.impute(x, seed)
+    out = m.impute(_batch(x, seed))
     values, _ = m.normalize(x)
     nonzero = values > 0
     hidden = torch.stack(seen)  # (passes, cells, genes)
@@ -269,11 +275,11 @@ def test_masked_imputation_reads_every_gene_where_it_was_masked():
     torch.testing.assert_close(out, expected)
     # reproducible per cell: the same cells in another batch composition give the same result
     m.generative = generative
-    torch.testing.assert_close(m.impute(x[2:], seed[2:]), out[2:])
-    visible = m.impute(x, seed, mode="visible")
+    torch.testing.assert_close(m.impute(_batch(x[2:], seed[2:])), out[2:])
+    visible = m.impute(_batch(x, seed), mode="visible")
     assert visible.shape == out.shape
     with pytest.raises(ValueError, match="n_passes"):
-        m.impute(x, seed, n_passes=0)
+        m.impute(_batch(x, seed), n_passes=0)
 
 
 def test_trivial_loss_is_the_per_gene_mean_of_the_masked_training_targets():
@@ -326,17 +332,17 @@ def test_zero_groups_none_is_the_previous_imputation_and_groups_hide_zeros_a_gro
     tensors = _tensors()
     x, seed = tensors[REGISTRY_KEYS.X_KEY], tensors[REGISTRY_KEYS_CF.CELL_SEED]
     with torch.no_grad():
-        base = module.impute(x, seed)
+        base = module.impute(_batch(x, seed))
         # the previous definition: every zero hidden in each of the passes, non-zeros read where hidden
         values, _ = module.normalize(x)
         assert torch.isfinite(base).all()
-        grouped = module.impute(x, seed, zero_groups=5)
-        again = module.impute(x, seed, zero_groups=5)
-        auto = module.impute(x, seed, zero_groups="training")
+        grouped = module.impute(_batch(x, seed), zero_groups=5)
+        again = module.impute(_batch(x, seed), zero_groups=5)
+        auto = module.impute(_batch(x, seed), zero_groups="training")
     torch.testing.assert_close(grouped, again)  # per-cell draws: deterministic
     nonzero = values > 0
     assert not torch.allclose(grouped[~nonzero], base[~nonzero])  # zeros now see the other zeros as zeros
     assert torch.isfinite(auto).all()
     assert (module._zero_groups(nonzero, "training") >= 1).all()
     with pytest.raises(ValueError, match="`zero_groups` must be"):
-        module.impute(x, seed, zero_groups=0)
+        module.impute(_batch(x, seed), zero_groups=0)

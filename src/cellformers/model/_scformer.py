@@ -596,17 +596,7 @@ class ScFormer(CellformersModel):
         -------
         Array of shape ``(n_cells, n_vars)``; NaN in the columns of genes outside the vocabulary.
         """
-        pred = self._predict_batches(
-            lambda t: self.module.impute(t, source=source, scale=scale), adata, indices, batch_size, precision
-        )
-        n_vars = self.module.n_input_vars
-        if pred.size == 0:
-            return np.zeros((0, n_vars), dtype=np.float32)
-        if pred.shape[1] == n_vars:
-            return pred
-        out = np.full((pred.shape[0], n_vars), np.nan, dtype=np.float32)
-        out[:, self.module.input_columns.cpu().numpy()] = pred
-        return out
+        return self._imputed(adata, indices, batch_size, precision, source=source, scale=scale)
 
     def get_gene_embeddings(self) -> pd.DataFrame:
         """Learned gene-token embeddings ``emb_g`` (after its LayerNorm) of the registered genes in the vocabulary.

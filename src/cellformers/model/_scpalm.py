@@ -515,16 +515,7 @@ class ScPaLM(CellformersModel):
             msg = f"`decoder` must be 'pathway' or 'cell', got {decoder!r}."
             raise ValueError(msg)
         self._require_stage(1 if decoder == "pathway" else 2, f"`decoder={decoder!r}`")
-        fn = lambda t: self.module.impute(
-            t[REGISTRY_KEYS.X_KEY].to(self.device), decoder=decoder, cell_seeds=t[REGISTRY_KEYS_CF.CELL_SEED]
-        )
-        pred = self._predict_batches(fn, adata, indices, batch_size, precision)
-        n_vars = self.module.n_input_vars
-        if pred.shape[1] == n_vars:
-            return pred
-        out = np.full((pred.shape[0], n_vars), np.nan, dtype=np.float32)
-        out[:, self.module.input_columns.cpu().numpy()] = pred
-        return out
+        return self._imputed(adata, indices, batch_size, precision, decoder=decoder)
 
     @torch.inference_mode()
     def get_pathway_codes(

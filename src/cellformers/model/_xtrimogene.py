@@ -404,20 +404,9 @@ class XTrimoGene(CellformersModel):
         -------
         Array of shape ``(n_cells, n_vars)``; NaN in the columns of genes outside the vocabulary.
         """
-
-        def fn(tensors):
-            inputs = self.module._get_inference_input(tensors)
-            return self.module.impute(
-                inputs["x"], inputs["cell_seed"], mode=mode, n_passes=n_passes, zero_groups=zero_groups
-            )
-
-        pred = self._predict_batches(fn, adata, indices, batch_size, precision)
-        n_vars = self.module.n_input_vars
-        if pred.ndim != 2 or pred.shape[1] == n_vars:
-            return pred.reshape(-1, n_vars) if pred.size == 0 else pred
-        out = np.full((pred.shape[0], n_vars), np.nan, dtype=np.float32)
-        out[:, self.module.input_columns.cpu().numpy()] = pred
-        return out
+        return self._imputed(
+            adata, indices, batch_size, precision, mode=mode, n_passes=n_passes, zero_groups=zero_groups
+        )
 
     def get_gene_embeddings(self) -> pd.DataFrame:
         """Learned (context-free) gene embeddings of the registered genes that are in the vocabulary.

@@ -557,13 +557,15 @@ class ScPaLMModule(GeneTokenModule):
         return out / int(n_subsets)
 
     @torch.no_grad()
-    def impute(self, x: Tensor, decoder: Literal["pathway", "cell"] = "pathway", cell_seeds: Tensor | None = None):
-        """Predicted normalized expression ``(batch, n_genes)``, clipped at 0.
+    def impute(self, tensors: dict[str, Tensor], decoder: Literal["pathway", "cell"] = "pathway") -> Tensor:
+        """Predicted normalized expression ``(batch, n_genes)`` of a minibatch of registered data, clipped at 0.
 
         ``"pathway"``: the stage-1 reconstruction from the pathway tokens. ``"cell"``: the stage-2 decoder; the
-        tokens are split into ``ceil(1 / (1 - keep_ratio))`` groups at random (per cell, from ``cell_seeds``), each
-        group is left out once and its genes are read from that pass.
+        tokens are split into ``ceil(1 / (1 - keep_ratio))`` groups at random (per cell, from its registered seed),
+        each group is left out once and its genes are read from that pass.
         """
+        inputs = self._get_inference_input(tensors)
+        x, cell_seeds = inputs["x"].to(self.device), inputs["cell_seed"]
         z, _ = self.get_pathway_tokens(x)
         if decoder == "pathway":
             return self.decode_pathways(z).clamp_min(0)

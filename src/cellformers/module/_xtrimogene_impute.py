@@ -27,8 +27,7 @@ class XTrimoGeneImputeMixin:
     @torch.no_grad()
     def impute(
         self,
-        x: Tensor,
-        cell_seed: Tensor | None = None,
+        tensors: dict[str, Tensor],
         mode: Literal["masked", "visible"] = "masked",
         n_passes: int | None = None,
         zero_groups: int | Literal["training"] | None = None,
@@ -50,7 +49,12 @@ class XTrimoGeneImputeMixin:
         (``balanced_zero_ratio`` times the masked non-zeros, or ``zero_mask_rate`` of the zeros), at most 64.
         There are ``max(n_passes, m)`` decoder passes (the encoder runs ``n_passes`` times, as zeros never enter it),
         and each gene's prediction is the mean over the passes that hid it.
+
+        ``tensors`` is a minibatch of the registered data (counts and cell seeds), as every module's ``impute``
+        takes it.
         """
+        inputs = self._get_inference_input(tensors)
+        x, cell_seed = inputs["x"].to(self.device), inputs["cell_seed"]
         if mode not in ("masked", "visible"):
             msg = f"`mode` must be 'masked' or 'visible', got {mode!r}."
             raise ValueError(msg)

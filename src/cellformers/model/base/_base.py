@@ -556,6 +556,25 @@ class CellformersModel(AnnotationMixin, MuDataMixin, PretrainedMixin, Unsupervis
             return np.zeros((0,), dtype=np.float32)
         return out
 
+    def _imputed(
+        self,
+        adata: AnnData | None,
+        indices: Sequence[int] | None,
+        batch_size: int | None,
+        precision: str | None,
+        **options,
+    ) -> np.ndarray:
+        """``module.impute(tensors, **options)`` of every cell, ``(n_cells, n_vars)``: NaN outside the vocabulary."""
+        n_vars = self.module.n_input_vars
+        pred = self._predict_batches(
+            lambda t: self.module.to_input_columns(self.module.impute(t, **options).float()),
+            adata,
+            indices,
+            batch_size,
+            precision,
+        )
+        return pred.reshape(-1, n_vars) if pred.size == 0 else pred
+
     @property
     def _progress(self) -> bool:
         return settings.progress_bar
