@@ -518,7 +518,7 @@ def presets_xtrimogene(n_genes: int = 19264) -> str:
     import torch
 
     from cellformers.module import XTrimoGeneModule
-    from cellformers.module._xtrimogene import XTRIMOGENE_PRESETS
+    from cellformers.model import XTRIMOGENE_PRESETS
 
     vocab = _vocab(n_genes)
     rows = []

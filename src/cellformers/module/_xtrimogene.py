@@ -25,44 +25,7 @@ if TYPE_CHECKING:
     import numpy as np
     from torch import Tensor
 
-#: App. Table 2 of :cite:p:`Gong23` (depth, heads, width of encoder and decoder). The paper does not give the
-#: feed-forward widths: ``4 x width`` for the 10M model reproduces its 9.8M parameters of Table 1 exactly; the 3M
-#: model uses ``2 x width`` and the 100M decoder ``2 x width`` (encoder ``4 x width`` = scFoundation's 3,072) so that
-#: the parameter counts with 19,264 genes land within 15% of the names (3.3M, 9.9M, 113M).
-XTRIMOGENE_PRESETS: dict[str, dict[str, int]] = {
-    "3M": {
-        "encoder_layers": 4,
-        "encoder_heads": 2,
-        "encoder_dim": 128,
-        "encoder_ff": 256,
-        "decoder_layers": 2,
-        "decoder_heads": 2,
-        "decoder_dim": 128,
-        "decoder_ff": 256,
-    },
-    "10M": {
-        "encoder_layers": 4,
-        "encoder_heads": 8,
-        "encoder_dim": 256,
-        "encoder_ff": 1024,
-        "decoder_layers": 2,
-        "decoder_heads": 4,
-        "decoder_dim": 256,
-        "decoder_ff": 1024,
-    },
-    "100M": {
-        "encoder_layers": 12,
-        "encoder_heads": 12,
-        "encoder_dim": 768,
-        "encoder_ff": 3072,
-        "decoder_layers": 6,
-        "decoder_heads": 8,
-        "decoder_dim": 512,
-        "decoder_ff": 1024,
-    },
-}
-
-__all__ = ["ENCODER_INDEX", "HIDDEN", "INPUT_VALUES", "XTRIMOGENE_PRESETS", "XTrimoGeneModule"]
+__all__ = ["ENCODER_INDEX", "HIDDEN", "INPUT_VALUES", "XTrimoGeneModule"]
 
 
 class XTrimoGeneModule(XTrimoGeneTokensMixin, XTrimoGeneImputeMixin, GeneTokenModule):

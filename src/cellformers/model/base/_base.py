@@ -16,10 +16,10 @@ from cellformers._constants import CELL_SEED_OBS_COLUMN, REGISTRY_KEYS_CF
 from cellformers._settings import settings
 from cellformers._utils import (
     autocast_context,
-    cell_seed,
     check_counts,
     check_key,
     get_matrix,
+    registered_cell_seeds,
     resolve_adata,
     resolve_precision,
     row_nnz,
@@ -131,13 +131,8 @@ class CellformersModel(AnnotationMixin, MuDataMixin, PretrainedMixin, Unsupervis
 
     @staticmethod
     def _add_cell_seeds(adata: AnnData) -> None:
-        """Write the per-cell seed column (24 bits of a hash of the cell name) into ``adata.obs``."""
-        seeds = np.fromiter(
-            (cell_seed(str(name), salt="cell") % (1 << 24) for name in adata.obs_names),
-            dtype=np.float64,
-            count=adata.n_obs,
-        )
-        adata.obs[CELL_SEED_OBS_COLUMN] = seeds.astype(np.float32)
+        """Write the per-cell seed column (:func:`~cellformers._utils.registered_cell_seeds`) into ``adata.obs``."""
+        adata.obs[CELL_SEED_OBS_COLUMN] = registered_cell_seeds(adata.obs_names)
 
     def _validate_anndata(self, adata: AnnData | None = None, copy_if_view: bool = True) -> AnnData:
         """scvi-tools' validation of the data passed to a getter, after checking a new AnnData against the setup.
