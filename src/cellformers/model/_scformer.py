@@ -7,7 +7,6 @@ import warnings
 from typing import TYPE_CHECKING, ClassVar, Literal
 
 import numpy as np
-import pandas as pd
 import torch
 from scvi.data import AnnDataManager
 from scvi.utils import setup_anndata_dsp
@@ -25,6 +24,7 @@ if TYPE_CHECKING:
     import os
     from collections.abc import Sequence
 
+    import pandas as pd
     from anndata import AnnData
 
     from cellformers.data import GeneVocab
@@ -608,9 +608,6 @@ class ScFormer(CellformersModel):
         -------
         DataFrame of shape ``(n_genes_in_vocab, d_model)`` indexed by gene name.
         """
-        self._check_if_trained(warn=False)
         m = self.module
         with torch.no_grad():
-            emb = m.gene_norm(m.gene_embedding(m.input_gene_ids)).detach().float().cpu().numpy()
-        names = np.asarray(self.adata.var_names)[m.input_columns.cpu().numpy()]
-        return pd.DataFrame(emb, index=pd.Index(names, name="gene"), columns=[f"dim_{i}" for i in range(emb.shape[1])])
+            return self._gene_table(m.gene_norm(m.gene_embedding(m.input_gene_ids)))

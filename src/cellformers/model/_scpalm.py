@@ -739,10 +739,7 @@ class ScPaLM(CellformersModel):
         -------
         DataFrame ``(n_genes_in_vocab, n_gene_embedding)`` indexed by gene name.
         """
-        ids = self.module.input_gene_ids
-        weights = self.module.embedding.gene_embedding.weight.detach()[ids].cpu().float().numpy()
-        names = np.asarray(self.adata.var_names)[self.module.input_columns.cpu().numpy()]
-        return pd.DataFrame(weights, index=pd.Index(names, name="gene"))
+        return self._gene_table(self.module.embedding.gene_embedding.weight[self.module.input_gene_ids])
 
 
 def _hvg_vocab(adata: AnnData, mapping_key: str | None = None, n_top_genes: int = 2000) -> GeneVocab | None:

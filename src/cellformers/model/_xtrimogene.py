@@ -415,12 +415,9 @@ class XTrimoGene(CellformersModel):
         -------
         DataFrame of shape ``(n_genes_in_vocab, encoder_dim)`` indexed by gene name.
         """
-        self._check_if_trained(warn=False)
         m = self.module
         with torch.no_grad():
-            emb = m.gene_embedding.weight[m.input_gene_ids].detach().float().cpu().numpy()
-        names = np.asarray(self.adata.var_names)[m.input_columns.cpu().numpy()]
-        return pd.DataFrame(emb, index=pd.Index(names, name="gene"), columns=[f"dim_{i}" for i in range(emb.shape[1])])
+            return self._gene_table(m.gene_embedding.weight[m.input_gene_ids])
 
     @torch.inference_mode()
     def evaluate_masked_recovery(

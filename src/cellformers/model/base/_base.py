@@ -7,6 +7,7 @@ import os
 from typing import TYPE_CHECKING, ClassVar
 
 import numpy as np
+import pandas as pd
 import torch
 from scvi import REGISTRY_KEYS
 from scvi.data.fields import CategoricalObsField, LayerField, NumericalObsField
@@ -550,6 +551,13 @@ class CellformersModel(AnnotationMixin, MuDataMixin, PretrainedMixin, Unsupervis
         if out is None:
             return np.zeros((0,), dtype=np.float32)
         return out
+
+    def _gene_table(self, embeddings: torch.Tensor) -> pd.DataFrame:
+        """Per-gene rows ``(n_genes, d)`` of the module's vocabulary genes as a DataFrame indexed by gene name."""
+        self._check_if_trained(warn=False)
+        emb = embeddings.detach().float().cpu().numpy()
+        names = np.asarray(self.adata.var_names)[self.module.input_columns.cpu().numpy()]
+        return pd.DataFrame(emb, index=pd.Index(names, name="gene"), columns=[f"dim_{i}" for i in range(emb.shape[1])])
 
     def _imputed(
         self,
