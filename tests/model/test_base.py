@@ -163,3 +163,17 @@ def test_setup_refuses_a_gene_mapping_key_that_map_genes_did_not_write():
     with pytest.raises(MissingKeyError, match="key_added='my_ids'"):
         cf.model.ScFormer.setup_anndata(adata, gene_mapping_key="my_ids")
     assert "_scvi_uuid" not in adata.uns  # nothing was registered
+
+
+@pytest.mark.parametrize("name", ["XTrimoGene", "ScFormer", "ScPaLM"])
+def test_every_model_records_the_vocabulary_it_resolved(name):
+    import cellformers as cf
+
+    cls = getattr(cf.model, name)
+    adata = cf.data.synthetic_counts(n_cells=30, n_genes=20)
+    cls.setup_anndata(adata)
+    model = cls(adata, preset="tiny")  # vocab=None: built from the data
+    recorded = model.init_params_["non_kwargs"]["vocab"]
+    assert recorded == model.vocab.to_dict()
+    rebuilt = cls(adata, vocab=recorded, preset="tiny")  # what `load` does with it
+    assert rebuilt.vocab.genes == model.vocab.genes

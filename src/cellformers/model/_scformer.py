@@ -170,7 +170,7 @@ class ScFormer(CellformersModel):
     def __init__(
         self,
         adata: AnnData | None = None,
-        vocab: GeneVocab | str | None = None,
+        vocab: GeneVocab | str | dict | None = None,
         preset: Literal["paper", "tiny"] = "paper",
         n_layers: int | None = None,
         d_model: int | None = None,

@@ -198,10 +198,6 @@ class ScPaLM(CellformersModel):
         config.update(SCPALM_QUANTIZERS[quantizer])
         # module_kwargs win over the preset (they are saved as given, so `load` rebuilds the same module)
         config.update(module_kwargs)
-        if isinstance(vocab, dict):
-            from cellformers.data import GeneVocab
-
-            vocab = GeneVocab.from_dict(vocab)
         if vocab is None and genes == "hvg":
             vocab = _hvg_vocab(self.adata, self._gene_mapping_key)
         gene_vocab, gene_token_ids = self._resolve_vocab(self.adata, vocab)
@@ -218,8 +214,6 @@ class ScPaLM(CellformersModel):
             f"{config['n_heads']} heads, N={config['n_pathway_tokens']} pathway tokens, K={config['n_codes']} codes, "
             f"{self.module.n_genes} of {self.summary_stats.n_vars} genes in the vocabulary."
         )
-        # the resolved vocabulary is saved with the model (JSON-serialisable), so `load` rebuilds the same one
-        vocab = gene_vocab.to_dict()
         self.init_params_ = self._get_init_params(locals())
 
     def _gene_means(self, chunk_size: int = 4096) -> np.ndarray:

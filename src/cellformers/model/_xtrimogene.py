@@ -150,7 +150,7 @@ class XTrimoGene(CellformersModel):
     def __init__(
         self,
         adata: AnnData | None = None,
-        vocab: GeneVocab | str | None = None,
+        vocab: GeneVocab | str | dict | None = None,
         preset: Preset = "10M",
         **module_kwargs,
     ):

@@ -173,6 +173,17 @@ class CellformersModel(AnnotationMixin, MuDataMixin, PretrainedMixin, Unsupervis
         ]
 
     # ------------------------------------------------------------------ vocabulary
+    def _get_init_params(self, locals: dict) -> dict:
+        """scvi-tools' record of the constructor arguments, with the vocabulary the model resolved.
+
+        ``vocab`` is recorded as the resolved vocabulary (a JSON-able dict), not as given: ``None`` or a reference
+        name would be resolved again against the AnnData passed to ``load`` and could give another vocabulary.
+        """
+        params = super()._get_init_params(locals)
+        if "vocab" in params["non_kwargs"] and getattr(self, "vocab", None) is not None:
+            params["non_kwargs"]["vocab"] = self.vocab.to_dict()
+        return params
+
     @property
     def _gene_mapping_key(self) -> str | None:
         """The ``gene_mapping_key`` of the setup (the ``key_added`` of :func:`cellformers.pp.map_genes`)."""

@@ -24,7 +24,7 @@ __all__ = ["check_gene_mapping_key", "mapped_vocab_name", "resolve_vocab"]
 
 
 def resolve_vocab(
-    adata: AnnData, vocab: GeneVocab | str | None, mapping_key: str | None = None
+    adata: AnnData, vocab: GeneVocab | str | dict | None, mapping_key: str | None = None
 ) -> tuple[GeneVocab, np.ndarray]:
     """The vocabulary and the token id of each gene of ``adata`` (``-1`` when absent).
 
@@ -47,8 +47,10 @@ def resolve_vocab(
         vocab = GeneVocab.from_adata(adata)
     elif isinstance(vocab, str):
         vocab = GeneVocab.load(vocab)
+    elif isinstance(vocab, dict):  # as recorded in `init_params_` (`GeneVocab.to_dict`)
+        vocab = GeneVocab.from_dict(vocab)
     elif not isinstance(vocab, GeneVocab):
-        msg = f"`vocab` must be a GeneVocab, a reference name or None, got {type(vocab).__name__}."
+        msg = f"`vocab` must be a GeneVocab, a reference name, its dict form or None, got {type(vocab).__name__}."
         raise TypeError(msg)
     if mapped_with is not None and vocab.name not in (None, "custom") and vocab.name != mapped_with:
         msg = (
