@@ -9,7 +9,7 @@ from cellformers import MissingKeyError
 from cellformers.data import synthetic_counts
 from cellformers.metrics import classification_metrics
 from cellformers.model import CellTypeAnnotator, ScFormer, ScPaLM, XTrimoGene
-from cellformers.model.base._annotation import read_labels, stratified_split
+from cellformers.model.base._annotator import read_labels, stratified_split
 from cellformers.module import CellTypeClassifier
 
 XTG_TINY = {

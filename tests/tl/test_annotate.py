@@ -9,7 +9,7 @@ import torch
 from cellformers import MissingKeyError, tl
 from cellformers.data import synthetic_counts
 from cellformers.model import XTrimoGene
-from cellformers.model.base._annotation import read_labels, stratified_split
+from cellformers.model.base._annotator import read_labels, stratified_split
 
 TINY = {
     "preset": "3M",

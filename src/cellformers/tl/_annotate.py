@@ -15,7 +15,7 @@ from cellformers._exceptions import MissingKeyError
 from cellformers._settings import settings
 from cellformers._utils import check_key, resolve_adata
 from cellformers.metrics import classification_metrics
-from cellformers.model.base._annotation import SPLIT_NAMES, CellTypeAnnotator, read_labels, stratified_split
+from cellformers.model.base._annotator import SPLIT_NAMES, CellTypeAnnotator, read_labels, stratified_split
 
 from ._embed import _chunked, _model_name, _model_params
 
