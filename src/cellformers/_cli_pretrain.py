@@ -1,13 +1,13 @@
-"""``python -m cellformers pretrain``: the command line of :func:`cellformers._pretrain.pretrain`."""
+"""``python -m cellformers pretrain``: the command line of :func:`cellformers.pretrained.pretrain`."""
 
 from __future__ import annotations
 
 import json
 import logging
 
-from cellformers import _pretrain
-from cellformers._corpus import MIN_GENES
 from cellformers._settings import settings
+from cellformers.pretrained import _recipe as _pretrain
+from cellformers.pretrained._corpus import MIN_GENES
 
 logger = logging.getLogger(__name__)
 

@@ -15,12 +15,12 @@ from scipy import sparse
 import cellformers
 from cellformers import ChecksumError, GeneMappingError, NotCountsError
 from cellformers.__main__ import main
-from cellformers._pretrain import CorpusDataset, index_file, pretrain
 from cellformers.checkpoint._format import file_sha256
 from cellformers.data import GeneVocab
 from cellformers.model import ScFormer, ScPaLM, XTrimoGene
 from cellformers.pp import align_to_reference
-from cellformers.pretrained import PretrainedCard, register_pretrained
+from cellformers.pretrained import PretrainedCard, pretrain, register_pretrained
+from cellformers.pretrained._corpus import CorpusDataset, index_file
 
 FILES = ("pbmc3k_processed.h5ad", "pbmc_kang2018_ctrl_stim_2000.h5ad")
 TINY_XTG = {
@@ -260,7 +260,8 @@ def test_ddp_on_cpu(files, vocab_file, tmp_path):
 
 
 def test_cli_no_progress_bar_turns_bars_off(monkeypatch, tmp_path):
-    import cellformers._pretrain as pretrain_mod
+    import cellformers.pretrained._recipe as pretrain_mod
+
     from cellformers._settings import settings
 
     seen = {}

@@ -85,7 +85,7 @@ def test_a_bad_argument_fails_in_one_line(tmp_path, capsys):
 
 def test_every_chunk_of_a_file_is_checked_while_indexing(tmp_path):
     from cellformers import NotCountsError
-    from cellformers._pretrain import index_file
+    from cellformers.pretrained._corpus import index_file
 
     path, adata = _write(tmp_path, "data.h5ad", normalize_from=600)
     vocab = GeneVocab(list(adata.var_names))

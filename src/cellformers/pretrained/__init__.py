@@ -2,7 +2,8 @@
 
 The public namespace for checkpoints: the format, archives and registry live in :mod:`cellformers.checkpoint`
 (which imports no model), saving and loading models beside the model base (:class:`PretrainedMixin`), and the
-converters of public upstream weights here.
+converters of public upstream weights and the pre-training recipe (:func:`pretrain`, ``python -m cellformers
+pretrain``, reading a corpus of ``.h5ad`` files) here.
 
 A checkpoint is a directory written by ``model.save_pretrained(path)`` (``config.json``, ``model.safetensors``,
 ``vocab.json``, ``checksums.json``) and read by ``Model.from_pretrained(name_or_path_or_url, adata)``.
@@ -35,11 +36,13 @@ from cellformers.model.base import PretrainedMixin, load_pretrained, save_pretra
 
 from ._convert_scfoundation import SCFOUNDATION_KEYS, SCFOUNDATION_OPTIONS, convert_scfoundation
 from ._convert_scgpt import SCGPT_OPTIONS, convert_scgpt
+from ._recipe import PRETRAIN_MODELS, pretrain
 
 __all__ = [
     "ARCHIVE_SUFFIXES",
     "MODEL_CLASSES",
     "PRETRAINED_URL_ENV",
+    "PRETRAIN_MODELS",
     "REGISTRY",
     "SCFOUNDATION_KEYS",
     "SCFOUNDATION_OPTIONS",
@@ -55,6 +58,7 @@ __all__ = [
     "list_pretrained",
     "load_pretrained",
     "pack_checkpoint",
+    "pretrain",
     "register_pretrained",
     "resolve_checkpoint",
     "safe_torch_load",

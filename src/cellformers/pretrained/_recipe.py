@@ -25,14 +25,10 @@ from typing import TYPE_CHECKING, Any, Literal
 import pandas as pd
 import torch
 
-from cellformers._corpus import MIN_GENES, CorpusDataModule, check_files_hold_counts, resolve_files, sample_adata
-
-# the corpus reader moved to `cellformers._corpus`; its names stay importable from here
-from cellformers._corpus import CorpusDataset as CorpusDataset
-from cellformers._corpus import CorpusFile as CorpusFile
-from cellformers._corpus import index_file as index_file
 from cellformers._exceptions import CheckpointError
 from cellformers._settings import settings
+
+from ._corpus import MIN_GENES, CorpusDataModule, check_files_hold_counts, index_file, resolve_files, sample_adata
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -261,12 +257,34 @@ def pretrain(
 
     Returns
     -------
-    The result on the main process (``None`` on the other DDP ranks).
+    The result on the main process (``None`` on the other DDP ranks): a :class:`PretrainResult` with the model, the
+    checkpoint directory, its archive, the registry card and the code that registers it.
+
+    Examples
+    --------
+    A corpus is any list of ``.h5ad`` files of raw counts; here two small synthetic ones and a tiny scFormer:
+
+    >>> import tempfile
+    >>> from pathlib import Path
+    >>> import cellformers as cf
+    >>> folder = Path(tempfile.mkdtemp())
+    >>> files = [folder / "part0.h5ad", folder / "part1.h5ad"]
+    >>> for i, path in enumerate(files):
+    ...     part = cf.data.synthetic_counts(n_cells=80, n_genes=40, random_state=i)
+    ...     part.write_h5ad(path)
+    >>> vocab = cf.data.GeneVocab(list(part.var_names), name="synthetic")
+    >>> result = cf.pretrained.pretrain(
+    ...     "scformer", files, folder / "run", preset="tiny", vocab=vocab, epochs=1, batch_size=32, min_genes=1,
+    ...     accelerator="cpu",
+    ... )
+    >>> result.card.model_class, result.archive.name
+    ('cellformers.model.ScFormer', 'scformer-tiny.tar.gz')
     """
     from scvi.model._utils import use_distributed_sampler
 
-    from cellformers.pretrained import PretrainedCard, pack_checkpoint
-    from cellformers.pretrained._convert import resolve_vocab
+    from cellformers.checkpoint import PretrainedCard, pack_checkpoint
+
+    from ._convert import resolve_vocab
 
     cls = _model_class(model)
     if epochs < 1 or batch_size < 1:

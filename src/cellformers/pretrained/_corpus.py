@@ -4,7 +4,7 @@ Each file is opened backed (read-only); one pass over its rows maps its genes to
 (:func:`cellformers.pp.map_genes`), checks that it holds raw counts and applies the quality control of xTrimoGene
 App. 1 (:func:`index_file`). :class:`CorpusDataModule` then streams row blocks in a shuffled order, reindexed to the
 reference genes (genes a file lacks are zeros, App. 1), as the registered tensors the modules read; every rank of a
-DDP run reads its own equal share of the cells. Used by :func:`cellformers._pretrain.pretrain`.
+DDP run reads its own equal share of the cells. Used by :func:`cellformers.pretrained.pretrain`.
 
 It sits beside the recipe rather than in ``cellformers.data`` because it maps genes with ``cellformers.pp``, which
 imports ``cellformers.data``.
