@@ -163,8 +163,11 @@ def _describe_data(modname: str, name: str, obj: Any) -> _Data:
     """
     from sphinx.pycode import ModuleAnalyzer
 
-    # The module that assigns it first, the package that re-exports it last.
-    candidates = sorted(m for m in sys.modules if m.startswith(f"{modname}.")) + [modname]
+    # The module that assigns it first, the package that re-exports it last; a name re-exported from another
+    # package (``cellformers.pretrained.REGISTRY`` from ``cellformers.checkpoint``) is looked up there too.
+    own = sorted(m for m in sys.modules if m.startswith(f"{modname}."))
+    other = sorted(m for m in sys.modules if m.startswith(f"{PACKAGE}.") and m not in own and m != modname)
+    candidates = own + other + [modname]
     for candidate in candidates:
         mod = sys.modules.get(candidate)
         if mod is None or getattr(mod, name, None) is not obj:

@@ -28,9 +28,13 @@ __all__ = [
 
 FORMAT = "cellformers-checkpoint"
 FORMAT_VERSION = 1
+#: The model class, hyperparameters, setup, genes, versions and training summary of a checkpoint (JSON).
 CONFIG_FILE = "config.json"
+#: The module's parameters and buffers (safetensors: no pickle).
 WEIGHTS_FILE = "model.safetensors"
+#: The gene vocabulary (:meth:`~cellformers.data.GeneVocab.to_json`).
 VOCAB_FILE = "vocab.json"
+#: The sha256 of the three other files, written last.
 CHECKSUMS_FILE = "checksums.json"
 #: Files a checkpoint directory holds; ``checksums.json`` lists the sha256 of the other three.
 CHECKPOINT_FILES = (CONFIG_FILE, WEIGHTS_FILE, VOCAB_FILE, CHECKSUMS_FILE)

@@ -6,6 +6,7 @@ from cellformers._utils._torch import bf16_hardware, resolve_precision
 
 from ._annotation_plan import AnnotationTrainingPlan
 from ._learning_signal import learning_signal, warn_if_trivial
+from ._memory import estimate_training_memory
 from ._plan import MaskedModelingTrainingPlan
 from ._samplers import BatchGroupedAnnDataLoader, BatchGroupedDataSplitter, BatchGroupedSampler
 from ._scpalm_plan import ScPaLMTrainingPlan
@@ -18,6 +19,7 @@ __all__ = [
     "MaskedModelingTrainingPlan",
     "ScPaLMTrainingPlan",
     "bf16_hardware",
+    "estimate_training_memory",
     "resolve_precision",
     "learning_signal",
     "warn_if_trivial",

@@ -140,6 +140,16 @@ def estimate_training_memory(model, batch_size: int, adata: AnnData | None = Non
     Returns
     -------
     Estimated peak bytes.
+
+    Examples
+    --------
+    >>> import cellformers as cf
+    >>> adata = cf.data.synthetic_counts(n_cells=60, n_genes=30)
+    >>> cf.model.ScFormer.setup_anndata(adata)
+    >>> model = cf.model.ScFormer(adata, preset="tiny")
+    >>> small, large = (cf.train.estimate_training_memory(model, batch_size=b) for b in (8, 64))
+    >>> 2**30 < small < large  # the 1 GiB process baseline, then more per cell
+    True
     """
     n_params = sum(p.numel() for p in model.module.parameters())
     per_cell = _activation_bytes_per_cell(model, adata)
