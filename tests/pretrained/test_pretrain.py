@@ -261,7 +261,6 @@ def test_ddp_on_cpu(files, vocab_file, tmp_path):
 
 def test_cli_no_progress_bar_turns_bars_off(monkeypatch, tmp_path):
     import cellformers.pretrained._recipe as pretrain_mod
-
     from cellformers._settings import settings
 
     seen = {}

@@ -274,7 +274,14 @@ def pretrain(
     ...     part.write_h5ad(path)
     >>> vocab = cf.data.GeneVocab(list(part.var_names), name="synthetic")
     >>> result = cf.pretrained.pretrain(
-    ...     "scformer", files, folder / "run", preset="tiny", vocab=vocab, epochs=1, batch_size=32, min_genes=1,
+    ...     "scformer",
+    ...     files,
+    ...     folder / "run",
+    ...     preset="tiny",
+    ...     vocab=vocab,
+    ...     epochs=1,
+    ...     batch_size=32,
+    ...     min_genes=1,
     ...     accelerator="cpu",
     ... )
     >>> result.card.model_class, result.archive.name
