@@ -234,6 +234,42 @@ def test_full_finetuning_updates_backbone_and_restores_flags(xtg):
     assert np.isfinite(model.get_latent_representation()).all()
 
 
+def test_annotation_runs_through_model_train_and_keeps_the_training_record(xtg, monkeypatch):
+    from cellformers.model.base import CellformersModel
+
+    adata, model_src = xtg
+    data = adata.copy()
+    XTrimoGene.setup_anndata(data)
+    torch.manual_seed(0)
+    model = XTrimoGene(data, **XTG_TINY)
+    model.train(max_epochs=1, **TRAIN)
+    record = {k: v.copy() for k, v in model.history_.items()}
+    train_idx, trainer = np.array(model.train_indices), model.trainer
+    plans = []
+    shared_train = CellformersModel.train
+
+    def spy(self, *args, **kwargs):
+        plans.append(type(kwargs.get("training_plan")).__name__)
+        return shared_train(self, *args, **kwargs)
+
+    monkeypatch.setattr(CellformersModel, "_shared_train", spy)
+    model.train_annotator("labels", freeze="none", max_epochs=1, backbone_lr=1e-3, warm_start=True)
+    assert plans == ["AnnotationTrainingPlan", "AnnotationTrainingPlan"]  # the head phase, then the full one
+    assert model.history_.keys() == record.keys()
+    for key, frame in record.items():
+        pd.testing.assert_frame_equal(model.history_[key], frame)
+    np.testing.assert_array_equal(model.train_indices, train_idx)
+    assert model.trainer is trainer
+    assert model.is_trained_
+    assert not model.module.training
+
+
+def test_train_with_a_training_plan_needs_its_data(xtg):
+    _, model = xtg
+    with pytest.raises(ValueError, match="datamodule="):
+        model.train(max_epochs=1, training_plan=torch.nn.Module())
+
+
 @pytest.mark.parametrize(("cls", "kwargs"), [(ScFormer, SCF_TINY), (ScPaLM, SCP_TINY)])
 def test_other_models_finetune_frozen_and_full(cls, kwargs):
     adata = _data(200, seed=2)

@@ -164,7 +164,7 @@ def test_lightning_precision_follows_settings(monkeypatch, precision, setting, e
 
 
 def test_train_annotator_runs_the_plan_under_the_settings(monkeypatch):
-    """train_annotator's Trainer takes model.train's precision and progress-bar settings; history is the plan's."""
+    """train_annotator runs through scvi-tools' runner with model.train's precision and progress bar; history is the plan's."""
     import scvi.train
 
     adata = cf.data.synthetic_counts(n_cells=60, n_genes=30)
@@ -182,7 +182,7 @@ def test_train_annotator_runs_the_plan_under_the_settings(monkeypatch):
             seen[-1]["plan"] = model
             super().fit(model, *args, **kwargs)
 
-    monkeypatch.setattr(scvi.train, "Trainer", Trainer)
+    monkeypatch.setattr(scvi.train.TrainRunner, "_trainer_cls", Trainer)
     monkeypatch.setattr(cf.settings, "progress_bar", False)
     ann = model.train_annotator("labels", max_epochs=2)
     assert seen[0]["precision"] == "32-true"  # the tests' settings.precision

@@ -21,10 +21,11 @@ if TYPE_CHECKING:
     from collections.abc import Iterator
 
     from torch import nn
+    from torch.utils.data import DataLoader
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["AnnotationTrainingPlan", "LabelledCells", "SeededBatchSampler", "class_probabilities"]
+__all__ = ["AnnotationTrainingPlan", "LabelledCells", "LabelledLoaders", "SeededBatchSampler", "class_probabilities"]
 
 #: Batch key of the precomputed cell embeddings (frozen backbone).
 FEATURES_KEY = "features"
@@ -110,6 +111,29 @@ class LabelledCells(Dataset):
             batch = {k: torch.as_tensor(v) for k, v in self.cells[positions].items()}
         batch[LABELS_KEY] = self.labels[torch.from_numpy(positions)]
         return batch
+
+
+class LabelledLoaders(pl.LightningDataModule):
+    """The training and (optional) validation loaders of an annotation run, as the data module ``model.train`` takes.
+
+    Parameters
+    ----------
+    train
+        Loader of the training minibatches.
+    validation
+        Loader of the validation minibatches, or ``None`` (no validation: the run is given
+        ``check_val_every_n_epoch=None`` and the loader is empty).
+    """
+
+    def __init__(self, train: DataLoader, validation: DataLoader | None = None):
+        super().__init__()
+        self._train, self._validation = train, validation
+
+    def train_dataloader(self) -> DataLoader:
+        return self._train
+
+    def val_dataloader(self) -> DataLoader | list:
+        return [] if self._validation is None else self._validation
 
 
 class AnnotationTrainingPlan(pl.LightningModule):

@@ -15,7 +15,6 @@ from natsort import natsorted
 from cellformers._exceptions import InvalidLabelsError
 from cellformers._settings import settings
 from cellformers._utils import resolve_precision
-from cellformers._utils._progress import show_progress
 from cellformers._utils._validation import check_batch_size
 from cellformers.metrics import classification_metrics
 from cellformers.train._annotation_plan import class_probabilities
@@ -343,14 +342,13 @@ class AnnotationMixin:
     ) -> tuple[int, pd.DataFrame]:
         """Train ``head`` (and the backbone when ``features`` is None) with :class:`~cellformers.train.AnnotationTrainingPlan`.
 
-        The plan runs under scvi-tools' Lightning :class:`~scvi.train.Trainer`, with the precision and progress bar
-        of ``model.train``; the best epoch's weights are restored. Returns the kept epoch and the per-epoch history.
+        The plan runs through ``model.train`` (``training_plan=``), so it gets its precision, progress bar and
+        SIGTERM handling, and leaves the backbone's ``history_`` alone; the best epoch's weights are restored. Returns the kept epoch and the per-epoch history.
         """
-        from scvi.train import Trainer
         from torch.utils.data import DataLoader
 
         from cellformers.train import AnnotationTrainingPlan
-        from cellformers.train._annotation_plan import LabelledCells, SeededBatchSampler
+        from cellformers.train._annotation_plan import LabelledCells, LabelledLoaders, SeededBatchSampler
 
         train_idx, val_idx = parts
         module = self.module
@@ -380,22 +378,7 @@ class AnnotationMixin:
             select_start=select_start,
         )
         accelerator, devices = _lightning_device(device)
-        trainer = Trainer(
-            max_epochs=max_epochs,
-            accelerator=accelerator,
-            devices=devices,
-            precision=_lightning_precision(precision, device),
-            gradient_clip_val=1.0,
-            check_val_every_n_epoch=1 if val_dl is not None else None,
-            # the sanity check over all validation batches scores the starting weights (candidate epoch -1)
-            num_sanity_val_steps=-1 if select_start and val_dl is not None else 0,
-            enable_progress_bar=show_progress(None),
-            logger=False,
-            log_every_n_steps=1,
-            enable_checkpointing=False,
-        )
         grad_flags = {p: p.requires_grad for p in module.parameters()}
-        was_training = module.training
         try:
             if not frozen:
                 for p in module.parameters():
@@ -403,11 +386,24 @@ class AnnotationMixin:
             with warnings.catch_warnings():
                 # the fine-tuned backbone trains in evaluation mode on purpose (see `train_annotator`)
                 warnings.filterwarnings("ignore", message=r".*module\(s\) in eval mode.*")
-                trainer.fit(plan, train_dataloaders=train_dl, val_dataloaders=val_dl)
+                # the shared `train` of every model (not a model's own override, which adds its pretext options)
+                self._shared_train(
+                    max_epochs,
+                    training_plan=plan,
+                    datamodule=LabelledLoaders(train_dl, val_dl),
+                    accelerator=accelerator,
+                    devices=devices,
+                    precision=_lightning_precision(precision, device),
+                    gradient_clip_val=1.0,
+                    check_val_every_n_epoch=1 if val_dl is not None else None,
+                    # the sanity check over all validation batches scores the starting weights (candidate epoch -1)
+                    num_sanity_val_steps=-1 if select_start and val_dl is not None else 0,
+                    log_every_n_steps=1,
+                    enable_checkpointing=False,
+                )
         finally:
             for p, flag in grad_flags.items():
                 p.requires_grad_(flag)
-            module.train(was_training)
             # Lightning moves the trained plan to the CPU when it tears down an accelerator
             module.to(device)
             head.to(device)

@@ -33,6 +33,7 @@ from cellformers.train import MaskedModelingTrainingPlan, warn_if_trivial
 from ._anndata_checks import check_has_cells, check_indices, check_new_anndata, warn_unused_categories
 from ._annotation import AnnotationMixin
 from ._mudata import MuDataMixin
+from ._plan_runner import run_training_plan
 from ._pretrained import PretrainedMixin
 from ._vocab import check_gene_mapping_key, resolve_vocab
 
@@ -40,6 +41,7 @@ if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
 
     from anndata import AnnData
+    from lightning.pytorch import LightningModule
 
     from cellformers.data import GeneVocab
 
@@ -212,6 +214,7 @@ class CellformersModel(AnnotationMixin, MuDataMixin, PretrainedMixin, Unsupervis
         datasplitter_kwargs: dict | None = None,
         checkpoint_dir: str | os.PathLike | None = None,
         resume: bool = False,
+        training_plan: LightningModule | None = None,
         **kwargs,
     ) -> None:
         """scvi-tools' :meth:`~scvi.model.base.UnsupervisedTrainingMixin.train`, optionally checkpointed and resumable.
@@ -262,6 +265,11 @@ class CellformersModel(AnnotationMixin, MuDataMixin, PretrainedMixin, Unsupervis
             Pass the same data, ``max_epochs`` and options as the interrupted call (and the same
             ``scvi.settings.seed``, which fixes the train/validation split). Lightning checkpoints are pickles:
             resume only from checkpoints you wrote. ``history_`` then holds the resumed epochs only.
+        training_plan
+            A ready Lightning training plan to run instead of the model's own, with ``datamodule=`` (how
+            :meth:`train_annotator` fine-tunes a classifier head): it gets this method's precision, devices, progress
+            bar and stop-on-SIGTERM handling, and the model's ``history_``, training/validation indices and
+            ``trainer`` are left as they were (the plan keeps its own history).
         **kwargs
             Other :class:`lightning.pytorch.Trainer` options (``callbacks``, ``gradient_clip_val``, …), ``datamodule``
             and ``ckpt_path`` (a Lightning checkpoint to resume from, as in scvi-tools). ``precision``
@@ -279,6 +287,11 @@ class CellformersModel(AnnotationMixin, MuDataMixin, PretrainedMixin, Unsupervis
         ``history["trivial_ratio_validation"]``); a warning says so when training ended without beating it.
         """
         check_batch_size(batch_size)
+        if training_plan is not None:
+            kwargs["check_val_every_n_epoch"] = check_val_every_n_epoch
+            return run_training_plan(
+                self, training_plan, max_epochs, accelerator, devices, precision, enable_progress_bar, kwargs
+            )
         if checkpoint_dir is None and resume:
             msg = "`resume=True` needs `checkpoint_dir=` (the directory the interrupted run wrote its checkpoint to)."
             raise ValueError(msg)
@@ -319,6 +332,10 @@ class CellformersModel(AnnotationMixin, MuDataMixin, PretrainedMixin, Unsupervis
             out = super().train(**kwargs)
         warn_if_trivial(self)
         return out
+
+    #: The shared ``train``, which the models' own overrides (adding their pretext options) leave unchanged: what
+    #: :meth:`train_annotator` runs its training plan through.
+    _shared_train = train
 
     def _resolve_train_batch_size(
         self,
