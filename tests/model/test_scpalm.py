@@ -59,8 +59,9 @@ def test_train_both_stages_and_history(trained):
     _, model = trained
     assert model.is_trained_
     assert model.module.trained_stages.tolist() == [True, True]
-    for key in ("mse_train", "vq_loss_train", "perplexity_train", "masked_mse_train", "contrastive_loss_train"):
+    for key in ("mse_train", "vq_loss_train", "perplexity_train", "masked_mse_train"):
         assert key in model.history_, key
+    assert "contrastive_loss_train" not in model.history_  # the default stage 2 has no contrastive loss
 
 
 def test_getters(trained):
@@ -200,6 +201,51 @@ def test_quantizer_option_and_paper_behaviour():
     assert mixed.module.pos_encoder is None
     with pytest.raises(ValueError, match="quantizer"):
         ScPaLM(adata, quantizer="nope", **TINY)
+
+
+def test_stage2_option():
+    from cellformers.model import SCPALM_STAGE2
+
+    adata = synthetic_counts(n_cells=80, n_genes=30, random_state=0)
+    ScPaLM.setup_anndata(adata)
+    default = ScPaLM(adata, **TINY)
+    assert default.module.cell_decoder_input == "cell_token"
+    assert not default.module.contrastive
+    paper = ScPaLM(adata, stage2="paper", **TINY)
+    assert paper.module.cell_decoder_input == "tokens"
+    assert paper.module.contrastive
+    paper.train(max_epochs=1, **TRAIN)
+    assert "contrastive_loss_train" in paper.history_
+    assert set(SCPALM_STAGE2) == {"paper", "bottleneck"}
+    # explicit module options win over the stage-2 setting
+    assert ScPaLM(adata, stage2="bottleneck", contrastive=True, **TINY).module.contrastive
+    with pytest.raises(ValueError, match="stage2"):
+        ScPaLM(adata, stage2="nope", **TINY)
+
+
+@pytest.mark.parametrize("fmt", ["scvi", "pretrained"])
+def test_models_saved_before_stage2_existed_keep_the_paper_stage2(tmp_path, fmt):
+    adata = synthetic_counts(n_cells=80, n_genes=30, random_state=0)
+    ScPaLM.setup_anndata(adata)
+    model = ScPaLM(adata, stage2="paper", **TINY)
+    model.train(max_epochs=1, **TRAIN)
+    current = ScPaLM(adata, **TINY)
+    current.train(max_epochs=1, **TRAIN)
+    del model.init_params_["non_kwargs"]["stage2"]  # as written before the argument existed
+    path, path_current = tmp_path / "old", tmp_path / "current"
+    if fmt == "scvi":
+        model.save(path)
+        current.save(path_current)
+        loaded, loaded_current = ScPaLM.load(path, adata=adata), ScPaLM.load(path_current, adata=adata)
+    else:
+        model.save_pretrained(path)
+        current.save_pretrained(path_current)
+        loaded, loaded_current = ScPaLM.from_pretrained(path, adata), ScPaLM.from_pretrained(path_current, adata)
+    assert loaded.module.cell_decoder_input == "tokens"
+    assert loaded.module.contrastive
+    assert loaded.init_params_["non_kwargs"]["stage2"] == "paper"
+    assert loaded_current.module.cell_decoder_input == "cell_token"
+    assert not loaded_current.module.contrastive
 
 
 def test_hvg_input_by_default():

@@ -207,3 +207,25 @@ def test_stage2_evaluation_subsets_are_seeded_per_cell():
     m.train()
     keeps = {tuple(m(t)[0]["keep"][0].tolist()) for _ in range(8)}
     assert len(keeps) > 1
+
+
+def test_cell_token_decoder_reads_only_the_cell_token():
+    torch.manual_seed(0)
+    m = _module(contrastive=False, cell_decoder_input="cell_token")
+    m.eval()
+    h = torch.randn(5, 1 + m.n_keep, 16)
+    keep = m.random_keep(5, device="cpu")
+    out = m.decode_cell(h, keep)
+    other = h.clone()
+    other[:, 1:] = torch.randn_like(other[:, 1:])  # other kept tokens, same h_C
+    torch.testing.assert_close(m.decode_cell(other, m.random_keep(5, device="cpu")), out)
+    changed = h.clone()
+    changed[:, 0] = torch.randn_like(changed[:, 0])
+    assert not torch.allclose(m.decode_cell(changed, keep), out)
+    # the paper's decoder reads the kept tokens, not h_C
+    paper = _module(contrastive=False)
+    paper.eval()
+    assert not torch.allclose(paper.decode_cell(other, keep), paper.decode_cell(h, keep))
+    torch.testing.assert_close(paper.decode_cell(changed, keep), paper.decode_cell(h, keep))
+    with pytest.raises(ValueError, match="cell_decoder_input"):
+        _module(cell_decoder_input="nope")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import pickle
 from types import SimpleNamespace
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from cellformers._exceptions import UntrustedCheckpointError
 
@@ -54,12 +54,12 @@ def _is_torch_dtype(name: str) -> bool:
     return isinstance(getattr(torch, name, None), torch.dtype)
 
 
-def check_model_file(path: str | os.PathLike | Path) -> None:
+def check_model_file(path: str | os.PathLike | Path) -> Any:
     """Raise :class:`~cellformers.UntrustedCheckpointError` when ``path`` would need more than data to unpickle.
 
     The file is read once with an unpickler that resolves only the types a cellformers model saves, so a crafted
     pickle that names any other callable (``os.system``, ``builtins.eval``, ...) is refused before scvi-tools
-    unpickles the file in full.
+    unpickles the file in full. Returns what the file holds (``None`` when there is no file).
     """
     import torch
 
@@ -67,7 +67,7 @@ def check_model_file(path: str | os.PathLike | Path) -> None:
         return  # scvi-tools reports the missing file
     restricted = SimpleNamespace(Unpickler=_RestrictedUnpickler, load=pickle.load, __name__="restricted_pickle")
     try:
-        torch.load(path, map_location="cpu", pickle_module=restricted, weights_only=False)
+        return torch.load(path, map_location="cpu", pickle_module=restricted, weights_only=False)
     except pickle.UnpicklingError as err:
         msg = (
             f"{path} names {err}, which is not part of a cellformers model; it is not loaded, because unpickling it "

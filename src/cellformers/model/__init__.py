@@ -6,7 +6,7 @@ from cellformers.checkpoint import register_model_class
 
 from ._scformer import SCFORMER_PRESETS, ScFormer
 from ._scformer_perturbation import ScFormerPerturbation
-from ._scpalm import SCPALM_PRESETS, SCPALM_QUANTIZERS, ScPaLM
+from ._scpalm import SCPALM_PRESETS, SCPALM_QUANTIZERS, SCPALM_STAGE2, ScPaLM
 from ._xtrimogene import XTRIMOGENE_PRESETS, XTrimoGene
 from .base import CellformersModel, CellTypeAnnotator
 
@@ -22,6 +22,7 @@ __all__ = [
     "SCFORMER_PRESETS",
     "SCPALM_PRESETS",
     "SCPALM_QUANTIZERS",
+    "SCPALM_STAGE2",
     "ScFormer",
     "ScFormerPerturbation",
     "ScPaLM",

@@ -157,6 +157,10 @@ class ScPaLMModule(GeneTokenModule):
         Negatives per cell.
     cell_token_in_decoder
         Also give ``h_C`` to the stage-2 decoder. The paper excludes it (``False``).
+    cell_decoder_input
+        What the stage-2 decoder reads: ``"tokens"`` (the paper: the encoder outputs of the kept tokens, ``e_M``
+        elsewhere) or ``"cell_token"`` (``h_C`` alone at every position, plus the position embedding: the left-out
+        region is reconstructed from the cell token only, so ``h_C`` has to summarise the cell).
     library_size
         Target library size of the normalization ``log1p(x / sum(x) * library_size)``.
     activation
@@ -228,6 +232,7 @@ class ScPaLMModule(GeneTokenModule):
         refit_interval: int = 100,
         n_negatives: int = 64,
         cell_token_in_decoder: bool = False,
+        cell_decoder_input: Literal["tokens", "cell_token"] = "tokens",
         library_size: float = 1e4,
         activation: Literal["gelu", "relu"] = "gelu",
     ):
@@ -253,6 +258,10 @@ class ScPaLMModule(GeneTokenModule):
         self.contrastive = contrastive
         self.contrastive_weight = contrastive_weight
         self.cell_token_in_decoder = cell_token_in_decoder
+        if cell_decoder_input not in ("tokens", "cell_token"):
+            msg = f"`cell_decoder_input` must be 'tokens' or 'cell_token', got {cell_decoder_input!r}."
+            raise ValueError(msg)
+        self.cell_decoder_input = cell_decoder_input
         self.library_size = library_size
         self.quantize = quantize
         if not 0 <= vq_warmup < 1:
@@ -411,6 +420,9 @@ class ScPaLMModule(GeneTokenModule):
     def decode_cell(self, h: Tensor, keep: Tensor) -> Tensor:
         """Stage-2 decoder: ``H`` of the kept tokens, ``e_M`` elsewhere -> expression ``(batch, n_genes)``."""
         b, _, d = h.shape
+        if self.cell_decoder_input == "cell_token":
+            out = self.cell_decoder(h[:, :1].expand(b, self.n_pathway_tokens, d) + self.pos_cell_decoder)
+            return self._to_genes(self.cell_head(out), self.cell_output_bias)
         full = self.mask_token.to(h.dtype).expand(b, self.n_pathway_tokens, d).clone()
         full = full.scatter(1, keep[:, :, None].expand(-1, -1, d), h[:, 1:])
         full = full + self.pos_cell_decoder

@@ -81,6 +81,10 @@ class CellformersModel(AnnotationMixin, MuDataMixin, PretrainedMixin, Unsupervis
     _sort_inference_by_length: ClassVar[bool] = False
     #: The paper's training batch size, used by ``train(batch_size=None)`` when the memory estimate allows it.
     _default_train_batch_size: ClassVar[int] = 128
+    #: Constructor arguments added with a default that changed the model's behaviour, with the value that gives the
+    #: behaviour of models saved before they existed (``load``/``load_pretrained`` pass it when the saved arguments
+    #: lack it).
+    _defaults_before: ClassVar[dict[str, object]] = {}
 
     # ------------------------------------------------------------------ setup
     @classmethod
@@ -448,10 +452,23 @@ class CellformersModel(AnnotationMixin, MuDataMixin, PretrainedMixin, Unsupervis
         """
         from cellformers.checkpoint._safe_load import check_model_file
 
-        check_model_file(os.path.join(os.fspath(dir_path), f"{prefix or ''}model.pt"))
-        return super().load(
+        saved = check_model_file(os.path.join(os.fspath(dir_path), f"{prefix or ''}model.pt"))
+        model = super().load(
             os.fspath(dir_path), adata, accelerator=accelerator, device=device, prefix=prefix, backup_url=backup_url
         )
+        try:
+            saved_args = saved["attr_dict"]["init_params_"]["non_kwargs"]
+        except (KeyError, TypeError):
+            return model
+        missing = {k: v for k, v in cls._defaults_before.items() if k not in saved_args}
+        if missing:
+            model._apply_defaults_before(missing)
+        return model
+
+    def _apply_defaults_before(self, values: dict[str, object]) -> None:
+        """Give a loaded model saved before the arguments ``values`` existed the behaviour of their old defaults."""
+        msg = f"{type(self).__name__} cannot restore the former defaults {values}."
+        raise NotImplementedError(msg)
 
     def untrained_copy(self, seed: int | None = None) -> CellformersModel:
         """The same architecture on the same data, with freshly initialised weights, ready for inference.

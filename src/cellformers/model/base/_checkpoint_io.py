@@ -108,6 +108,9 @@ def load_model(
         setup_args = dict(registry[SETUP_ARGS_KEY])
         non_kwargs = dict(init_params["non_kwargs"])
         kwargs = {k: v for group in init_params["kwargs"].values() for k, v in group.items()}
+        # a checkpoint written before an argument existed was made with the behaviour of its old default
+        for name, value in getattr(model_cls, "_defaults_before", {}).items():
+            non_kwargs.setdefault(name, value)
     except (KeyError, TypeError, ValueError) as err:
         msg = f"{directory / CONFIG_FILE} is incomplete or malformed ({type(err).__name__}: {err})."
         raise CheckpointError(msg) from err
