@@ -81,9 +81,7 @@ class CellformersModel(AnnotationMixin, MuDataMixin, PretrainedMixin, Unsupervis
     _sort_inference_by_length: ClassVar[bool] = False
     #: The paper's training batch size, used by ``train(batch_size=None)`` when the memory estimate allows it.
     _default_train_batch_size: ClassVar[int] = 128
-    #: Constructor arguments added with a default that changed the model's behaviour, with the value that gives the
-    #: behaviour of models saved before they existed (``load``/``load_pretrained`` pass it when the saved arguments
-    #: lack it).
+    #: Arguments added with a default that changed the behaviour -> the value giving models saved before their old one.
     _defaults_before: ClassVar[dict[str, object]] = {}
 
     # ------------------------------------------------------------------ setup
@@ -270,10 +268,9 @@ class CellformersModel(AnnotationMixin, MuDataMixin, PretrainedMixin, Unsupervis
             ``scvi.settings.seed``, which fixes the train/validation split). Lightning checkpoints are pickles:
             resume only from checkpoints you wrote. ``history_`` then holds the resumed epochs only.
         training_plan
-            A ready Lightning training plan to run instead of the model's own, with ``datamodule=`` (how
-            :meth:`train_annotator` fine-tunes a classifier head): it gets this method's precision, devices, progress
-            bar and stop-on-SIGTERM handling, and the model's ``history_``, training/validation indices and
-            ``trainer`` are left as they were (the plan keeps its own history).
+            A ready Lightning plan to run instead of the model's own, with ``datamodule=`` (as :meth:`train_annotator`
+            does): it gets this method's precision, progress bar and SIGTERM handling, and leaves the model's
+            ``history_``, training indices and ``trainer`` as they were.
         **kwargs
             Other :class:`lightning.pytorch.Trainer` options (``callbacks``, ``gradient_clip_val``, …), ``datamodule``
             and ``ckpt_path`` (a Lightning checkpoint to resume from, as in scvi-tools). ``precision``
@@ -337,8 +334,7 @@ class CellformersModel(AnnotationMixin, MuDataMixin, PretrainedMixin, Unsupervis
         warn_if_trivial(self)
         return out
 
-    #: The shared ``train``, which the models' own overrides (adding their pretext options) leave unchanged: what
-    #: :meth:`train_annotator` runs its training plan through.
+    #: The shared ``train`` (models' overrides add pretext options): what :meth:`train_annotator` runs its plan through.
     _shared_train = train
 
     def _resolve_train_batch_size(
@@ -452,17 +448,13 @@ class CellformersModel(AnnotationMixin, MuDataMixin, PretrainedMixin, Unsupervis
         """
         from cellformers.checkpoint._safe_load import check_model_file
 
+        from ._checkpoint_io import restore_defaults_before
+
         saved = check_model_file(os.path.join(os.fspath(dir_path), f"{prefix or ''}model.pt"))
         model = super().load(
             os.fspath(dir_path), adata, accelerator=accelerator, device=device, prefix=prefix, backup_url=backup_url
         )
-        try:
-            saved_args = saved["attr_dict"]["init_params_"]["non_kwargs"]
-        except (KeyError, TypeError):
-            return model
-        missing = {k: v for k, v in cls._defaults_before.items() if k not in saved_args}
-        if missing:
-            model._apply_defaults_before(missing)
+        restore_defaults_before(model, saved)
         return model
 
     def _apply_defaults_before(self, values: dict[str, object]) -> None:

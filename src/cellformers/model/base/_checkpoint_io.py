@@ -412,3 +412,18 @@ def save_pretrained(model, path: str | os.PathLike, *, overwrite: bool = False) 
     for name, digest in sums.items():
         logger.debug(f"  {name}: sha256 {digest}")
     return path
+
+
+def restore_defaults_before(model, saved: Any) -> None:
+    """Give a model loaded from scvi-tools' ``model.pt`` the old defaults of arguments its saved call lacks.
+
+    ``saved`` is what the file holds; ``type(model)._defaults_before`` names the arguments added with a default that
+    changed the behaviour, and the value that gives the behaviour of models saved before.
+    """
+    try:
+        saved_args = saved["attr_dict"]["init_params_"]["non_kwargs"]
+    except (KeyError, TypeError):
+        return
+    missing = {k: v for k, v in type(model)._defaults_before.items() if k not in saved_args}
+    if missing:
+        model._apply_defaults_before(missing)
