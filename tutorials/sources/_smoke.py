@@ -201,8 +201,11 @@ masked, hidden = cf.tl.mask_expression(full, **MASK)
 cf.model.ScPaLM.setup_anndata(masked)
 palm = cf.model.ScPaLM(masked, preset="small", n_pathway_tokens=8, n_codes=16, n_layers=1)
 palm.train(max_epochs=1, max_epochs_stage2=1, batch_size=64, **QUIET)
-for key in ("mse_train", "perplexity_train", "masked_mse_train", "contrastive_loss_train"):
+for key in ("mse_train", "perplexity_train", "masked_mse_train", "stage2_pretext_loss_validation"):
     assert key in palm.history, key
+cf.pl.history(palm, show=False)
+cf.pl.codebook(palm, show=False)
+plt.close("all")
 usage = palm.get_codebook_usage()
 assert {"perplexity", "n_used", "n_dead", "n_codes", "fraction_used"} <= set(usage)
 codes = palm.get_pathway_codes()
