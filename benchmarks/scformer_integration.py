@@ -51,6 +51,17 @@ ABLATIONS = {
     "no_mgm": ({"use_mgm": False}, {}),
     "batch_decoders": ({"use_ecs": False, "batch_conditional_decoders": True}, {}),
     "paper_all_hvgs": ({"include_zero_genes": True, "max_length": None}, {}),
+    # the cell token as the only route to the masked values (what made scPaLM's h_C learn): MVC alone, zeros scored
+    "mvc_bottleneck": (
+        {"use_mgm": False, "use_ecs": False, "use_dar": False, "use_dsbn": False, "include_zero_genes": "fill",
+         "max_length": 256},
+        {},
+    ),  # fmt: skip
+    "mvc_bottleneck_log1p": (
+        {"use_mgm": False, "use_ecs": False, "use_dar": False, "use_dsbn": False, "include_zero_genes": "fill",
+         "max_length": 256, "value_mode": "log1p", "mgm_loss": "mse"},
+        {},
+    ),  # fmt: skip
     "scgpt_like": ({"mgm_loss": "mse", "ecs_style": "scgpt", "ecs_beta": 0.8, "batch_conditional_decoders": True}, {}),
 }
 
