@@ -57,6 +57,11 @@ ABLATIONS = {
          "max_length": 256},
         {},
     ),  # fmt: skip
+    "mvc_bottleneck_all": (
+        {"use_mgm": False, "use_ecs": False, "use_dar": False, "use_dsbn": False, "include_zero_genes": True,
+         "max_length": None},
+        {},
+    ),  # fmt: skip
     "mvc_bottleneck_log1p": (
         {"use_mgm": False, "use_ecs": False, "use_dar": False, "use_dsbn": False, "include_zero_genes": "fill",
          "max_length": 256, "value_mode": "log1p", "mgm_loss": "mse"},
