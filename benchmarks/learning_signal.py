@@ -64,10 +64,10 @@ RECIPES = {
         "genes": "hvg_1200",
     },
     # scpalm_codebook.py: small preset, N = 32 tokens, K = 128 codes, the model's defaults (per-position codebooks,
-    # highly variable genes), 6 + 3 epochs, batch 32, lr 2e-3
+    # bottleneck stage 2, highly variable genes), 20 + 30 epochs, batch 32, lr 2e-3
     "scpalm": {
         "model": {"preset": "small", "n_pathway_tokens": 32, "n_codes": 128},
-        "train": {"max_epochs": 6, "max_epochs_stage2": 3, "batch_size": 32, "lr": 2e-3},
+        "train": {"max_epochs": 20, "max_epochs_stage2": 30, "batch_size": 32, "lr": 2e-3},
         "genes": "all",
     },
 }
@@ -221,6 +221,15 @@ def main() -> None:
         "table": rows,
     }
     path = Path(args.out) if args.out else HERE / "results" / f"learning_signal_{args.dataset}.json"
+    if path.exists():  # models not re-run keep their stored rows, marked with the run they come from
+        stored = json.loads(path.read_text())
+        for name, info in stored.get("models", {}).items():
+            if name in models:
+                continue
+            out["models"][name] = {**info, "source": f"an earlier run ({stored.get('args', {}).get('precision')})"}
+            for key in (f"X_{name}", f"X_{name}_untrained"):
+                if key in stored.get("table", {}):
+                    out["table"][key] = {**stored["table"][key], "source": "an earlier run (not re-run here)"}
     path.write_text(json.dumps(out, indent=2, default=float) + "\n")
     print(f"wrote {path}", flush=True)
 

@@ -39,6 +39,8 @@ DATASETS = {
 # tokens per cell, and pre-norm blocks. With all 1,200 HVGs as tokens (the paper's input) one epoch takes ~15 min on
 # this machine instead of ~40 s; include_zero_genes="fill" and post-norm blocks did worse in 3-epoch trials.
 CPU_CONFIG = {"include_zero_genes": False, "max_length": 128, "norm_first": True}
+# MVC as the only task head (no MGM, ECS, DAR or DSBN)
+_MVC_ONLY = {"use_mgm": False, "use_ecs": False, "use_dar": False, "use_dsbn": False}
 # name -> (model options, train options). "full" = every task head of the paper with its weights.
 ABLATIONS = {
     "full": ({}, {}),
@@ -52,21 +54,12 @@ ABLATIONS = {
     "batch_decoders": ({"use_ecs": False, "batch_conditional_decoders": True}, {}),
     "paper_all_hvgs": ({"include_zero_genes": True, "max_length": None}, {}),
     # the cell token as the only route to the masked values (what made scPaLM's h_C learn): MVC alone, zeros scored
-    "mvc_bottleneck": (
-        {"use_mgm": False, "use_ecs": False, "use_dar": False, "use_dsbn": False, "include_zero_genes": "fill",
-         "max_length": 256},
-        {},
-    ),  # fmt: skip
-    "mvc_bottleneck_all": (
-        {"use_mgm": False, "use_ecs": False, "use_dar": False, "use_dsbn": False, "include_zero_genes": True,
-         "max_length": None},
-        {},
-    ),  # fmt: skip
+    "mvc_bottleneck": ({**_MVC_ONLY, "include_zero_genes": "fill", "max_length": 256}, {}),
+    "mvc_bottleneck_all": ({**_MVC_ONLY, "include_zero_genes": True, "max_length": None}, {}),
     "mvc_bottleneck_log1p": (
-        {"use_mgm": False, "use_ecs": False, "use_dar": False, "use_dsbn": False, "include_zero_genes": "fill",
-         "max_length": 256, "value_mode": "log1p", "mgm_loss": "mse"},
+        {**_MVC_ONLY, "include_zero_genes": "fill", "max_length": 256, "value_mode": "log1p", "mgm_loss": "mse"},
         {},
-    ),  # fmt: skip
+    ),
     "scgpt_like": ({"mgm_loss": "mse", "ecs_style": "scgpt", "ecs_beta": 0.8, "batch_conditional_decoders": True}, {}),
 }
 

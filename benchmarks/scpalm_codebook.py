@@ -240,36 +240,27 @@ def main() -> None:
         from cellformers.model import ScPaLM
 
         hv = adata[:, adata.var["highly_variable"].to_numpy()].copy()
+        train_kwargs = {
+            "max_epochs": args.epochs1,
+            "batch_size": args.batch_size,
+            "lr": args.lr,
+            "precision": args.precision,
+            "accelerator": "cpu",
+            "enable_progress_bar": False,
+            "enable_model_summary": False,
+            "train_size": 1.0,
+        }
+        # the pathway decoder needs stage 1 only; the cell decoder both stages
         fit = cf.tl.train_and_impute(
             ScPaLM,
             model_kwargs=dict(MODEL, genes="all"),
-            train_kwargs={
-                "max_epochs": args.epochs1,
-                "stage": 1,
-                "batch_size": args.batch_size,
-                "lr": args.lr,
-                "precision": args.precision,
-                "accelerator": "cpu",
-                "enable_progress_bar": False,
-                "enable_model_summary": False,
-                "train_size": 1.0,
-            },
+            train_kwargs={**train_kwargs, "stage": 1},
             impute_kwargs={"decoder": "pathway", "batch_size": 256},
         )
         fit_cell = cf.tl.train_and_impute(
             ScPaLM,
             model_kwargs=dict(MODEL, genes="all"),
-            train_kwargs={
-                "max_epochs": args.epochs1,
-                "max_epochs_stage2": args.epochs2,
-                "batch_size": args.batch_size,
-                "lr": args.lr,
-                "precision": args.precision,
-                "accelerator": "cpu",
-                "enable_progress_bar": False,
-                "enable_model_summary": False,
-                "train_size": 1.0,
-            },
+            train_kwargs={**train_kwargs, "max_epochs_stage2": args.epochs2},
             impute_kwargs={"decoder": "cell", "batch_size": 256},
         )
         df = cf.tl.evaluate_imputation(

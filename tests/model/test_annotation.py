@@ -214,13 +214,18 @@ def test_bad_inputs(xtg, toy_model_cls):
         toy.predict_cell_types()
 
 
-def test_full_finetuning_updates_backbone_and_restores_flags(xtg):
-    adata, model_src = xtg
+def _fresh_xtg(adata):
+    """A new one-epoch XTrimoGene on a copy of ``adata`` (tests that change the backbone do not share it)."""
     data = adata.copy()
     XTrimoGene.setup_anndata(data)
     torch.manual_seed(0)
     model = XTrimoGene(data, **XTG_TINY)
     model.train(max_epochs=1, **TRAIN)
+    return model
+
+
+def test_full_finetuning_updates_backbone_and_restores_flags(xtg):
+    model = _fresh_xtg(xtg[0])
     flags = {n: p.requires_grad for n, p in model.module.named_parameters()}
     before = {k: v.clone() for k, v in model.module.state_dict().items()}
     ann = model.train_annotator(
@@ -237,12 +242,7 @@ def test_full_finetuning_updates_backbone_and_restores_flags(xtg):
 def test_annotation_runs_through_model_train_and_keeps_the_training_record(xtg, monkeypatch):
     from cellformers.model.base import CellformersModel
 
-    adata, model_src = xtg
-    data = adata.copy()
-    XTrimoGene.setup_anndata(data)
-    torch.manual_seed(0)
-    model = XTrimoGene(data, **XTG_TINY)
-    model.train(max_epochs=1, **TRAIN)
+    model = _fresh_xtg(xtg[0])
     record = {k: v.copy() for k, v in model.history_.items()}
     train_idx, trainer = np.array(model.train_indices), model.trainer
     plans = []
@@ -310,12 +310,7 @@ def test_annotator_survives_save_and_load(xtg, tmp_path):
 
 def test_full_finetuning_warm_starts_from_the_frozen_head(xtg):
     """Full fine-tuning first fits the frozen head, then never keeps weights worse on validation than it."""
-    adata, _ = xtg
-    data = adata.copy()
-    XTrimoGene.setup_anndata(data)
-    torch.manual_seed(0)
-    model = XTrimoGene(data, **XTG_TINY)
-    model.train(max_epochs=1, **TRAIN)
+    model = _fresh_xtg(xtg[0])
     frozen = model.train_annotator("labels", max_epochs=50, seed=1)
     full = model.train_annotator("labels", freeze="none", max_epochs=2, backbone_lr=1e-3, seed=1)
     assert full.params["warm_start"] is True
