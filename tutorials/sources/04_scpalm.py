@@ -252,8 +252,8 @@ plt.show()
 # (stage-1) decoder and 3.016 for the cell (stage-2) decoder, against 3.076 for kNN smoothing, 3.090 for the gene
 # mean and 3.783 for leaving the hidden entries at zero. The errors are large for every method because only
 # expressed entries were hidden (`candidates="nonzero"`), whose true values are far from zero. With the paper's
-# setting, `candidates="all"`, most hidden entries are zeros and kNN smoothing stays ahead (RMSE 0.417 against 0.430
-# for the pathway decoder on the benchmark's masking; see the user guide).
+# setting, `candidates="all"`, almost all hidden entries are zeros: kNN smoothing is then ahead of both decoders, and
+# leaving the hidden entries at zero beats every method (see the user guide).
 #
 # `cf.tl.impute(adata, model)` writes the imputed matrix of any AnnData to `adata.layers["scpalm_imputed"]`;
 # `decoder="cell"` uses the stage-2 decoder, which predicts each gene from the cell token `h_C` of the pathway tokens
