@@ -79,6 +79,18 @@ def test_builtins_and_metrics(adata):
     assert df.attrs["params"]["candidates"] == "nonzero"
 
 
+def test_zero_and_nonzero_parts_of_the_error(adata):
+    df = evaluate_imputation(adata, ["gene_mean", "no_imputation"], candidates="all", random_state=0)
+    # predicting zero is exact on hidden zeros, and the overall error combines the two parts by their counts
+    assert df.loc["no_imputation", "RMSE_zero"] == 0.0
+    assert df.loc["gene_mean", "RMSE_zero"] > 0.0
+    share = df.attrs["params"]["fraction_masked_nonzero"]
+    for method in df.index:
+        row = df.loc[method]
+        combined = share * row["RMSE_nonzero"] ** 2 + (1 - share) * row["RMSE_zero"] ** 2
+        np.testing.assert_allclose(row["RMSE"] ** 2, combined, rtol=1e-9)
+
+
 def test_model_methods(adata):
     tiny = {
         "preset": "small",

@@ -336,7 +336,9 @@ def evaluate_imputation(
     Returns
     -------
     Table indexed by method label with ``RMSE`` and ``MAE`` over the masked entries, ``RMSE_nonzero`` and
-    ``MAE_nonzero`` over the masked entries with a non-zero count, ``n_masked``, ``n_evaluated`` (masked entries
+    ``MAE_nonzero`` over the masked entries with a non-zero count, ``RMSE_zero`` and ``MAE_zero`` over those with a
+    zero count (with ``candidates="all"`` most hidden entries are zeros, where predicting zero, ``"no_imputation"``,
+    is exact: read the overall error beside these two), ``n_masked``, ``n_evaluated`` (masked entries
     where the method's prediction is finite: genes outside a model's vocabulary are NaN and left out) and
     ``seconds`` (fit + prediction time). ``df.attrs["params"]`` holds the parameters.
 
@@ -411,6 +413,7 @@ def evaluate_imputation(
         ok = np.isfinite(p)
         err = p[ok] - truth[ok]
         err_nz = p[ok & expressed] - truth[ok & expressed]
+        err_z = p[ok & ~expressed] - truth[ok & ~expressed]
         records.append(
             {
                 "method": name,
@@ -418,6 +421,8 @@ def evaluate_imputation(
                 "MAE": float(np.mean(np.abs(err))) if err.size else np.nan,
                 "RMSE_nonzero": float(np.sqrt(np.mean(err_nz**2))) if err_nz.size else np.nan,
                 "MAE_nonzero": float(np.mean(np.abs(err_nz))) if err_nz.size else np.nan,
+                "RMSE_zero": float(np.sqrt(np.mean(err_z**2))) if err_z.size else np.nan,
+                "MAE_zero": float(np.mean(np.abs(err_z))) if err_z.size else np.nan,
                 "n_masked": int(rows.size),
                 "n_evaluated": int(ok.sum()),
                 "seconds": seconds,
