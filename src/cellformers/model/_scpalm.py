@@ -240,19 +240,6 @@ class ScPaLM(ScPaLMPathwaysMixin, CellformersModel):
         )
         self.init_params_ = self._get_init_params(locals())
 
-    def _apply_defaults_before(self, values: dict[str, object]) -> None:
-        """A model saved before ``stage2`` existed: the paper's stage-2 settings, unless it set them itself."""
-        stage2 = values.pop("stage2", None)
-        if values:
-            super()._apply_defaults_before(values)
-        if stage2 is None:
-            return
-        explicit = self.init_params_.get("kwargs", {}).get("module_kwargs", {})
-        for name, value in SCPALM_STAGE2[stage2].items():
-            if name not in explicit:
-                setattr(self.module, name, value)
-        self.init_params_["non_kwargs"]["stage2"] = stage2
-
     def _gene_means(self, chunk_size: int = 4096) -> np.ndarray:
         """Mean ``log1p(counts / library * library_size)`` of each vocabulary gene over the registered cells.
 

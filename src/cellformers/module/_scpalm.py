@@ -418,7 +418,11 @@ class ScPaLMModule(GeneTokenModule):
         return self.cell_encoder(torch.cat([cls, tokens], 1))
 
     def decode_cell(self, h: Tensor, keep: Tensor) -> Tensor:
-        """Stage-2 decoder: ``H`` of the kept tokens, ``e_M`` elsewhere -> expression ``(batch, n_genes)``."""
+        """Stage-2 decoder -> expression ``(batch, n_genes)``.
+
+        ``cell_decoder_input="tokens"``: ``H`` of the kept tokens, ``e_M`` elsewhere (``h_C`` too with
+        ``cell_token_in_decoder``); ``"cell_token"``: ``h_C`` at every position (``keep`` is then not read).
+        """
         b, _, d = h.shape
         if self.cell_decoder_input == "cell_token":
             out = self.cell_decoder(h[:, :1].expand(b, self.n_pathway_tokens, d) + self.pos_cell_decoder)

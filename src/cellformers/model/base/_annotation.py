@@ -343,7 +343,8 @@ class AnnotationMixin:
         """Train ``head`` (and the backbone when ``features`` is None) with :class:`~cellformers.train.AnnotationTrainingPlan`.
 
         The plan runs through ``model.train`` (``training_plan=``), so it gets its precision, progress bar and
-        SIGTERM handling, and leaves the backbone's ``history_`` alone; the best epoch's weights are restored. Returns the kept epoch and the per-epoch history.
+        SIGTERM handling, and leaves the backbone's ``history_`` alone; the best epoch's weights are restored.
+        Returns the kept epoch and the per-epoch history.
         """
         from torch.utils.data import DataLoader
 

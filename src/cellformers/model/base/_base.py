@@ -457,11 +457,6 @@ class CellformersModel(AnnotationMixin, MuDataMixin, PretrainedMixin, Unsupervis
         restore_defaults_before(model, saved)
         return model
 
-    def _apply_defaults_before(self, values: dict[str, object]) -> None:
-        """Give a loaded model saved before the arguments ``values`` existed the behaviour of their old defaults."""
-        msg = f"{type(self).__name__} cannot restore the former defaults {values}."
-        raise NotImplementedError(msg)
-
     def untrained_copy(self, seed: int | None = None) -> CellformersModel:
         """The same architecture on the same data, with freshly initialised weights, ready for inference.
 

@@ -418,12 +418,20 @@ def restore_defaults_before(model, saved: Any) -> None:
     """Give a model loaded from scvi-tools' ``model.pt`` the old defaults of arguments its saved call lacks.
 
     ``saved`` is what the file holds; ``type(model)._defaults_before`` names the arguments added with a default that
-    changed the behaviour, and the value that gives the behaviour of models saved before.
+    changed the behaviour, and the value that gives the behaviour of models saved before. scvi-tools has already
+    built the model with today's defaults, so it is constructed again with its saved arguments plus the old values
+    (what :func:`load_model` passes before construction) and the loaded weights move into the new module.
     """
     try:
         saved_args = saved["attr_dict"]["init_params_"]["non_kwargs"]
     except (KeyError, TypeError):
         return
     missing = {k: v for k, v in type(model)._defaults_before.items() if k not in saved_args}
-    if missing:
-        model._apply_defaults_before(missing)
+    if not missing:
+        return
+    params = model.init_params_
+    kwargs = {k: v for group in params.get("kwargs", {}).values() for k, v in group.items()}
+    rebuilt = type(model)(model.adata, **{**params["non_kwargs"], **missing}, **kwargs)
+    rebuilt.module.load_state_dict(model.module.state_dict())
+    model.module = rebuilt.module.to(model.device).eval()
+    model.init_params_ = rebuilt.init_params_
