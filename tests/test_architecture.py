@@ -25,7 +25,7 @@ ALLOWED = {
     "train": {"metrics"},
     "module": {"data", "nn"},
     "model": {"checkpoint", "data", "metrics", "module", "nn", "pp", "train"},
-    "downstream": {"metrics"},
+    "downstream": {"metrics", "model", "pp"},
     "pretrained": {"checkpoint", "data", "model", "pp"},
     "tl": {"data", "metrics", "model", "pp", "train"},
     "pl": {"data", "metrics", "model", "tl"},

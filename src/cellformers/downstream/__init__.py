@@ -39,6 +39,17 @@ The per-gene context embedding flattened (``np.load("ctx.npy").reshape(n_lines, 
 
 from __future__ import annotations
 
+from ._gears import ControlContextInput, fix_gears_indexing, gears_benchmark, gears_go_graph, use_context_embedding
 from ._synergy import SynergyMLP, summarize_synergy, synergy_benchmark, train_synergy_head
 
-__all__: list[str] = ["SynergyMLP", "summarize_synergy", "synergy_benchmark", "train_synergy_head"]
+__all__: list[str] = [
+    "ControlContextInput",
+    "SynergyMLP",
+    "fix_gears_indexing",
+    "gears_benchmark",
+    "gears_go_graph",
+    "summarize_synergy",
+    "synergy_benchmark",
+    "train_synergy_head",
+    "use_context_embedding",
+]

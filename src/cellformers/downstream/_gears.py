@@ -1,0 +1,507 @@
+"""GEARS with context embeddings (xTrimoGene App. 8.2): the co-expression branch reads the control cell's context.
+
+GEARS :cite:p:`Roohani23` predicts a perturbed cell from a control cell. Its co-expression branch starts from a
+learned embedding per gene (``emb_pos``, the same for every cell) and smooths it over the co-expression graph. The
+xTrimoGene paper feeds the control cell's *context embedding* (the per-gene outputs of the pretrained model) into
+that branch instead, "all the other parts unchanged". :func:`use_context_embedding` does exactly that to a GEARS
+object: ``emb_pos`` becomes a linear map of the paired control cell's context embedding, everything else of GEARS
+(graphs, perturbation branch, decoder, loss, training loop, split, metrics) is GEARS' own code.
+
+GEARS is an optional dependency: ``pip install cellformers[gears]`` (``cell-gears`` and ``torch-geometric``).
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import logging
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pandas as pd
+import torch
+from scipy import sparse
+from torch import nn
+
+from cellformers._exceptions import GeneMappingError
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Sequence
+
+    from anndata import AnnData
+    from torch import Tensor
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["ControlContextInput", "fix_gears_indexing", "gears_benchmark", "gears_go_graph", "use_context_embedding"]
+
+_EXTRA = "pip install cellformers[gears]"
+
+
+def _import_gears():
+    try:
+        import gears
+        import gears.model
+    except ImportError as err:  # pragma: no cover - depends on the environment
+        msg = f"GEARS is not installed ({err}). Install the optional extra: `{_EXTRA}`."
+        raise ImportError(msg) from err
+    return gears
+
+
+class _SeriesIndexableCSR(sparse.csr_matrix):
+    """CSR matrix that accepts a boolean pandas Series as row index.
+
+    GEARS 0.1.2 indexes ``adata.X`` with ``adata.obs.condition == "ctrl"``; scipy calls ``.nonzero()`` on the key,
+    which pandas 2 Series no longer have (GEARS pull request 97, open). Only the key type is converted.
+    """
+
+    def __getitem__(self, key):
+        if isinstance(key, pd.Series):
+            key = key.to_numpy()
+        elif isinstance(key, tuple):
+            key = tuple(k.to_numpy() if isinstance(k, pd.Series) else k for k in key)
+        return super().__getitem__(key)
+
+
+def fix_gears_indexing(pert_data: Any) -> None:
+    """Let GEARS 0.1.2 run with pandas 2: make ``pert_data.adata.X`` accept boolean Series as row index.
+
+    Call it on a loaded ``gears.PertData`` before ``gears.GEARS(pert_data)``; without it GEARS fails with
+    ``AttributeError: 'Series' object has no attribute 'nonzero'``. Values are unchanged (same CSR arrays).
+
+    Parameters
+    ----------
+    pert_data
+        A ``gears.PertData`` after ``load`` or ``new_data_process``.
+    """
+    adata = getattr(pert_data, "adata", None)
+    if adata is None:
+        msg = "`pert_data` has no data yet: call `pert_data.load(...)` or `pert_data.new_data_process(...)` first."
+        raise ValueError(msg)
+    if not isinstance(adata.X, _SeriesIndexableCSR):
+        adata.X = _SeriesIndexableCSR(sparse.csr_matrix(adata.X))
+
+
+def gears_go_graph(
+    gene2go: dict[str, set[str]], perturbations: Sequence[str], *, k: int = 20, threshold: float = 0.1
+) -> dict[str, Tensor]:
+    """GEARS' gene-ontology graph over the perturbable genes, built in memory.
+
+    The graph GEARS builds with ``default_pert_graph=False``: an edge ``a -> b`` weighted by the Jaccard index of
+    the two genes' GO terms where it exceeds ``threshold``, keeping the ``k + 1`` strongest edges into each gene
+    (its self-loop included). GEARS' own builder writes a CSV under ``./data`` of the working directory and starts
+    25 processes; this one does neither. Pass the result to ``model_initialize(**graph)``.
+
+    Parameters
+    ----------
+    gene2go
+        GO terms of each gene (GEARS' ``gene2go_all.pkl`` maps gene symbols to sets of GO ids).
+    perturbations
+        GEARS' perturbable genes, in its order (``pert_data.pert_names``).
+    k
+        Most similar genes per gene (GEARS' ``num_similar_genes_go_graph``).
+    threshold
+        Smallest Jaccard index kept.
+
+    Returns
+    -------
+    ``{"G_go": edge_index (2, n_edges), "G_go_weight": (n_edges,)}``.
+
+    Examples
+    --------
+    >>> import cellformers as cf
+    >>> go = {"IFNAR1": {"GO:0004905", "GO:0019962"}, "IFNAR2": {"GO:0004905"}, "STAT1": {"GO:0060333"}}
+    >>> graph = cf.downstream.gears_go_graph(go, ["IFNAR1", "IFNAR2", "STAT1"])
+    >>> graph["G_go"].tolist(), graph["G_go_weight"].tolist()
+    ([[0, 1, 0, 1, 2], [0, 0, 1, 1, 2]], [1.0, 0.5, 0.5, 1.0, 1.0])
+    """
+    perts = [str(p) for p in perturbations]
+    missing = [p for p in perts if p not in gene2go]
+    if missing:
+        msg = f"{len(missing)} of the {len(perts)} `perturbations` have no GO terms in `gene2go`, e.g. {missing[:5]}."
+        raise GeneMappingError(msg)
+    terms = [set(gene2go[p]) for p in perts]
+    sources, targets, weights = [], [], []
+    for t, target in enumerate(terms):
+        scores = [(len(source & target) / len(source | target), s) for s, source in enumerate(terms) if source | target]
+        kept = sorted((sc, s) for sc, s in scores if sc > threshold)[::-1][: k + 1]
+        for score, s in sorted(kept, key=lambda e: e[1]):
+            sources.append(s)
+            targets.append(t)
+            weights.append(score)
+    return {
+        "G_go": torch.tensor([sources, targets], dtype=torch.long),
+        "G_go_weight": torch.tensor(weights, dtype=torch.float32),
+    }
+
+
+def _row_key(row: np.ndarray) -> bytes:
+    return hashlib.blake2b(np.ascontiguousarray(row, dtype=np.float32).tobytes(), digest_size=16).digest()
+
+
+def _dense_rows(X) -> np.ndarray:
+    return np.asarray(X.toarray() if sparse.issparse(X) else X, dtype=np.float32)
+
+
+class ControlContextInput(nn.Module):
+    """GEARS' ``emb_pos`` replaced by a linear map of each paired control cell's context embedding.
+
+    GEARS calls ``emb_pos`` with the gene indices repeated once per cell of the minibatch; this module returns, in
+    that layout, ``Linear(context[control cell, gene])``: genes without a context (not in the model) get the
+    bias alone. The control cell of each minibatch row is found from the row's expression (GEARS' ``data.x`` is a
+    copy of the control cell's profile), which :meth:`set_batch` receives before each forward.
+
+    Parameters
+    ----------
+    control_profiles
+        GEARS' control cells ``(n_control, n_genes)`` (``gears.ctrl_adata.X``), to recognise the paired cell.
+    fetch
+        Maps control-cell indices ``(b,)`` to their context embeddings ``(b, n_context_genes, d)``.
+    positions
+        For each of GEARS' genes, its column in the context embedding, or ``-1``.
+    n_context
+        Width ``d`` of the context embedding.
+    hidden_size
+        GEARS' ``hidden_size``.
+    """
+
+    def __init__(
+        self,
+        control_profiles,
+        fetch: Callable[[np.ndarray], Tensor],
+        positions: np.ndarray,
+        n_context: int,
+        hidden_size: int,
+    ):
+        super().__init__()
+        profiles = _dense_rows(control_profiles)
+        self._lookup = {}
+        for i, row in enumerate(profiles):
+            self._lookup.setdefault(_row_key(row), i)
+        self._fetch = fetch
+        self.register_buffer("positions", torch.as_tensor(np.asarray(positions, dtype=np.int64)), persistent=False)
+        self.proj = nn.Linear(n_context, hidden_size)
+        self._batch_x: Tensor | None = None
+
+    @property
+    def n_genes(self) -> int:
+        return int(self.positions.numel())
+
+    def set_batch(self, x: Tensor | None) -> None:
+        """Remember GEARS' ``data.x`` (``(n_cells * n_genes, 1)``) of the minibatch about to be run."""
+        self._batch_x = x
+
+    def control_indices(self, x: Tensor) -> np.ndarray:
+        """Index among the control cells of each row of ``x`` (``(n_cells * n_genes, 1)``)."""
+        rows = x.detach().float().cpu().numpy().reshape(-1, self.n_genes)
+        idx = np.array([self._lookup.get(_row_key(r), -1) for r in rows], dtype=np.int64)
+        if (idx < 0).any():
+            msg = (
+                f"{int((idx < 0).sum())} of {idx.size} input profiles of this GEARS minibatch are not control cells "
+                "of the data the context was set up with. GEARS pairs each perturbed cell with a control cell of "
+                "`pert_data.ctrl_adata`; call `use_context_embedding` on the GEARS object built from the same "
+                "`pert_data`."
+            )
+            raise ValueError(msg)
+        return idx
+
+    def context(self, x: Tensor) -> Tensor:
+        """Context embeddings ``(n_cells, n_genes, d)`` in GEARS' gene order (zeros where a gene has none)."""
+        idx = self.control_indices(x)
+        ctx = self._fetch(idx).to(device=self.proj.weight.device, dtype=self.proj.weight.dtype)
+        out = ctx.new_zeros(idx.size, self.n_genes, ctx.shape[-1])
+        have = self.positions >= 0
+        out[:, have] = ctx[:, self.positions[have]]
+        return out
+
+    def forward(self, index: Tensor) -> Tensor:
+        if self._batch_x is None:
+            msg = "ControlContextInput runs inside the GEARS model's forward, which passes it the minibatch."
+            raise RuntimeError(msg)
+        out = self.proj(self.context(self._batch_x))
+        return out.reshape(-1, out.shape[-1])[: index.numel()]
+
+
+@functools.cache
+def _context_model_class():
+    """``gears.model.GEARS_Model`` whose forward hands the minibatch to its :class:`ControlContextInput`."""
+    gears = _import_gears()
+
+    class ContextGEARSModel(gears.model.GEARS_Model):
+        """GEARS' model with the co-expression branch fed by context embeddings (xTrimoGene App. 8.2)."""
+
+        def __init__(self, args: dict, context_input: ControlContextInput):
+            super().__init__(args)
+            self.emb_pos = context_input
+
+        def forward(self, data):
+            self.emb_pos.set_batch(data.x)
+            try:
+                return super().forward(data)
+            finally:
+                self.emb_pos.set_batch(None)
+
+    return ContextGEARSModel
+
+
+def _model_fetch(model, control: AnnData, genes: list[str], batch_size: int | None, precision, layer: str):
+    from cellformers._utils._progress import progress_bar_override
+
+    def fetch(idx: np.ndarray) -> Tensor:
+        with progress_bar_override(False):  # one call per GEARS minibatch: no bar each time
+            out = model.get_context_embedding(
+                control,
+                indices=idx,
+                genes=genes,
+                batch_size=batch_size or max(len(idx), 1),
+                precision=precision,
+                layer=layer,
+            )
+        return torch.from_numpy(out)
+
+    return fetch
+
+
+def _array_fetch(array) -> Callable[[np.ndarray], Tensor]:
+    def fetch(idx: np.ndarray) -> Tensor:
+        order = np.argsort(idx, kind="stable")  # sorted reads are cheaper on a memory-mapped file
+        rows = np.empty((idx.size, *array.shape[1:]), dtype=np.float32)
+        rows[order] = np.asarray(array[idx[order]], dtype=np.float32)
+        return torch.from_numpy(rows)
+
+    return fetch
+
+
+def _control_counts(gears_model) -> AnnData:
+    """Raw counts of GEARS' control cells, recovered from its log-normalized ``ctrl_adata`` (genes: ``gene_name``)."""
+    import anndata as ad
+
+    from cellformers._utils._counts import recover_counts
+
+    ctrl = gears_model.ctrl_adata
+    counts, _, _ = recover_counts(ctrl.X, where="gears.ctrl_adata.X")
+    names = ctrl.var["gene_name"].astype(str).to_numpy() if "gene_name" in ctrl.var else ctrl.var_names.to_numpy()
+    out = ad.AnnData(counts, obs=pd.DataFrame(index=ctrl.obs_names.astype(str)))
+    out.var_names = pd.Index(names).astype(str)
+    out.var_names_make_unique()
+    return out
+
+
+def use_context_embedding(
+    gears_model: Any,
+    context: Any,
+    *,
+    control: AnnData | None = None,
+    genes: Sequence[str] | None = None,
+    min_gene_fraction: float = 0.5,
+    batch_size: int | None = None,
+    precision: str | None = None,
+    layer: str = "decoder",
+) -> Any:
+    """Feed GEARS' co-expression branch the control cell's context embedding (xTrimoGene App. 8.2).
+
+    Replaces ``gears_model.model`` (built by ``gears_model.model_initialize``) by the same GEARS network whose
+    per-gene input embedding ``emb_pos`` is ``Linear(context embedding of the paired control cell)``; the
+    perturbation branch, graphs, decoder, loss, ``train`` and evaluation stay GEARS' own. The context source is
+    kept frozen (it is not trained with GEARS).
+
+    Parameters
+    ----------
+    gears_model
+        A ``gears.GEARS`` after ``model_initialize(...)``.
+    context
+        Either a trained cellformers model with ``get_context_embedding``
+        (:class:`~cellformers.model.XTrimoGene`, :class:`~cellformers.model.ScFormer`), run on each minibatch's
+        control cells, or a precomputed array-like ``(n_control, len(genes), d)`` whose rows are GEARS' control
+        cells in the order of ``gears_model.ctrl_adata`` (e.g. ``np.load(path, mmap_mode="r")`` of
+        :func:`cellformers.tl.context_embedding`).
+    control
+        With a model: raw counts of GEARS' control cells, in the order of ``gears_model.ctrl_adata`` (gene names as
+        ``var_names``). ``None``: recovered from GEARS' log-normalized ``ctrl_adata`` (each cell's smallest non-zero
+        value taken as one count). Aligned to the model's genes with :func:`cellformers.pp.align_to_reference`.
+    genes
+        With an array: the gene names of its second axis (required). With a model: ignored (GEARS' genes that are
+        among the model's input genes).
+    min_gene_fraction
+        Smallest fraction of GEARS' genes that must have a context embedding; below it a
+        :class:`~cellformers.GeneMappingError` is raised (map gene names first).
+    batch_size, precision, layer
+        Passed to the model's ``get_context_embedding`` (``layer="decoder"``: xTrimoGene's per-gene decoder
+        outputs, the paper's context embedding).
+
+    Returns
+    -------
+    ``gears_model``, with ``model`` and ``best_model`` replaced.
+
+    Examples
+    --------
+    >>> from gears import GEARS, PertData  # doctest: +SKIP
+    >>> pert_data = PertData("./data")  # doctest: +SKIP
+    >>> pert_data.load(data_name="norman")  # doctest: +SKIP
+    >>> pert_data.prepare_split(split="simulation", seed=1)  # doctest: +SKIP
+    >>> pert_data.get_dataloader(batch_size=32)  # doctest: +SKIP
+    >>> cf.downstream.fix_gears_indexing(pert_data)  # doctest: +SKIP
+    >>> gears_model = GEARS(pert_data, device="cpu")  # doctest: +SKIP
+    >>> gears_model.model_initialize(hidden_size=64)  # doctest: +SKIP
+    >>> cf.downstream.use_context_embedding(gears_model, model)  # doctest: +SKIP
+    >>> gears_model.train(epochs=20)  # doctest: +SKIP
+    """
+    from copy import deepcopy
+
+    if getattr(gears_model, "config", None) is None or getattr(gears_model, "model", None) is None:
+        msg = (
+            "`gears_model` has no network yet: call `gears_model.model_initialize(...)` before `use_context_embedding`."
+        )
+        raise ValueError(msg)
+    if not 0.0 <= min_gene_fraction <= 1.0:
+        msg = f"`min_gene_fraction` must be in [0, 1], got {min_gene_fraction}."
+        raise ValueError(msg)
+    gears_genes = pd.Index([str(g) for g in gears_model.gene_list])
+    n_control = gears_model.ctrl_adata.n_obs
+    if hasattr(context, "get_context_embedding"):
+        from cellformers.model.base._context import context_genes
+        from cellformers.pp import align_to_reference
+
+        if control is None:
+            control = _control_counts(gears_model)
+        elif control.n_obs != n_control:
+            msg = (
+                f"`control` has {control.n_obs} cells but GEARS has {n_control} control cells; pass the raw counts of "
+                "`gears_model.ctrl_adata`'s cells in the same order (or `control=None` to recover them)."
+            )
+            raise ValueError(msg)
+        _, model_genes = context_genes(context, None)
+        names = [g for g in gears_genes if g in set(model_genes)]
+        aligned = align_to_reference(control, context.get_var_names(), min_coverage=0.0)
+        fetch = _model_fetch(context, aligned, names, batch_size, precision, layer)
+        n_context = int(fetch(np.zeros(1, dtype=np.int64)).shape[-1])
+    else:
+        if genes is None:
+            msg = "`genes` is required with a precomputed context array: the gene names of its second axis."
+            raise ValueError(msg)
+        names = [str(g) for g in genes]
+        shape = tuple(getattr(context, "shape", ()))
+        if len(shape) != 3 or shape[0] != n_control or shape[1] != len(names):
+            msg = (
+                f"`context` must be an array (n_control={n_control}, len(genes)={len(names)}, d), got shape {shape}. "
+                "Its rows are GEARS' control cells in the order of `gears_model.ctrl_adata`."
+            )
+            raise ValueError(msg)
+        fetch = _array_fetch(context)
+        n_context = int(shape[2])
+    column = pd.Index(names).get_indexer(gears_genes)
+    covered = float((column >= 0).mean())
+    if covered < min_gene_fraction:
+        msg = (
+            f"Only {covered:.1%} of GEARS' {gears_genes.size} genes have a context embedding (`min_gene_fraction`="
+            f"{min_gene_fraction}); e.g. missing: {gears_genes[column < 0][:5].tolist()}. Map the gene names to the "
+            "model's (cf.pp.map_genes) or lower `min_gene_fraction` knowingly."
+        )
+        raise GeneMappingError(msg)
+    logger.info(
+        "GEARS context input: %d of %d genes have a context embedding (d = %d).",
+        (column >= 0).sum(),
+        gears_genes.size,
+        n_context,
+    )
+    context_input = ControlContextInput(
+        gears_model.ctrl_adata.X, fetch, column, n_context, int(gears_model.config["hidden_size"])
+    )
+    model = _context_model_class()(gears_model.config, context_input).to(gears_model.device)
+    gears_model.model = model
+    gears_model.best_model = deepcopy(model)
+    return gears_model
+
+
+#: Table 3's columns: GEARS' test subgroups (simulation split) under the paper's names.
+_SUBGROUPS = {
+    "unseen_single": "1-gene",
+    "combo_seen0": "2-gene (seen0)",
+    "combo_seen1": "2-gene (seen1)",
+    "combo_seen2": "2-gene (seen2)",
+}
+
+
+def _test_metrics(gears_model) -> dict[str, float]:
+    """GEARS' own test metrics of ``best_model``, with the top-20-DE MSE of each test subgroup (Table 3)."""
+    from gears.inference import compute_metrics, evaluate
+
+    loader = gears_model.dataloader.get("test_loader")
+    if loader is None:
+        msg = "GEARS has no test split: call `pert_data.prepare_split` with a split that has a test set."
+        raise ValueError(msg)
+    res = evaluate(loader, gears_model.best_model, gears_model.config["uncertainty"], gears_model.device)
+    overall, per_pert = compute_metrics(res)
+    row = {k: float(overall[k]) for k in ("mse", "pearson", "mse_de", "pearson_de")}
+    subgroups = (getattr(gears_model, "subgroup", None) or {}).get("test_subgroup", {})
+    for key, label in _SUBGROUPS.items():
+        perts = [p for p in subgroups.get(key, []) if p in per_pert]
+        row[f"mse_de {label}"] = float(np.mean([per_pert[p]["mse_de"] for p in perts])) if perts else float("nan")
+    return row
+
+
+def gears_benchmark(
+    pert_data: Any,
+    context: Any,
+    *,
+    control: AnnData | None = None,
+    genes: Sequence[str] | None = None,
+    seeds: Sequence[int] = (1,),
+    epochs: int = 20,
+    lr: float = 1e-3,
+    device: str = "cpu",
+    model_kwargs: dict | None = None,
+    context_kwargs: dict | None = None,
+) -> pd.DataFrame:
+    """Plain GEARS beside GEARS with context embeddings, on GEARS' split and metrics (xTrimoGene App. 8.2).
+
+    For every seed both arms are built from the same ``pert_data`` (its split and minibatches), with the same
+    ``model_initialize`` arguments and the same seed, and trained with GEARS' ``train``; only the co-expression
+    branch's input differs (:func:`use_context_embedding`). Each arm is scored by GEARS' ``evaluate`` /
+    ``compute_metrics`` on the test split, with the top-20-DE MSE per test subgroup of the simulation split
+    (App. Table 3's columns).
+
+    Parameters
+    ----------
+    pert_data
+        A ``gears.PertData`` after ``prepare_split`` and ``get_dataloader`` (:func:`fix_gears_indexing` is
+        applied).
+    context, control, genes
+        As in :func:`use_context_embedding`.
+    seeds
+        Seeds of the model initialisation and training (``torch`` and NumPy global state, as GEARS uses them).
+    epochs, lr
+        GEARS' ``train`` arguments.
+    device
+        GEARS' device.
+    model_kwargs
+        Arguments of GEARS' ``model_initialize`` (e.g. ``hidden_size``, precomputed ``G_go``/``G_go_weight``).
+    context_kwargs
+        Further arguments of :func:`use_context_embedding` (``min_gene_fraction``, ``batch_size``,
+        ``precision``, ``layer``).
+
+    Returns
+    -------
+    One row per arm (``"gears"``, ``"gears+context"``) and seed: ``mse``, ``pearson``, ``mse_de`` (top-20 DE genes,
+    the paper's metric), ``pearson_de``, ``mse_de <subgroup>`` and ``train_s``.
+    """
+    import time
+
+    gears = _import_gears()
+    if not seeds:
+        msg = "`seeds` is empty; pass at least one seed, e.g. seeds=(1,)."
+        raise ValueError(msg)
+    fix_gears_indexing(pert_data)
+    rows = []
+    for seed in seeds:
+        for arm in ("gears", "gears+context"):
+            torch.manual_seed(seed)
+            np.random.seed(seed)  # noqa: NPY002 - GEARS draws from NumPy's global state
+            g = gears.GEARS(pert_data, device=device)
+            g.model_initialize(**(model_kwargs or {}))
+            if arm == "gears+context":
+                use_context_embedding(g, context, control=control, genes=genes, **(context_kwargs or {}))
+            t0 = time.perf_counter()
+            g.train(epochs=epochs, lr=lr)
+            rows.append({"arm": arm, "seed": seed, **_test_metrics(g), "train_s": time.perf_counter() - t0})
+    return pd.DataFrame(rows)

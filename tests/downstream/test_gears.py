@@ -1,0 +1,220 @@
+"""GEARS with context embeddings (issue 19, xTrimoGene App. 8.2) on a small synthetic perturb-seq dataset."""
+
+from __future__ import annotations
+
+import pickle
+
+import numpy as np
+import pandas as pd
+import pytest
+import scanpy as sc
+import torch
+from scipy import sparse
+
+import cellformers as cf
+from cellformers import GeneMappingError
+
+gears = pytest.importorskip("gears")
+from gears.utils import GeneSimNetwork, get_GO_edge_list  # noqa: E402
+
+PERTURBATIONS = ("g0", "g1", "g2", "g3", "g4", "g5", "g0+g1", "g1+g2", "g2+g3", "g3+g4")
+
+
+def _pert_data(path):
+    """A GEARS ``PertData`` of synthetic counts (60 genes, 10 perturbations), no download: the GO table is local."""
+    counts = cf.data.synthetic_perturbation(
+        n_control=120, n_per_perturbation=20, n_genes=60, perturbations=PERTURBATIONS, random_state=0
+    )
+    adata = counts.copy()
+    adata.obs["cell_type"] = "synthetic"
+    adata.var["gene_name"] = adata.var_names
+    sc.pp.normalize_total(adata, target_sum=1e4)
+    sc.pp.log1p(adata)
+    rng = np.random.default_rng(0)
+    gene2go = {g: {f"GO:{k}" for k in rng.choice(12, 3, replace=False)} for g in adata.var_names}
+    path.mkdir(parents=True, exist_ok=True)
+    with open(path / "gene2go_all.pkl", "wb") as f:  # PertData downloads it unless it is there
+        pickle.dump(gene2go, f)
+    pert_data = gears.PertData(str(path), default_pert_graph=False)
+    pert_data.new_data_process("synthetic", adata=adata)
+    pert_data.prepare_split(split="simulation", seed=1)
+    pert_data.get_dataloader(batch_size=16)
+    return pert_data, counts
+
+
+def _go_graph(pert_data):
+    """GEARS' GO graph over the perturbable genes (GEARS' own builder writes ``./data`` under the working directory)."""
+    return cf.downstream.gears_go_graph(pert_data.gene2go, pert_data.pert_names)
+
+
+def test_go_graph_matches_gears_builder(setup):
+    pert_data, _, _ = setup
+    perts = list(pert_data.pert_names)
+    gene2go = {p: pert_data.gene2go[p] for p in perts}
+    edges = pd.DataFrame(
+        [e for g in perts for e in get_GO_edge_list((g, gene2go))], columns=["source", "target", "importance"]
+    )
+    # all edges above the threshold (with few GO terms per gene, ties at a smaller k are broken differently)
+    edges = edges.groupby("target").apply(lambda x: x.nlargest(len(perts), ["importance"])).reset_index(drop=True)
+    net = GeneSimNetwork(edges, perts, node_map={p: i for i, p in enumerate(perts)})
+    ours = cf.downstream.gears_go_graph(gene2go, perts, k=len(perts))
+
+    def as_set(index, weight):
+        return {
+            (int(a), int(b), round(float(w), 6)) for (a, b), w in zip(index.T.tolist(), weight.tolist(), strict=True)
+        }
+
+    assert as_set(ours["G_go"], ours["G_go_weight"]) == as_set(net.edge_index, net.edge_weight)
+    capped = cf.downstream.gears_go_graph(gene2go, perts, k=2)
+    assert np.bincount(capped["G_go"][1].numpy()).max() == 3  # k + 1 edges into a gene, its self-loop included
+    with pytest.raises(GeneMappingError, match="no GO terms"):
+        cf.downstream.gears_go_graph(gene2go, [*perts, "NOT_A_GENE"])
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    pert_data, counts = _pert_data(tmp_path_factory.mktemp("gears"))
+    control = counts[counts.obs["condition"].to_numpy() == "ctrl"].copy()
+    # 50 of the 60 genes: GEARS' other genes get no context
+    train = control[:, 10:].copy()
+    cf.model.XTrimoGene.setup_anndata(train)
+    model = cf.model.XTrimoGene(train, preset="tiny")
+    model.train(max_epochs=1, batch_size=32, enable_progress_bar=False)
+    return pert_data, control, model
+
+
+def _gears(pert_data, hidden_size=8):
+    cf.downstream.fix_gears_indexing(pert_data)
+    torch.manual_seed(0)
+    g = gears.GEARS(pert_data, device="cpu")
+    g.model_initialize(hidden_size=hidden_size, **_go_graph(pert_data))
+    return g
+
+
+def _ctrl_rows(g):
+    X = g.ctrl_adata.X
+    return np.asarray(X.toarray() if sparse.issparse(X) else X, dtype=np.float32)
+
+
+def test_gears_fails_on_pandas_series_index_without_the_fix(tmp_path):
+    pert_data, _ = _pert_data(tmp_path / "d")
+    with pytest.raises(AttributeError, match="nonzero"):
+        gears.GEARS(pert_data, device="cpu")
+    cf.downstream.fix_gears_indexing(pert_data)
+    before = pert_data.adata.X.toarray()
+    g = gears.GEARS(pert_data, device="cpu")
+    np.testing.assert_array_equal(pert_data.adata.X.toarray(), before)
+    assert g.ctrl_adata.n_obs == 120
+
+
+def test_each_row_gets_its_control_cells_context(setup):
+    pert_data, control, model = setup
+    g = cf.downstream.use_context_embedding(_gears(pert_data), model, control=control)
+    ctx_input = g.model.emb_pos
+    assert isinstance(ctx_input, cf.downstream.ControlContextInput)
+    batch = next(iter(pert_data.dataloader["train_loader"]))
+    n_genes = len(g.gene_list)
+    rows = batch.x.numpy().reshape(-1, n_genes)
+    ctrl = _ctrl_rows(g)
+    # the paired control cell of each row, found by brute force
+    expected_idx = np.array([np.flatnonzero((ctrl == r).all(1))[0] for r in rows])
+    np.testing.assert_array_equal(ctx_input.control_indices(batch.x), expected_idx)
+
+    got = ctx_input.context(batch.x).detach().numpy()
+    model_genes = list(model.get_var_names())
+    aligned = cf.pp.align_to_reference(control, model_genes)
+    want = model.get_context_embedding(aligned, indices=expected_idx, genes=model_genes)
+    genes = list(g.gene_list)
+    for j, gene in enumerate(genes):
+        if gene in model_genes:
+            np.testing.assert_allclose(got[:, j], want[:, model_genes.index(gene)], rtol=1e-5, atol=1e-6)
+        else:  # not a gene of the model: no context
+            assert not got[:, j].any()
+    # unlike GEARS' own `emb_pos`, the input of the co-expression branch differs between cells
+    distinct = np.unique(expected_idx)
+    assert distinct.size > 1
+    a, b = (np.flatnonzero(expected_idx == i)[0] for i in distinct[:2])
+    assert not np.allclose(got[a], got[b])
+
+
+def test_precomputed_array_gives_the_same_context(setup):
+    pert_data, control, model = setup
+    on_the_fly = cf.downstream.use_context_embedding(_gears(pert_data), model, control=control)
+    genes = list(model.get_var_names())
+    array = model.get_context_embedding(cf.pp.align_to_reference(control, genes), genes=genes)
+    stored = cf.downstream.use_context_embedding(_gears(pert_data), array, genes=genes)
+    batch = next(iter(pert_data.dataloader["val_loader"]))
+    torch.testing.assert_close(
+        stored.model.emb_pos.context(batch.x), on_the_fly.model.emb_pos.context(batch.x), rtol=1e-5, atol=1e-6
+    )
+
+
+def test_counts_recovered_from_gears_data_match_the_raw_counts(setup):
+    pert_data, control, model = setup
+    recovered = cf.downstream.use_context_embedding(_gears(pert_data), model)
+    given = cf.downstream.use_context_embedding(_gears(pert_data), model, control=control)
+    batch = next(iter(pert_data.dataloader["train_loader"]))
+    torch.testing.assert_close(
+        recovered.model.emb_pos.context(batch.x), given.model.emb_pos.context(batch.x), rtol=1e-5, atol=1e-6
+    )
+
+
+def test_a_profile_that_is_no_control_cell_is_refused(setup):
+    pert_data, control, model = setup
+    g = cf.downstream.use_context_embedding(_gears(pert_data), model, control=control)
+    batch = next(iter(pert_data.dataloader["train_loader"]))
+    with pytest.raises(ValueError, match="not control cells"):
+        g.model.emb_pos.context(batch.x + 1.0)
+
+
+def test_training_updates_the_context_map_and_leaves_the_model_frozen(setup):
+    pert_data, control, model = setup
+    frozen = {k: v.clone() for k, v in model.module.state_dict().items()}
+    g = cf.downstream.use_context_embedding(_gears(pert_data), model, control=control)
+    proj = g.model.emb_pos.proj.weight.detach().clone()
+    g.train(epochs=1)
+    assert not torch.equal(g.model.emb_pos.proj.weight.detach(), proj)
+    for k, v in model.module.state_dict().items():
+        torch.testing.assert_close(v, frozen[k])
+
+
+def test_gears_benchmark_scores_both_arms_on_gears_split(setup):
+    pert_data, control, model = setup
+    res = cf.downstream.gears_benchmark(
+        pert_data,
+        model,
+        control=control,
+        seeds=(0, 1),
+        epochs=1,
+        model_kwargs={"hidden_size": 8, **_go_graph(pert_data)},
+    )
+    assert list(res["arm"]) == ["gears", "gears+context", "gears", "gears+context"]
+    assert list(res["seed"]) == [0, 0, 1, 1]
+    for col in ("mse", "pearson", "mse_de", "pearson_de", "mse_de 1-gene", "train_s"):
+        assert np.isfinite(res[col]).all(), col
+    # the two arms are different networks on the same test cells
+    assert res.loc[0, "mse"] != res.loc[1, "mse"]
+
+
+def test_bad_arguments_get_specific_errors(setup):
+    pert_data, control, model = setup
+    cf.downstream.fix_gears_indexing(pert_data)
+    bare = gears.GEARS(pert_data, device="cpu")
+    with pytest.raises(ValueError, match="model_initialize"):
+        cf.downstream.use_context_embedding(bare, model)
+    g = _gears(pert_data)
+    with pytest.raises(ValueError, match="control cells"):
+        cf.downstream.use_context_embedding(g, model, control=control[:10])
+    genes = list(model.get_var_names())
+    with pytest.raises(ValueError, match="`genes` is required"):
+        cf.downstream.use_context_embedding(g, np.zeros((120, 50, 4), np.float32))
+    with pytest.raises(ValueError, match="must be an array"):
+        cf.downstream.use_context_embedding(g, np.zeros((119, 50, 4), np.float32), genes=genes)
+    with pytest.raises(GeneMappingError, match="have a context embedding"):
+        cf.downstream.use_context_embedding(g, np.zeros((120, 2, 4), np.float32), genes=["x1", "x2"])
+    with pytest.raises(ValueError, match="min_gene_fraction"):
+        cf.downstream.use_context_embedding(g, model, min_gene_fraction=1.5)
+    with pytest.raises(ValueError, match="seeds"):
+        cf.downstream.gears_benchmark(pert_data, model, seeds=())
+    with pytest.raises(ValueError, match="no data yet"):
+        cf.downstream.fix_gears_indexing(gears.PertData.__new__(gears.PertData))
