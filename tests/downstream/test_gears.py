@@ -218,3 +218,33 @@ def test_bad_arguments_get_specific_errors(setup):
         cf.downstream.gears_benchmark(pert_data, model, seeds=())
     with pytest.raises(ValueError, match="no data yet"):
         cf.downstream.fix_gears_indexing(gears.PertData.__new__(gears.PertData))
+
+
+def test_gears_pert_data_prepares_gears_input_without_touching_adata(tmp_path):
+    counts = cf.data.synthetic_perturbation(
+        n_control=60, n_per_perturbation=10, n_genes=30, perturbations=PERTURBATIONS[:6], random_state=1
+    )
+    before = counts.copy()
+    go = {g: {f"GO:{i % 4}", f"GO:{i % 5 + 4}"} for i, g in enumerate(counts.var_names)}
+    pert_data = cf.downstream.gears_pert_data(counts, tmp_path / "p", gene2go=go, batch_size=8)
+    np.testing.assert_array_equal(counts.X.toarray(), before.X.toarray())
+    assert counts.obs.equals(before.obs)
+    X = counts.X.toarray()
+    expected = np.log1p(X / X.sum(1, keepdims=True) * 1e4)
+    np.testing.assert_allclose(pert_data.adata.X.toarray(), expected, rtol=1e-5, atol=1e-5)
+    assert list(pert_data.adata.var["gene_name"]) == list(counts.var_names)
+    assert set(pert_data.set2conditions) == {"train", "val", "test"}
+    assert gears.GEARS(pert_data, device="cpu").ctrl_adata.n_obs == 60  # indexing fix applied
+
+
+def test_gears_pert_data_rejects_bad_input(tmp_path):
+    counts = cf.data.synthetic_perturbation(n_control=20, n_per_perturbation=5, n_genes=10, perturbations=("g0",))
+    with pytest.raises(cf.MissingKeyError, match="condition_key='perturbation_name'"):
+        cf.downstream.gears_pert_data(counts, tmp_path, condition_key="perturbation_name")
+    normalized = counts.copy()
+    normalized.X = normalized.X.astype(np.float32) * 0.5
+    with pytest.raises(cf.NotCountsError):
+        cf.downstream.gears_pert_data(normalized, tmp_path)
+    no_control = counts[counts.obs["condition"] != "ctrl"].copy()
+    with pytest.raises(ValueError, match="'ctrl'"):
+        cf.downstream.gears_pert_data(no_control, tmp_path)

@@ -39,7 +39,8 @@ The per-gene context embedding flattened (``np.load("ctx.npy").reshape(n_lines, 
 
 from __future__ import annotations
 
-from ._gears import ControlContextInput, fix_gears_indexing, gears_benchmark, gears_go_graph, use_context_embedding
+from ._gears import ControlContextInput, gears_benchmark, use_context_embedding
+from ._gears_data import fix_gears_indexing, gears_go_graph, gears_pert_data
 from ._synergy import SynergyMLP, summarize_synergy, synergy_benchmark, train_synergy_head
 
 __all__: list[str] = [
@@ -48,6 +49,7 @@ __all__: list[str] = [
     "fix_gears_indexing",
     "gears_benchmark",
     "gears_go_graph",
+    "gears_pert_data",
     "summarize_synergy",
     "synergy_benchmark",
     "train_synergy_head",

@@ -8,6 +8,7 @@ object: ``emb_pos`` becomes a linear map of the paired control cell's context em
 (graphs, perturbation branch, decoder, loss, training loop, split, metrics) is GEARS' own code.
 
 GEARS is an optional dependency: ``pip install cellformers[gears]`` (``cell-gears`` and ``torch-geometric``).
+:mod:`cellformers.downstream._gears_data` prepares GEARS' data.
 """
 
 from __future__ import annotations
@@ -25,6 +26,8 @@ from torch import nn
 
 from cellformers._exceptions import GeneMappingError
 
+from ._gears_data import _import_gears, fix_gears_indexing
+
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
 
@@ -33,106 +36,7 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["ControlContextInput", "fix_gears_indexing", "gears_benchmark", "gears_go_graph", "use_context_embedding"]
-
-_EXTRA = "pip install cellformers[gears]"
-
-
-def _import_gears():
-    try:
-        import gears
-        import gears.model
-    except ImportError as err:  # pragma: no cover - depends on the environment
-        msg = f"GEARS is not installed ({err}). Install the optional extra: `{_EXTRA}`."
-        raise ImportError(msg) from err
-    return gears
-
-
-class _SeriesIndexableCSR(sparse.csr_matrix):
-    """CSR matrix that accepts a boolean pandas Series as row index.
-
-    GEARS 0.1.2 indexes ``adata.X`` with ``adata.obs.condition == "ctrl"``; scipy calls ``.nonzero()`` on the key,
-    which pandas 2 Series no longer have (GEARS pull request 97, open). Only the key type is converted.
-    """
-
-    def __getitem__(self, key):
-        if isinstance(key, pd.Series):
-            key = key.to_numpy()
-        elif isinstance(key, tuple):
-            key = tuple(k.to_numpy() if isinstance(k, pd.Series) else k for k in key)
-        return super().__getitem__(key)
-
-
-def fix_gears_indexing(pert_data: Any) -> None:
-    """Let GEARS 0.1.2 run with pandas 2: make ``pert_data.adata.X`` accept boolean Series as row index.
-
-    Call it on a loaded ``gears.PertData`` before ``gears.GEARS(pert_data)``; without it GEARS fails with
-    ``AttributeError: 'Series' object has no attribute 'nonzero'``. Values are unchanged (same CSR arrays).
-
-    Parameters
-    ----------
-    pert_data
-        A ``gears.PertData`` after ``load`` or ``new_data_process``.
-    """
-    adata = getattr(pert_data, "adata", None)
-    if adata is None:
-        msg = "`pert_data` has no data yet: call `pert_data.load(...)` or `pert_data.new_data_process(...)` first."
-        raise ValueError(msg)
-    if not isinstance(adata.X, _SeriesIndexableCSR):
-        adata.X = _SeriesIndexableCSR(sparse.csr_matrix(adata.X))
-
-
-def gears_go_graph(
-    gene2go: dict[str, set[str]], perturbations: Sequence[str], *, k: int = 20, threshold: float = 0.1
-) -> dict[str, Tensor]:
-    """GEARS' gene-ontology graph over the perturbable genes, built in memory.
-
-    The graph GEARS builds with ``default_pert_graph=False``: an edge ``a -> b`` weighted by the Jaccard index of
-    the two genes' GO terms where it exceeds ``threshold``, keeping the ``k + 1`` strongest edges into each gene
-    (its self-loop included). GEARS' own builder writes a CSV under ``./data`` of the working directory and starts
-    25 processes; this one does neither. Pass the result to ``model_initialize(**graph)``.
-
-    Parameters
-    ----------
-    gene2go
-        GO terms of each gene (GEARS' ``gene2go_all.pkl`` maps gene symbols to sets of GO ids).
-    perturbations
-        GEARS' perturbable genes, in its order (``pert_data.pert_names``).
-    k
-        Most similar genes per gene (GEARS' ``num_similar_genes_go_graph``).
-    threshold
-        Smallest Jaccard index kept.
-
-    Returns
-    -------
-    ``{"G_go": edge_index (2, n_edges), "G_go_weight": (n_edges,)}``.
-
-    Examples
-    --------
-    >>> import cellformers as cf
-    >>> go = {"IFNAR1": {"GO:0004905", "GO:0019962"}, "IFNAR2": {"GO:0004905"}, "STAT1": {"GO:0060333"}}
-    >>> graph = cf.downstream.gears_go_graph(go, ["IFNAR1", "IFNAR2", "STAT1"])
-    >>> graph["G_go"].tolist(), graph["G_go_weight"].tolist()
-    ([[0, 1, 0, 1, 2], [0, 0, 1, 1, 2]], [1.0, 0.5, 0.5, 1.0, 1.0])
-    """
-    perts = [str(p) for p in perturbations]
-    missing = [p for p in perts if p not in gene2go]
-    if missing:
-        msg = f"{len(missing)} of the {len(perts)} `perturbations` have no GO terms in `gene2go`, e.g. {missing[:5]}."
-        raise GeneMappingError(msg)
-    terms = [set(gene2go[p]) for p in perts]
-    sources, targets, weights = [], [], []
-    for t, target in enumerate(terms):
-        scores = [(len(source & target) / len(source | target), s) for s, source in enumerate(terms) if source | target]
-        kept = sorted((sc, s) for sc, s in scores if sc > threshold)[::-1][: k + 1]
-        for score, s in sorted(kept, key=lambda e: e[1]):
-            sources.append(s)
-            targets.append(t)
-            weights.append(score)
-    return {
-        "G_go": torch.tensor([sources, targets], dtype=torch.long),
-        "G_go_weight": torch.tensor(weights, dtype=torch.float32),
-    }
+__all__ = ["ControlContextInput", "gears_benchmark", "use_context_embedding"]
 
 
 def _row_key(row: np.ndarray) -> bytes:
@@ -163,6 +67,23 @@ class ControlContextInput(nn.Module):
         Width ``d`` of the context embedding.
     hidden_size
         GEARS' ``hidden_size``.
+
+    Examples
+    --------
+    Two control cells of three genes; the context (``d = 4``) covers the first two genes:
+
+    >>> import numpy as np
+    >>> import torch
+    >>> import cellformers as cf
+    >>> profiles = np.array([[0.0, 1.0, 2.0], [3.0, 0.0, 1.0]], dtype=np.float32)
+    >>> context = torch.randn(2, 2, 4)
+    >>> layer = cf.downstream.ControlContextInput(profiles, lambda idx: context[idx], np.array([0, 1, -1]), 4, 8)
+    >>> x = torch.from_numpy(profiles[[1, 0, 1]].reshape(-1, 1))  # GEARS' data.x of a minibatch of three
+    >>> layer.control_indices(x).tolist()
+    [1, 0, 1]
+    >>> layer.set_batch(x)
+    >>> layer(torch.arange(3).repeat(3)).shape  # what GEARS' co-expression branch receives
+    torch.Size([9, 8])
     """
 
     def __init__(
@@ -335,16 +256,37 @@ def use_context_embedding(
 
     Examples
     --------
-    >>> from gears import GEARS, PertData  # doctest: +SKIP
-    >>> pert_data = PertData("./data")  # doctest: +SKIP
+    A small synthetic perturb-seq screen and an xTrimoGene trained on its control cells:
+
+    >>> import tempfile
+    >>> import gears
+    >>> import cellformers as cf
+    >>> counts = cf.data.synthetic_perturbation(
+    ...     n_control=60, n_per_perturbation=10, n_genes=30, perturbations=("g0", "g1", "g2", "g3", "g0+g1", "g1+g2")
+    ... )
+    >>> go = {g: {f"GO:{i % 4}", f"GO:{i % 5 + 4}"} for i, g in enumerate(counts.var_names)}
+    >>> pert_data = cf.downstream.gears_pert_data(counts, tempfile.mkdtemp(), gene2go=go, batch_size=8)
+    >>> control = counts[counts.obs["condition"] == "ctrl"].copy()
+    >>> cf.model.XTrimoGene.setup_anndata(control)
+    >>> model = cf.model.XTrimoGene(control, preset="tiny")
+    >>> model.train(max_epochs=1, enable_progress_bar=False)
+    >>> g = gears.GEARS(pert_data, device="cpu")
+    >>> g.model_initialize(hidden_size=8, **cf.downstream.gears_go_graph(go, pert_data.pert_names))
+    >>> g = cf.downstream.use_context_embedding(g, model, control=control)
+    >>> type(g.model.emb_pos).__name__
+    'ControlContextInput'
+    >>> g.train(epochs=1)
+
+    The paper's data (Norman et al., GEARS' processed release; downloads once):
+
+    >>> pert_data = gears.PertData("./data")  # doctest: +SKIP
     >>> pert_data.load(data_name="norman")  # doctest: +SKIP
     >>> pert_data.prepare_split(split="simulation", seed=1)  # doctest: +SKIP
     >>> pert_data.get_dataloader(batch_size=32)  # doctest: +SKIP
     >>> cf.downstream.fix_gears_indexing(pert_data)  # doctest: +SKIP
-    >>> gears_model = GEARS(pert_data, device="cpu")  # doctest: +SKIP
-    >>> gears_model.model_initialize(hidden_size=64)  # doctest: +SKIP
-    >>> cf.downstream.use_context_embedding(gears_model, model)  # doctest: +SKIP
-    >>> gears_model.train(epochs=20)  # doctest: +SKIP
+    >>> g = gears.GEARS(pert_data, device="cuda")  # doctest: +SKIP
+    >>> g.model_initialize(hidden_size=64)  # doctest: +SKIP
+    >>> cf.downstream.use_context_embedding(g, model)  # counts recovered from GEARS' data  # doctest: +SKIP
     """
     from copy import deepcopy
 
@@ -484,6 +426,26 @@ def gears_benchmark(
     -------
     One row per arm (``"gears"``, ``"gears+context"``) and seed: ``mse``, ``pearson``, ``mse_de`` (top-20 DE genes,
     the paper's metric), ``pearson_de``, ``mse_de <subgroup>`` and ``train_s``.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> import cellformers as cf
+    >>> counts = cf.data.synthetic_perturbation(
+    ...     n_control=60, n_per_perturbation=10, n_genes=30, perturbations=("g0", "g1", "g2", "g3", "g0+g1", "g1+g2")
+    ... )
+    >>> go = {g: {f"GO:{i % 4}", f"GO:{i % 5 + 4}"} for i, g in enumerate(counts.var_names)}
+    >>> pert_data = cf.downstream.gears_pert_data(counts, tempfile.mkdtemp(), gene2go=go, batch_size=8)
+    >>> control = counts[counts.obs["condition"] == "ctrl"].copy()
+    >>> cf.model.XTrimoGene.setup_anndata(control)
+    >>> model = cf.model.XTrimoGene(control, preset="tiny")
+    >>> model.train(max_epochs=1, enable_progress_bar=False)
+    >>> graph = cf.downstream.gears_go_graph(go, pert_data.pert_names)
+    >>> res = cf.downstream.gears_benchmark(
+    ...     pert_data, model, control=control, epochs=1, model_kwargs={"hidden_size": 8, **graph}
+    ... )
+    >>> res["arm"].tolist()
+    ['gears', 'gears+context']
     """
     import time
 
