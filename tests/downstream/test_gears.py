@@ -248,3 +248,31 @@ def test_gears_pert_data_rejects_bad_input(tmp_path):
     no_control = counts[counts.obs["condition"] != "ctrl"].copy()
     with pytest.raises(ValueError, match="'ctrl'"):
         cf.downstream.gears_pert_data(no_control, tmp_path)
+
+
+def test_model_set_up_with_a_counts_layer_and_labels(setup):
+    pert_data, control, _ = setup
+    train = control.copy()
+    train.layers["counts"] = train.X.copy()
+    train.obs["cell_type"] = np.where(np.arange(train.n_obs) % 2, "a", "b")
+    cf.model.XTrimoGene.setup_anndata(train, layer="counts", labels_key="cell_type")
+    model = cf.model.XTrimoGene(train, preset="tiny")
+    model.train(max_epochs=1, enable_progress_bar=False)
+    before = control.obs.copy()
+    # counts in X, labels the model does not know
+    g = cf.downstream.use_context_embedding(_gears(pert_data), model, control=control)
+    batch = next(iter(pert_data.dataloader["train_loader"]))
+    idx = g.model.emb_pos.control_indices(batch.x)
+    genes = list(model.get_var_names())
+    want = model.get_context_embedding(train, indices=idx, genes=genes)
+    got = g.model.emb_pos.context(batch.x).detach().numpy()
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+    pd.testing.assert_frame_equal(control.obs, before)  # the caller's AnnData is untouched
+    assert not control.layers
+
+    batched = control.copy()
+    batched.obs["donor"] = "d1"
+    cf.model.XTrimoGene.setup_anndata(batched, batch_key="donor")
+    with_batch = cf.model.XTrimoGene(batched, preset="tiny")
+    with pytest.raises(cf.MissingKeyError, match="batch_key='donor'"):
+        cf.downstream.use_context_embedding(_gears(pert_data), with_batch, control=control)

@@ -193,6 +193,30 @@ def _array_fetch(array) -> Callable[[np.ndarray], Tensor]:
     return fetch
 
 
+def _model_input(model, aligned: AnnData) -> AnnData:
+    """``aligned`` (counts in ``X``, the model's genes) laid out as the model was set up: its counts layer, its labels.
+
+    Labels do not enter a context embedding, so every cell gets the model's first label (the control cells may have
+    none, or others); a batch key changes the model's output, so it must be there.
+    """
+    from cellformers._exceptions import MissingKeyError
+
+    setup = model.adata_manager.registry["setup_args"]
+    if setup.get("layer"):
+        aligned.layers[setup["layer"]] = aligned.X
+    batch_key, labels_key = setup.get("batch_key"), setup.get("labels_key")
+    if batch_key and batch_key not in aligned.obs:
+        msg = (
+            f"The {type(model).__name__} model was set up with `batch_key={batch_key!r}`, which `control.obs` lacks: "
+            "pass the control cells' counts with that column (a batch changes the model's output)."
+        )
+        raise MissingKeyError(msg)
+    if labels_key:  # whatever the control cells' labels are (or are not), the model's first one
+        known = model.adata_manager.get_state_registry("labels").categorical_mapping
+        aligned.obs[labels_key] = pd.Categorical([known[0]] * aligned.n_obs, categories=list(known))
+    return aligned
+
+
 def _control_counts(gears_model) -> AnnData:
     """Raw counts of GEARS' control cells, recovered from its log-normalized ``ctrl_adata`` (genes: ``gene_name``)."""
     import anndata as ad
@@ -314,7 +338,7 @@ def use_context_embedding(
             raise ValueError(msg)
         _, model_genes = context_genes(context, None)
         names = [g for g in gears_genes if g in set(model_genes)]
-        aligned = align_to_reference(control, context.get_var_names(), min_coverage=0.0)
+        aligned = _model_input(context, align_to_reference(control, context.get_var_names(), min_coverage=0.0))
         fetch = _model_fetch(context, aligned, names, batch_size, precision, layer)
         n_context = int(fetch(np.zeros(1, dtype=np.int64)).shape[-1])
     else:
