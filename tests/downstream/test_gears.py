@@ -188,12 +188,22 @@ def test_gears_benchmark_scores_both_arms_on_gears_split(setup):
         epochs=1,
         model_kwargs={"hidden_size": 8, **_go_graph(pert_data)},
     )
-    assert list(res["arm"]) == ["gears", "gears+context", "gears", "gears+context"]
-    assert list(res["seed"]) == [0, 0, 1, 1]
+    assert list(res["arm"]) == ["no change", "gears", "gears+context", "gears", "gears+context"]
+    assert list(res["seed"][1:]) == [0, 0, 1, 1]
     for col in ("mse", "pearson", "mse_de", "pearson_de", "mse_de 1-gene", "train_s"):
         assert np.isfinite(res[col]).all(), col
     # the two arms are different networks on the same test cells
-    assert res.loc[0, "mse"] != res.loc[1, "mse"]
+    assert res.loc[1, "mse"] != res.loc[2, "mse"]
+    # "no change" is GEARS' score of the paired control cells themselves: their mean vs the mean perturbed profile
+    xs, ys, perts = [], [], []
+    for batch in pert_data.dataloader["test_loader"]:
+        n = len(batch.pert)
+        xs.append(batch.x.numpy().reshape(n, -1))
+        ys.append(batch.y.numpy().reshape(n, -1))
+        perts += list(batch.pert)
+    xs, ys, perts = np.concatenate(xs), np.concatenate(ys), np.array(perts)
+    per_pert = [((xs[perts == p].mean(0) - ys[perts == p].mean(0)) ** 2).mean() for p in np.unique(perts)]
+    np.testing.assert_allclose(res.loc[0, "mse"], np.mean(per_pert), rtol=1e-5)
 
 
 def test_bad_arguments_get_specific_errors(setup):

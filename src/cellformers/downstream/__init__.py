@@ -1,5 +1,31 @@
 """Downstream models fed with context embeddings in place of expression (xTrimoGene section 5.4, App. 8.2-8.3).
 
+Perturbation response with GEARS (App. 8.2, :cite:p:`Roohani23`; ``pip install cellformers[gears]``):
+:func:`use_context_embedding` feeds GEARS' co-expression branch the context embedding of each paired control cell
+(a linear map of it replaces GEARS' per-gene ``emb_pos``; everything else is GEARS' own code), and
+:func:`gears_benchmark` trains plain GEARS and GEARS with context embeddings on the same split, seeds and
+minibatches and scores both with GEARS' metrics (top-20-DE MSE overall and per test subgroup, App. Table 3).
+:func:`gears_pert_data` turns an AnnData of counts into a ready ``PertData``; :func:`gears_go_graph` builds the GO
+graph in memory; :func:`fix_gears_indexing` lets GEARS 0.1.2 run with pandas 2.
+
+The paper's GEARS run (Norman et al. 2019; GEARS downloads its processed release and GO files from Harvard
+Dataverse; not run by cellformers' tests), in outline::
+
+    pert_data = gears.PertData("./data")
+    pert_data.load(data_name="norman")
+    pert_data.prepare_split(split="simulation", seed=1)
+    pert_data.get_dataloader(batch_size=32)
+    model = cf.model.XTrimoGene.load("xtrimogene_dir")  # a pretrained model whose genes cover Norman's
+    res = cf.downstream.gears_benchmark(
+        pert_data, model, epochs=20, seeds=(1, 2, 3, 4, 5), device="cuda", model_kwargs={"hidden_size": 64}
+    )
+    res.groupby("arm")[["mse_de", "mse_de 1-gene", "mse_de 2-gene (seen0)"]].agg(["mean", "std"])
+
+Control counts are recovered from GEARS' log-normalized data (or passed as ``control=``); a model run on each
+minibatch's control cells costs one context embedding per cell and step, so for long runs precompute them once
+(``cf.tl.context_embedding(control, model, genes=..., path="ctx.npy")``) and pass
+``np.load("ctx.npy", mmap_mode="r")`` with ``genes=``.
+
 Drug synergy (App. 8.3, DeepDDS :cite:p:`Wang22`): :func:`synergy_benchmark` trains a small synergy head on
 ``[drug A, drug B, cell line]`` once per seed and per cell-line representation (raw expression beside a model's
 context embedding), and :func:`summarize_synergy` reports mean and standard deviation over the seeds.
