@@ -261,9 +261,11 @@ def use_context_embedding(
         cells in the order of ``gears_model.ctrl_adata`` (e.g. ``np.load(path, mmap_mode="r")`` of
         :func:`cellformers.tl.context_embedding`).
     control
-        With a model: raw counts of GEARS' control cells, in the order of ``gears_model.ctrl_adata`` (gene names as
-        ``var_names``). ``None``: recovered from GEARS' log-normalized ``ctrl_adata`` (each cell's smallest non-zero
-        value taken as one count). Aligned to the model's genes with :func:`cellformers.pp.align_to_reference`.
+        With a model: raw counts of GEARS' control cells, in the order of ``gears_model.ctrl_adata``, with gene names
+        as ``var_names``; best with every gene the model was set up with, since its normalization sums over them
+        (genes it lacks are zero-filled by :func:`cellformers.pp.align_to_reference`). ``None``: recovered from
+        GEARS' log-normalized ``ctrl_adata`` (each cell's smallest non-zero value taken as one count), which holds
+        GEARS' genes only.
     genes
         With an array: the gene names of its second axis (required). With a model: ignored (GEARS' genes that are
         among the model's input genes).
