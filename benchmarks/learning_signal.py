@@ -37,6 +37,7 @@ from typing import TYPE_CHECKING
 import torch
 from scformer_integration import CPU_CONFIG as SCFORMER_CPU_CONFIG
 from xtrimogene_pbmc3k import MODEL_KWARGS as XTRIMOGENE_KWARGS
+from xtrimogene_pbmc3k import TRAIN_RECIPE as XTRIMOGENE_TRAIN
 
 if TYPE_CHECKING:
     import numpy as np
@@ -51,10 +52,14 @@ DATASETS = {
 
 #: The recipes of the per-model benchmark scripts (model options, train options, gene set).
 RECIPES = {
-    # xtrimogene_pbmc3k.py: 3M preset narrowed to a 4 x 64 encoder and a 1 x 32 Performer decoder, HVG vocabulary
+    # xtrimogene_pbmc3k.py: 3M preset narrowed to a 4 x 64 encoder and a 2 x 64 Performer decoder, HVG vocabulary
     "xtrimogene": {
         "model": dict(XTRIMOGENE_KWARGS),
-        "train": {"max_epochs": 8, "batch_size": 32, "plan_kwargs": {"lr": 1e-3, "warmup_steps": 50}},
+        "train": {
+            "max_epochs": XTRIMOGENE_TRAIN["max_epochs"],
+            "batch_size": XTRIMOGENE_TRAIN["batch_size"],
+            "plan_kwargs": {"lr": XTRIMOGENE_TRAIN["lr"], "warmup_steps": XTRIMOGENE_TRAIN["warmup_steps"]},
+        },
         "genes": "hvg_vocab",
     },
     # scformer_integration.py: paper architecture (4 x 128), every head (ECS, DAR and DSBN need a batch), CPU_CONFIG

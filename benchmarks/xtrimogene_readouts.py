@@ -1,7 +1,7 @@
 """xTrimoGene readouts and zero-group imputation, measured on one trained model (issue 23 items 2 and 4).
 
-Trains the ``xtrimogene_pbmc3k.py`` recipe once on ``pbmc3k_processed.h5ad`` (HVG vocabulary, 8 epochs,
-``precision="auto"``), then scores every ``pooling`` of ``get_latent_representation`` with
+Trains the ``xtrimogene_pbmc3k.py`` recipe once on ``pbmc3k_processed.h5ad`` (HVG vocabulary, its
+``TRAIN_RECIPE``, ``precision="auto"``), or loads a model that script saved (``--model-dir``), then scores every ``pooling`` of ``get_latent_representation`` with
 :func:`cellformers.tl.benchmark` beside HVG-PCA and the same network untrained, and compares masked imputation with
 all zero genes hidden at once (``zero_groups=None``) against training-sized groups (``zero_groups="training"``): the
 Pearson correlation across cells between imputed and observed log-normalized expression of marker genes, and the
@@ -10,6 +10,7 @@ correlation of the imputed marker with its cell type.
 Usage::
 
     python benchmarks/xtrimogene_readouts.py      # -> benchmarks/results/xtrimogene_readouts_pbmc3k.json
+    python benchmarks/xtrimogene_pbmc3k.py --save-dir xtg && python benchmarks/xtrimogene_readouts.py --model-dir xtg
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from xtrimogene_pbmc3k import MODEL_KWARGS
+from xtrimogene_pbmc3k import MODEL_KWARGS, TRAIN_RECIPE
 
 HERE = Path(__file__).resolve().parent
 SHARED = Path(os.environ.get("CELLFORMERS_SHARED", HERE.parent.parent / "shared"))
@@ -33,7 +34,8 @@ MARKERS = {"MS4A1": "B cells", "CD14": "CD14+ Monocytes", "NKG7": "NK cells", "P
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--epochs", type=int, default=8)
+    p.add_argument("--epochs", type=int, default=TRAIN_RECIPE["max_epochs"])
+    p.add_argument("--model-dir", default=None, help="a model saved by xtrimogene_pbmc3k.py --save-dir (no training)")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default=str(HERE / "results" / "xtrimogene_readouts_pbmc3k.json"))
@@ -48,16 +50,19 @@ def main() -> None:
     adata = ad.read_h5ad(SHARED / "data" / "pbmc3k_processed.h5ad")
     hvg = adata.var_names[adata.var["highly_variable"].to_numpy()]
     cf.model.XTrimoGene.setup_anndata(adata, labels_key="cell_type")
-    model = cf.model.XTrimoGene(adata, vocab=cf.data.GeneVocab(list(hvg), name="pbmc3k-hvg"), **MODEL_KWARGS)
     torch.set_num_threads(args.threads)
     t0 = time.perf_counter()
-    model.train(
-        max_epochs=args.epochs,
-        batch_size=32,
-        accelerator="cpu",
-        enable_progress_bar=False,
-        plan_kwargs={"lr": 1e-3, "warmup_steps": 50},
-    )
+    if args.model_dir:
+        model = cf.model.XTrimoGene.load(args.model_dir, adata=adata)
+    else:
+        model = cf.model.XTrimoGene(adata, vocab=cf.data.GeneVocab(list(hvg), name="pbmc3k-hvg"), **MODEL_KWARGS)
+        model.train(
+            max_epochs=args.epochs,
+            batch_size=TRAIN_RECIPE["batch_size"],
+            accelerator="cpu",
+            enable_progress_bar=False,
+            plan_kwargs={"lr": TRAIN_RECIPE["lr"], "warmup_steps": TRAIN_RECIPE["warmup_steps"]},
+        )
     train_s = time.perf_counter() - t0
     signal = cf.train.learning_signal(model.history_)
     cf.tl.baselines(adata, methods=("pca",), random_state=args.seed)
@@ -97,9 +102,14 @@ def main() -> None:
     out = {
         "dataset": "pbmc3k_processed.h5ad",
         "n_cells": int(adata.n_obs),
-        "model_kwargs": MODEL_KWARGS,
-        "epochs": args.epochs,
-        "train_seconds": train_s,
+        "model_kwargs": (
+            {"preset": model.init_params_["non_kwargs"].get("preset"), **model.init_params_["kwargs"]["module_kwargs"]}
+            if args.model_dir
+            else MODEL_KWARGS
+        ),
+        "epochs": int(len(model.history_["masked_mse_validation"])),
+        "model_dir": args.model_dir,
+        "train_seconds": None if args.model_dir else train_s,
         "precision": str(model.trainer.precision),
         "cpu_capability": torch.backends.cpu.get_cpu_capability(),
         "bf16_units": cf.train.bf16_hardware("cpu")[1],

@@ -59,6 +59,8 @@ TITLES = {
     "baselines_pancreas": "Baselines on the human pancreas (4 donors)",
     "xtrimogene_efficiency": "xTrimoGene: compute and memory of one training step (App. Table 1)",
     "xtrimogene_pbmc3k": "xTrimoGene trained on pbmc3k",
+    "xtrimogene_masked_reference_pbmc3k": "xTrimoGene's masked targets on pbmc3k: reference predictors",
+    "xtrimogene_masked_reference_pancreas": "xTrimoGene's masked targets on the human pancreas: reference predictors",
     "scformer_integration_pancreas": "scFormer: batch integration of the human pancreas (4 donors)",
     "scformer_integration_cellbench": "scFormer: batch integration of CellBench (5 protocols/plates)",
     "scformer_perturbation_kang": "scFormer: perturbation prediction on Kang et al. (binned values, paper)",
