@@ -286,3 +286,20 @@ def test_model_set_up_with_a_counts_layer_and_labels(setup):
     with_batch = cf.model.XTrimoGene(batched, preset="tiny")
     with pytest.raises(cf.MissingKeyError, match="batch_key='donor'"):
         cf.downstream.use_context_embedding(_gears(pert_data), with_batch, control=control)
+
+
+def test_control_cells_are_matched_by_name(setup):
+    pert_data, control, model = setup
+    shuffled = control[np.random.default_rng(0).permutation(control.n_obs)].copy()
+    by_name = cf.downstream.use_context_embedding(_gears(pert_data), model, control=shuffled)
+    in_order = cf.downstream.use_context_embedding(_gears(pert_data), model, control=control)
+    batch = next(iter(pert_data.dataloader["train_loader"]))
+    torch.testing.assert_close(by_name.model.emb_pos.context(batch.x), in_order.model.emb_pos.context(batch.x))
+    renamed = control.copy()
+    renamed.obs_names = [f"other{i}" for i in range(renamed.n_obs)]  # unknown names: GEARS' order is assumed
+    positional = cf.downstream.use_context_embedding(_gears(pert_data), model, control=renamed)
+    torch.testing.assert_close(positional.model.emb_pos.context(batch.x), in_order.model.emb_pos.context(batch.x))
+    mixed = control.copy()
+    mixed.obs_names = [f"other{i}" if i < 3 else n for i, n in enumerate(control.obs_names)]
+    with pytest.raises(ValueError, match="not among GEARS' control cells"):
+        cf.downstream.use_context_embedding(_gears(pert_data), model, control=mixed)

@@ -217,6 +217,29 @@ def _model_input(model, aligned: AnnData) -> AnnData:
     return aligned
 
 
+def _in_gears_order(control: AnnData, gears_model) -> AnnData:
+    """``control`` with its cells in the order of GEARS' control cells (by name when the names are GEARS')."""
+    ctrl_names = pd.Index(gears_model.ctrl_adata.obs_names.astype(str))
+    names = pd.Index(control.obs_names.astype(str))
+    if control.n_obs != ctrl_names.size:
+        msg = (
+            f"`control` has {control.n_obs} cells but GEARS has {ctrl_names.size} control cells; pass the raw counts "
+            "of `gears_model.ctrl_adata`'s cells (or `control=None` to recover them)."
+        )
+        raise ValueError(msg)
+    shared = names.isin(ctrl_names)
+    if shared.all() and not names.has_duplicates:
+        return control if names.equals(ctrl_names) else control[names.get_indexer(ctrl_names)]
+    if shared.any():
+        msg = (
+            f"{int((~shared).sum())} of the {names.size} cells of `control` are not among GEARS' control cells "
+            f"(e.g. {names[~shared][:3].tolist()}); pass the raw counts of `gears_model.ctrl_adata`'s cells."
+        )
+        raise ValueError(msg)
+    logger.info("`control` has other cell names than GEARS' control cells: taken to be in the same order.")
+    return control
+
+
 def _control_counts(gears_model) -> AnnData:
     """Raw counts of GEARS' control cells, recovered from its log-normalized ``ctrl_adata`` (genes: ``gene_name``)."""
     import anndata as ad
@@ -261,8 +284,8 @@ def use_context_embedding(
         cells in the order of ``gears_model.ctrl_adata`` (e.g. ``np.load(path, mmap_mode="r")`` of
         :func:`cellformers.tl.context_embedding`).
     control
-        With a model: raw counts of GEARS' control cells, in the order of ``gears_model.ctrl_adata``, with gene names
-        as ``var_names``; best with every gene the model was set up with, since its normalization sums over them
+        With a model: raw counts of GEARS' control cells, with gene names as ``var_names``: matched to
+        ``gears_model.ctrl_adata`` by cell name when they carry its names, else taken in its order; best with every gene the model was set up with, since its normalization sums over them
         (genes it lacks are zero-filled by :func:`cellformers.pp.align_to_reference`). ``None``: recovered from
         GEARS' log-normalized ``ctrl_adata`` (each cell's smallest non-zero value taken as one count), which holds
         GEARS' genes only.
@@ -330,14 +353,7 @@ def use_context_embedding(
         from cellformers.model.base._context import context_genes
         from cellformers.pp import align_to_reference
 
-        if control is None:
-            control = _control_counts(gears_model)
-        elif control.n_obs != n_control:
-            msg = (
-                f"`control` has {control.n_obs} cells but GEARS has {n_control} control cells; pass the raw counts of "
-                "`gears_model.ctrl_adata`'s cells in the same order (or `control=None` to recover them)."
-            )
-            raise ValueError(msg)
+        control = _control_counts(gears_model) if control is None else _in_gears_order(control, gears_model)
         _, model_genes = context_genes(context, None)
         names = [g for g in gears_genes if g in set(model_genes)]
         aligned = _model_input(context, align_to_reference(control, context.get_var_names(), min_coverage=0.0))
