@@ -174,6 +174,15 @@ def test_training_updates_the_context_map_and_leaves_the_model_frozen(setup):
     proj = g.model.emb_pos.proj.weight.detach().clone()
     g.train(epochs=1)
     assert not torch.equal(g.model.emb_pos.proj.weight.detach(), proj)
+    # the documented way back: rebuild the context arm, then load the saved state dict
+    state = {k: v.clone() for k, v in g.best_model.state_dict().items()}
+    again = cf.downstream.use_context_embedding(_gears(pert_data), model, control=control)
+    again.best_model.load_state_dict(state)
+    batch = next(iter(pert_data.dataloader["test_loader"]))
+    g.best_model.eval()
+    again.best_model.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(again.best_model(batch), g.best_model(batch))
     for k, v in model.module.state_dict().items():
         torch.testing.assert_close(v, frozen[k])
 

@@ -13,9 +13,15 @@ The paper's GEARS run (Norman et al. 2019, GEARS' processed release; not run by 
     norman = cf.data.gears_dataset("norman")  # downloads once (pooch, pinned hash); raw counts recovered
     pert_data = cf.downstream.gears_pert_data(norman, "./gears_data", dataset_name="norman")  # GEARS fetches GO
     model = cf.model.XTrimoGene.load("xtrimogene_dir")  # a pretrained model whose genes cover Norman's
-    res = cf.downstream.gears_benchmark(pert_data, model, control=norman[norman.obs["condition"] == "ctrl"].copy(),
-                                        epochs=20, seeds=(1, 2, 3, 4, 5), device="cuda",
-                                        model_kwargs={"hidden_size": 64})
+    res = cf.downstream.gears_benchmark(
+        pert_data,
+        model,
+        control=norman[norman.obs["condition"] == "ctrl"].copy(),
+        epochs=20,
+        seeds=(1, 2, 3, 4, 5),
+        device="cuda",
+        model_kwargs={"hidden_size": 64},
+    )
     res.groupby("arm")[["mse_de", "mse_de 1-gene", "mse_de 2-gene (seen0)"]].agg(["mean", "std"])
 
 Control counts are recovered from GEARS' log-normalized data (or passed as ``control=``); a model run on each

@@ -303,6 +303,12 @@ def use_context_embedding(
     -------
     ``gears_model``, with ``model`` and ``best_model`` replaced.
 
+    Notes
+    -----
+    GEARS' ``load_pretrained`` builds a plain GEARS network, which has no ``emb_pos.proj``. To reload a trained
+    context arm, build the GEARS object as before, call this function, then
+    ``gears_model.best_model.load_state_dict(torch.load(path))`` with the ``state_dict`` saved from it.
+
     Examples
     --------
     A small synthetic perturb-seq screen and an xTrimoGene trained on its control cells:
