@@ -91,6 +91,12 @@ def _gears(pert_data, hidden_size=8):
     return g
 
 
+def _assert_same_context(a, b, loader="train_loader", pert_data=None):
+    """Two context arms give the same co-expression input on a minibatch of ``pert_data``'s ``loader``."""
+    batch = next(iter(pert_data.dataloader[loader]))
+    torch.testing.assert_close(a.model.emb_pos.context(batch.x), b.model.emb_pos.context(batch.x), rtol=1e-5, atol=1e-6)
+
+
 def _ctrl_rows(g):
     X = g.ctrl_adata.X
     return np.asarray(X.toarray() if sparse.issparse(X) else X, dtype=np.float32)
@@ -143,20 +149,14 @@ def test_precomputed_array_gives_the_same_context(setup):
     genes = list(model.get_var_names())
     array = model.get_context_embedding(cf.pp.align_to_reference(control, genes), genes=genes)
     stored = cf.downstream.use_context_embedding(_gears(pert_data), array, genes=genes)
-    batch = next(iter(pert_data.dataloader["val_loader"]))
-    torch.testing.assert_close(
-        stored.model.emb_pos.context(batch.x), on_the_fly.model.emb_pos.context(batch.x), rtol=1e-5, atol=1e-6
-    )
+    _assert_same_context(stored, on_the_fly, "val_loader", pert_data=pert_data)
 
 
 def test_counts_recovered_from_gears_data_match_the_raw_counts(setup):
     pert_data, control, model = setup
     recovered = cf.downstream.use_context_embedding(_gears(pert_data), model)
     given = cf.downstream.use_context_embedding(_gears(pert_data), model, control=control)
-    batch = next(iter(pert_data.dataloader["train_loader"]))
-    torch.testing.assert_close(
-        recovered.model.emb_pos.context(batch.x), given.model.emb_pos.context(batch.x), rtol=1e-5, atol=1e-6
-    )
+    _assert_same_context(recovered, given, pert_data=pert_data)
 
 
 def test_a_profile_that_is_no_control_cell_is_refused(setup):
@@ -302,12 +302,11 @@ def test_control_cells_are_matched_by_name(setup):
     shuffled = control[np.random.default_rng(0).permutation(control.n_obs)].copy()
     by_name = cf.downstream.use_context_embedding(_gears(pert_data), model, control=shuffled)
     in_order = cf.downstream.use_context_embedding(_gears(pert_data), model, control=control)
-    batch = next(iter(pert_data.dataloader["train_loader"]))
-    torch.testing.assert_close(by_name.model.emb_pos.context(batch.x), in_order.model.emb_pos.context(batch.x))
+    _assert_same_context(by_name, in_order, pert_data=pert_data)
     renamed = control.copy()
     renamed.obs_names = [f"other{i}" for i in range(renamed.n_obs)]  # unknown names: GEARS' order is assumed
     positional = cf.downstream.use_context_embedding(_gears(pert_data), model, control=renamed)
-    torch.testing.assert_close(positional.model.emb_pos.context(batch.x), in_order.model.emb_pos.context(batch.x))
+    _assert_same_context(positional, in_order, pert_data=pert_data)
     mixed = control.copy()
     mixed.obs_names = [f"other{i}" if i < 3 else n for i, n in enumerate(control.obs_names)]
     with pytest.raises(ValueError, match="not among GEARS' control cells"):
