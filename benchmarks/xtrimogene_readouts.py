@@ -113,7 +113,7 @@ def main() -> None:
         "epochs": int(len(model.history_["masked_mse_validation"])),
         "model_dir": args.model_dir,
         "train_seconds": None if args.model_dir else train_s,
-        "precision": str(model.trainer.precision),
+        "precision": str(model.trainer.precision) if not args.model_dir else "as saved (see its training run)",
         "cpu_capability": torch.backends.cpu.get_cpu_capability(),
         "bf16_units": cf.train.bf16_hardware("cpu")[1],
         "learning_signal": signal,
