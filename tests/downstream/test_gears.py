@@ -311,3 +311,15 @@ def test_control_cells_are_matched_by_name(setup):
     mixed.obs_names = [f"other{i}" if i < 3 else n for i, n in enumerate(control.obs_names)]
     with pytest.raises(ValueError, match="not among GEARS' control cells"):
         cf.downstream.use_context_embedding(_gears(pert_data), model, control=mixed)
+
+
+def test_gears_pert_data_reads_a_backed_anndata(tmp_path):
+    counts = cf.data.synthetic_perturbation(
+        n_control=60, n_per_perturbation=10, n_genes=30, perturbations=PERTURBATIONS[:6], random_state=1
+    )
+    counts.write_h5ad(tmp_path / "screen.h5ad")
+    backed = sc.read_h5ad(tmp_path / "screen.h5ad", backed="r")
+    go = {g: {f"GO:{i % 4}", f"GO:{i % 5 + 4}"} for i, g in enumerate(counts.var_names)}
+    pert_data = cf.downstream.gears_pert_data(backed, tmp_path / "p", gene2go=go, batch_size=8)
+    assert pert_data.adata.n_obs == counts.n_obs
+    assert backed.isbacked  # the caller's object is still the backed file

@@ -146,7 +146,7 @@ def gears_pert_data(
     if not (conditions == "ctrl").any():
         msg = f"No cell of `adata.obs[{condition_key!r}]` is 'ctrl': GEARS pairs every perturbed cell with a control."
         raise ValueError(msg)
-    data = adata.copy()
+    data = adata.to_memory() if adata.isbacked else adata.copy()  # GEARS works in memory
     data.obs = pd.DataFrame(
         {"condition": conditions.to_numpy(), "cell_type": adata.obs.get("cell_type", "cell")}, index=adata.obs_names
     )
