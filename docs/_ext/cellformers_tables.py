@@ -59,6 +59,7 @@ TITLES = {
     "baselines_pancreas": "Baselines on the human pancreas (4 donors)",
     "xtrimogene_efficiency": "xTrimoGene: compute and memory of one training step (App. Table 1)",
     "xtrimogene_pbmc3k": "xTrimoGene trained on pbmc3k",
+    "xtrimogene_pbmc3k_seed1": "xTrimoGene trained on pbmc3k (seed 1)",
     "xtrimogene_masked_reference_pbmc3k": "xTrimoGene's masked targets on pbmc3k: reference predictors",
     "xtrimogene_masked_reference_pancreas": "xTrimoGene's masked targets on the human pancreas: reference predictors",
     "scformer_integration_pancreas": "scFormer: batch integration of the human pancreas (4 donors)",
