@@ -21,10 +21,10 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 import torch
-from scipy import sparse
 from torch import nn
 
 from cellformers._exceptions import GeneMappingError
+from cellformers._utils._anndata import to_dense_rows
 
 from ._gears_data import _import_gears, fix_gears_indexing
 
@@ -41,10 +41,6 @@ __all__ = ["ControlContextInput", "gears_benchmark", "use_context_embedding"]
 
 def _row_key(row: np.ndarray) -> bytes:
     return hashlib.blake2b(np.ascontiguousarray(row, dtype=np.float32).tobytes(), digest_size=16).digest()
-
-
-def _dense_rows(X) -> np.ndarray:
-    return np.asarray(X.toarray() if sparse.issparse(X) else X, dtype=np.float32)
 
 
 class ControlContextInput(nn.Module):
@@ -95,7 +91,7 @@ class ControlContextInput(nn.Module):
         hidden_size: int,
     ):
         super().__init__()
-        profiles = _dense_rows(control_profiles)
+        profiles = to_dense_rows(control_profiles)
         self._lookup = {}
         for i, row in enumerate(profiles):
             self._lookup.setdefault(_row_key(row), i)

@@ -136,6 +136,8 @@ def gears_pert_data(
     import pickle
     from pathlib import Path
 
+    import scanpy as sc
+
     from cellformers._utils._anndata import check_key
     from cellformers._utils._validation import check_counts
 
@@ -152,11 +154,9 @@ def gears_pert_data(
     )
     data.obs["cell_type"] = data.obs["cell_type"].astype(str)
     data.var = pd.DataFrame({"gene_name": adata.var_names.astype(str)}, index=adata.var_names)
-    X = sparse.csr_matrix(data.X, dtype=np.float32)
-    total = np.asarray(X.sum(axis=1)).ravel()
-    X = sparse.diags(1e4 / np.maximum(total, 1.0)) @ X
-    X.data = np.log1p(X.data)
-    data.X = X.astype(np.float32)
+    data.X = sparse.csr_matrix(data.X, dtype=np.float32)
+    sc.pp.normalize_total(data, target_sum=1e4)  # GEARS' scale, as its processed releases
+    sc.pp.log1p(data)
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
     if gene2go is not None:
