@@ -323,3 +323,29 @@ def write_json(path: Path, obj: dict) -> None:
     """Write ``obj`` as indented JSON (creating the folder)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(obj, indent=2, default=float) + "\n")
+
+
+# ----------------------------------------------------------------------------- seeds
+def mean_sd(values) -> tuple[float, float]:
+    """Mean and sample standard deviation (0 for one value) of a sequence of numbers."""
+    import numpy as np
+
+    v = np.asarray(list(values), dtype=float)
+    return float(v.mean()), float(v.std(ddof=1)) if v.size > 1 else 0.0
+
+
+def seed_tables(tables: list[dict]) -> tuple[dict, dict]:
+    """Mean and sd over seeds of benchmark tables (``{embedding: {metric: value}}``, one per seed).
+
+    A row missing from some seeds is averaged over the seeds that have it; ``n_seeds`` in the mean table says how
+    many.
+    """
+    rows = sorted({k for t in tables for k in t})
+    mean, sd = {}, {}
+    for row in rows:
+        present = [t[row] for t in tables if row in t]
+        mean[row], sd[row] = {}, {}
+        for col in present[0]:
+            mean[row][col], sd[row][col] = mean_sd(p[col] for p in present)
+        mean[row]["n_seeds"] = len(present)
+    return mean, sd

@@ -17,6 +17,7 @@ import argparse
 import json
 import os
 import platform
+import sys
 import time
 from pathlib import Path
 
@@ -26,6 +27,9 @@ import torch
 
 import cellformers as cf
 import cellformers.model
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import seed_tables
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("CELLFORMERS_SHARED", REPO.parent / "shared"))
@@ -61,7 +65,29 @@ ABLATIONS = {
         {},
     ),
     "scgpt_like": ({"mgm_loss": "mse", "ecs_style": "scgpt", "ecs_beta": 0.8, "batch_conditional_decoders": True}, {}),
+    # learnable targets: equal counts of a cell share a bin (mid-rank), optionally fewer bins
+    "mvc_bottleneck_avg": (
+        {**_MVC_ONLY, "include_zero_genes": "fill", "max_length": 256, "tie_breaking": "average"},
+        {},
+    ),
+    "mvc_bottleneck_avg_bins11": (
+        {**_MVC_ONLY, "include_zero_genes": "fill", "max_length": 256, "tie_breaking": "average", "n_bins": 11},
+        {},
+    ),
+    "mgm_mvc_fill_avg": (
+        {
+            "use_ecs": False,
+            "use_dar": False,
+            "use_dsbn": False,
+            "include_zero_genes": "fill",
+            "max_length": 256,
+            "tie_breaking": "average",
+        },
+        {},
+    ),
 }
+#: The cell-embedding readouts scored for every trained model and its untrained copy.
+READOUTS = ("cls", "mean", "weighted")
 
 
 def load(name: str, n_top_genes: int):
@@ -90,13 +116,19 @@ def train_scformer(
     precision: str,
     check_imputation: bool = False,
 ):
+    """Train one configuration; the cell embeddings of every readout, trained and untrained, and the run's record."""
     import scvi
 
     scvi.settings.seed = seed
     ad = adata.copy()
     cf.model.ScFormer.setup_anndata(ad, batch_key=batch_key)
     model = cf.model.ScFormer(ad, **config)
-    t0 = time.perf_counter()
+    prec = cf.train.resolve_precision(precision, "cpu", training=False)
+    untrained = {}
+    for pooling in READOUTS:
+        cf.tl.embed_untrained(ad, model, key_added="z", seed=seed, precision=prec, batch_size=64, pooling=pooling)
+        untrained[pooling] = ad.obsm.pop("z")
+    t0, c0 = time.perf_counter(), time.process_time()
     model.train(
         max_epochs=epochs,
         batch_size=batch_size,
@@ -105,24 +137,24 @@ def train_scformer(
         enable_progress_bar=False,
         **train_opts,
     )
-    train_s = time.perf_counter() - t0
-    prec = cf.train.resolve_precision(precision, "cpu", training=False)
+    train_s, train_cpu = time.perf_counter() - t0, time.process_time() - c0
     t0 = time.perf_counter()
-    z = model.get_latent_representation(precision=prec, batch_size=64)
+    trained = {p: model.get_latent_representation(precision=prec, batch_size=64, pooling=p) for p in READOUTS}
     embed_s = time.perf_counter() - t0
-    z_mean = model.get_latent_representation(precision=prec, batch_size=64, pooling="mean")
     hist = {k: [float(v) for v in model.history_[k].to_numpy().ravel()] for k in model.history_}
     info = {
         "train_s": train_s,
+        "train_cpu_s": train_cpu,
         "embed_s": embed_s,
         "epochs": epochs,
         "best_epoch": getattr(model, "best_epoch_", None),
+        "pooling": model.module.pooling,
         "history": hist,
         "summary": model._model_summary_string,
     }
     if check_imputation and model.module.use_mgm:
         info["imputation"] = imputation_check(model, ad)
-    return z, z_mean, info, model
+    return trained, untrained, info, model
 
 
 def imputation_check(model, adata, n_cells: int = 200) -> dict:
@@ -160,8 +192,25 @@ def main():
     p.add_argument(
         "--precision", default="auto", help="Lightning precision: auto (bf16 only with bf16 units), 32 or bf16-mixed"
     )
+    p.add_argument("--merge", nargs="+", default=None, help="per-seed result files to gather (mean and sd)")
     p.add_argument("--out", default=None)
     args = p.parse_args()
+    default_out = REPO / "benchmarks" / "results" / f"scformer_integration_{args.dataset}.json"
+    if args.merge:
+        runs = sorted((json.loads(Path(f).read_text()) for f in args.merge), key=lambda r: r["args"]["seed"])
+        table, table_sd = seed_tables([r["table"] for r in runs])
+        out = Path(args.out) if args.out else default_out
+        merged = {
+            "dataset": runs[0]["dataset"],
+            "seeds": [r["args"]["seed"] for r in runs],
+            "note": "table: mean over seeds (table_sd: sd)",
+            "table": table,
+            "table_sd": table_sd,
+            "runs": runs,
+        }
+        out.write_text(json.dumps(merged, indent=2, default=float))
+        print(f"wrote {out}")
+        return
 
     torch.set_num_threads(args.threads)
     t_all = time.perf_counter()
@@ -182,7 +231,7 @@ def main():
     for i, name in enumerate(args.ablations):
         opts, train_opts = ABLATIONS[name]
         config = {**CPU_CONFIG, **opts}
-        z, z_mean, info, _ = train_scformer(
+        trained, untrained, info, _ = train_scformer(
             adata,
             batch_key,
             config=config,
@@ -194,15 +243,20 @@ def main():
             check_imputation=i == 0,
         )
         key = "X_scformer" if name == "full" else f"X_scformer_{name}"
-        adata.obsm[key] = z
-        adata.obsm[key + "_meanpool"] = z_mean
-        keys += [key, key + "_meanpool"]
+        # the model's own readout under the plain key, every readout under key_<readout>; the same for untrained
+        for prefix, embs in ((key, trained), (f"{key}_untrained", untrained)):
+            adata.obsm[prefix] = embs[info["pooling"]]
+            keys.append(prefix)
+            for pooling in READOUTS:
+                if pooling != info["pooling"]:
+                    adata.obsm[f"{prefix}_{pooling}"] = embs[pooling]
+                    keys.append(f"{prefix}_{pooling}")
         runs[key] = {"config": config, "train_options": train_opts, **info}
         print(f"{key}: trained in {info['train_s']:.0f} s ({args.epochs} epochs)", flush=True)
     table = cf.tl.benchmark(adata, embeddings=keys, label_key=label_key, batch_key=batch_key, random_state=args.seed)
     cols = ["AvgBIO", "AvgBATCH", "Overall", "ARI_cell", "NMI_cell", "ASW_cell", "ASW_batch", "GraphConn"]
     print(table[cols].round(3).to_string())
-    out = Path(args.out) if args.out else REPO / "benchmarks" / "results" / f"scformer_integration_{args.dataset}.json"
+    out = Path(args.out) if args.out else default_out
     out.parent.mkdir(parents=True, exist_ok=True)
     result = {
         "dataset": DATASETS[args.dataset][0],

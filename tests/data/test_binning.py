@@ -198,3 +198,61 @@ def test_bin_cells_orders_ties_by_the_cell_draw_then_the_column():
     u = counter_uniform(seed, n, salt=BINNING_SALT)[0]
     order = np.lexsort((np.arange(n), u.numpy()))
     assert big[torch.as_tensor(order)].tolist() == list(range(1, n + 1))
+
+
+def test_average_ties_share_the_bin_of_their_mean_rank():
+    from scipy.stats import rankdata
+
+    rng = np.random.default_rng(3)
+    X = rng.poisson(1.2, size=(30, 80)).astype(np.float32)  # many tied 1s and 2s
+    X[:, :5] += rng.poisson(15, size=(30, 5))
+    out = _bin(X, 11, ties="average")
+    for x, row in zip(X, out, strict=True):
+        nz = x > 0
+        m = nz.sum()
+        mid = rankdata(x[nz], method="average")  # 1-based mean rank of each tie group
+        np.testing.assert_array_equal(row[nz], np.ceil(mid * 10 / m - 1e-9).astype(int))
+        assert (row[~nz] == 0).all()
+        for v in np.unique(x[nz]):  # equal values, one bin; larger values never a smaller bin
+            assert len(np.unique(row[x == v])) == 1
+        order = np.argsort(x[nz], kind="stable")
+        assert (np.diff(row[nz][order]) >= 0).all()
+    # without ties "average" and "draw" agree
+    Y = rng.random((4, 50)) + 0.1
+    np.testing.assert_array_equal(_bin(Y, 11, ties="average"), _bin(Y, 11))
+
+
+def test_average_ties_sparse_equals_dense():
+    rng = np.random.default_rng(4)
+    X = rng.poisson(0.8, size=(12, 40)).astype(np.float32)
+    dense = _bin(X, 7, ties="average")
+    np.testing.assert_array_equal(_bin(sparse.csr_matrix(X), 7, ties="average").toarray(), dense)
+
+
+def test_redraw_changes_the_order_of_ties_only():
+    import torch
+
+    from cellformers.data._binning import bin_cells
+
+    x = torch.tensor([[0.0, 1, 1, 1, 1, 1, 1, 2, 7, 3, 1, 1]])
+    seeds = torch.tensor([5])
+    torch.manual_seed(0)
+    draws = {tuple(bin_cells(x, seeds, 6, ties="redraw")[0].tolist()) for _ in range(20)}
+    assert len(draws) > 1  # a new order of the tied 1s at each call
+    fixed = bin_cells(x, seeds, 6)
+    for d in draws:  # untied values keep their bin; ties keep their multiset of bins
+        d = np.array(d)
+        assert (d[[0, 7, 8, 9]] == fixed[0, [0, 7, 8, 9]].numpy()).all()
+        assert sorted(d[x[0].numpy() == 1]) == sorted(fixed[0][x[0] == 1].tolist())
+    assert torch.equal(bin_cells(x, seeds, 6), fixed)  # "draw" is the same at every call
+
+
+def test_bad_tie_rule():
+    import torch
+
+    from cellformers.data._binning import bin_cells
+
+    with pytest.raises(ValueError, match="`ties` must be one of"):
+        bin_cells(torch.ones(1, 3), torch.zeros(1), 5, ties="mean")
+    with pytest.raises(ValueError, match="fixed rule for a stored layer"):
+        _bin(np.ones((1, 3)), 5, ties="redraw")

@@ -261,3 +261,30 @@ def test_fill_mode_embedding_does_not_depend_on_the_cell_seed():
     torch.testing.assert_close(emb[0], emb[1])
     cell = module.cell_embedding(tensors)
     torch.testing.assert_close(cell[0], cell[1])
+
+
+@pytest.mark.parametrize("rule", ["average", "redraw"])
+def test_tie_breaking_options(tensors, rule):
+    x, seeds = tensors[REGISTRY_KEYS.X_KEY], tensors[REGISTRY_KEYS_CF.CELL_SEED]
+    names = [f"cell{i}" for i in range(x.shape[0])]
+    seeds = torch.as_tensor(registered_cell_seeds(names))
+    m = make(tie_breaking=rule)
+    draw = bin_expression(x.numpy(), n_bins=51, cell_names=names)
+    if rule == "average":
+        m.train()
+        want = bin_expression(x.numpy(), n_bins=51, cell_names=names, ties="average")
+        np.testing.assert_array_equal(m.encode_values(x, seeds).long().numpy(), want)
+        assert not np.array_equal(want, draw)
+        return
+    m.eval()  # evaluation: the per-cell draw, so validation losses and embeddings are reproducible
+    np.testing.assert_array_equal(m.encode_values(x, seeds).long().numpy(), draw)
+    m.train()  # training: a fresh order of the ties at every step
+    torch.manual_seed(1)
+    a, b = m.encode_values(x, seeds), m.encode_values(x, seeds)
+    assert not torch.equal(a, b)
+    np.testing.assert_array_equal(np.sort(a.numpy(), 1), np.sort(draw, 1))
+
+
+def test_tie_breaking_is_checked():
+    with pytest.raises(ValueError, match="tie_breaking"):
+        make(tie_breaking="mid")

@@ -102,3 +102,14 @@ def test_round_trip_h5ad(tmp_path, adata):
     back = ad.read_h5ad(tmp_path / "b.h5ad")
     assert (back.layers["X_binned"] != adata.layers["X_binned"]).nnz == 0
     assert back.uns["X_binned"]["params"]["n_bins"] == 51
+
+
+def test_bin_values_average_ties():
+    adata = cf.data.synthetic_counts(n_cells=20, n_genes=30, random_state=2)
+    cf.pp.bin_values(adata, n_bins=11, tie_breaking="average", key_added="avg")
+    assert adata.uns["avg"]["params"]["tie_breaking"] == "average"
+    X = adata.X.toarray() if hasattr(adata.X, "toarray") else np.asarray(adata.X)
+    binned = adata.layers["avg"].toarray() if hasattr(adata.layers["avg"], "toarray") else adata.layers["avg"]
+    for x, row in zip(X, binned, strict=True):
+        for v in np.unique(x[x > 0]):
+            assert len(np.unique(row[x == v])) == 1

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import warnings
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 from scipy import sparse
@@ -28,7 +28,18 @@ BINNING_SALT = 15
 _DRAW_BITS = 24
 
 
-def bin_cells(values: Tensor, cell_seeds: Tensor, n_bins: int, *, positions: Tensor | None = None) -> Tensor:
+#: How equal non-zero values of a cell are binned (:func:`bin_cells`).
+TIE_RULES = ("draw", "average", "redraw")
+
+
+def bin_cells(
+    values: Tensor,
+    cell_seeds: Tensor,
+    n_bins: int,
+    *,
+    positions: Tensor | None = None,
+    ties: Literal["draw", "average", "redraw"] = "draw",
+) -> Tensor:
     """Per-cell equal-frequency bins of dense rows, in torch on their device: the one definition of the bins.
 
     :func:`bin_expression` (and so :func:`cellformers.pp.bin_values`) and the scFormer module both call this
@@ -53,6 +64,13 @@ def bin_cells(values: Tensor, cell_seeds: Tensor, n_bins: int, *, positions: Ten
     positions
         ``(batch, L)`` column of each entry in the cell's row, in increasing order along each row except at entries
         whose value is zero (a padded sparse row). ``None``: entry ``j`` is column ``j``.
+    ties
+        How equal values are ranked. ``"draw"`` (default): by the per-cell counter-based draw above, the same at
+        every call, so a cell's tied values always fall in the same (possibly different) bins. ``"redraw"``: by a
+        fresh ``torch.rand`` draw at every call (scGPT's stochastic ``_digitize`` draws anew each time), so a model
+        cannot memorise one arbitrary order of a cell's tied counts. ``"average"``: every value of a tie group gets
+        the bin of the group's mean rank (mid-rank), deterministic and equal for equal values, at the price of
+        bins no longer exactly equal in size.
 
     Returns
     -------
@@ -60,13 +78,19 @@ def bin_cells(values: Tensor, cell_seeds: Tensor, n_bins: int, *, positions: Ten
     """
     import torch
 
+    if ties not in TIE_RULES:
+        msg = f"`ties` must be one of {TIE_RULES}, got {ties!r}."
+        raise ValueError(msg)
     values = values.float()
     b, n = values.shape
     device = values.device
-    seeds = cell_seeds.reshape(-1).to(device)
-    if positions is None:
-        positions = torch.arange(n, device=device, dtype=torch.int64).reshape(1, -1)
-    draw = counter_uniform_at(seeds, positions.to(device), salt=BINNING_SALT)
+    if ties == "redraw":
+        draw = torch.rand(b, n, device=device)
+    else:
+        seeds = cell_seeds.reshape(-1).to(device)
+        if positions is None:
+            positions = torch.arange(n, device=device, dtype=torch.int64).reshape(1, -1)
+        draw = counter_uniform_at(seeds, positions.to(device), salt=BINNING_SALT)
     draw = (draw * float(1 << _DRAW_BITS)).to(torch.int64).expand(b, n)
     nonzero = values > 0
     # the bits of a non-negative float32 sort like the float (31 bits), so (value, draw) packs into one int64 key;
@@ -78,8 +102,35 @@ def bin_cells(values: Tensor, cell_seeds: Tensor, n_bins: int, *, positions: Ten
     m = nonzero.sum(1, keepdim=True)
     rank = rank - (n - m)  # zeros take the first ranks: the non-zeros are ranked 0 … m-1
     n_nonzero_bins = n_bins - 1
-    bins = ((rank + 1) * n_nonzero_bins + m - 1) // m.clamp_min(1)  # ceil((rank+1) * B / m), in 1 … B
+    if ties == "average":
+        rank2 = _twice_mid_rank(torch.gather(bits, 1, order), rank, order)
+        # ceil((r̄ + 1) · B / m) with r̄ = rank2 / 2, in integers
+        bins = ((rank2 + 2) * n_nonzero_bins + 2 * m - 1) // (2 * m.clamp_min(1))
+    else:
+        bins = ((rank + 1) * n_nonzero_bins + m - 1) // m.clamp_min(1)  # ceil((rank+1) * B / m), in 1 … B
     return torch.where(nonzero, bins, torch.zeros_like(bins))
+
+
+def _twice_mid_rank(sorted_bits: Tensor, rank: Tensor, order: Tensor) -> Tensor:
+    """Twice the mean rank of each entry's tie group (``first + last`` of the group), in the entries' order.
+
+    ``sorted_bits`` are the values' bit patterns in sorted order (equal values are adjacent), ``rank`` the rank of
+    each entry and ``order`` the sort permutation.
+    """
+    import torch
+
+    n = sorted_bits.shape[1]
+    idx = torch.arange(n, device=sorted_bits.device).expand_as(sorted_bits)
+    starts = torch.ones_like(sorted_bits, dtype=torch.bool)
+    starts[:, 1:] = sorted_bits[:, 1:] != sorted_bits[:, :-1]
+    ends = torch.ones_like(starts)
+    ends[:, :-1] = starts[:, 1:]
+    first = torch.cummax(torch.where(starts, idx, torch.zeros_like(idx)), dim=1).values
+    last = torch.flip(torch.cummin(torch.flip(torch.where(ends, idx, torch.full_like(idx, n)), [1]), dim=1).values, [1])
+    # positions in sorted order -> ranks (same offset as ``rank``), back in the entries' order
+    offset = torch.gather(rank, 1, order) - idx
+    twice = torch.empty_like(rank).scatter_(1, order, first + last + 2 * offset)
+    return twice
 
 
 def _is_sparse(X) -> bool:
@@ -87,7 +138,7 @@ def _is_sparse(X) -> bool:
     return sparse.issparse(X) or getattr(X, "format", None) in ("csr", "csc")
 
 
-def _bin_csr(block: sparse.csr_matrix, n_bins: int, seeds: np.ndarray, where: str, start: int):
+def _bin_csr(block: sparse.csr_matrix, n_bins: int, seeds: np.ndarray, where: str, start: int, ties: str = "draw"):
     """Bin one CSR row block through :func:`bin_cells`; returns the binned CSR block (``int32``) and its empty rows."""
     import torch
 
@@ -106,7 +157,9 @@ def _bin_csr(block: sparse.csr_matrix, n_bins: int, seeds: np.ndarray, where: st
     columns = np.zeros((n_rows, width), dtype=np.int64)
     values[rows, slot] = csr.data
     columns[rows, slot] = csr.indices
-    bins = bin_cells(torch.from_numpy(values), torch.from_numpy(seeds), n_bins, positions=torch.from_numpy(columns))
+    bins = bin_cells(
+        torch.from_numpy(values), torch.from_numpy(seeds), n_bins, positions=torch.from_numpy(columns), ties=ties
+    )
     data = bins.numpy()[rows, slot].astype(np.int32)
     out = sparse.csr_matrix((data, csr.indices.copy(), indptr.copy()), shape=csr.shape)
     return out, int((counts == 0).sum())
@@ -120,6 +173,7 @@ def bin_expression(
     seed: int | None = None,
     chunk_size: int = 2048,
     arg: str = "X",
+    ties: Literal["draw", "average"] = "draw",
 ) -> np.ndarray | sparse.csr_matrix:
     """Per-cell equal-frequency bins of the non-zero values (scFormer eq. 2).
 
@@ -152,6 +206,9 @@ def bin_expression(
         Rows per chunk.
     arg
         How ``X`` is named in error messages.
+    ties
+        ``"draw"`` (above) or ``"average"``: every value of a group of equal values gets the bin of the group's mean
+        rank, so equal values share a bin (the bins are then only approximately equal in size).
 
     Returns
     -------
@@ -170,6 +227,9 @@ def bin_expression(
         msg = f"`n_bins` must be an integer >= 2 (the zero bin plus at least one bin for non-zero values), got {n_bins!r}."
         raise ValueError(msg)
     n_bins = int(n_bins)
+    if ties not in ("draw", "average"):
+        msg = f"`ties` must be 'draw' or 'average' (a fixed rule for a stored layer), got {ties!r}."
+        raise ValueError(msg)
     if len(X.shape) != 2:
         msg = f"{arg} must be a 2-d cells × genes matrix, got shape {X.shape}."
         raise ValueError(msg)
@@ -183,7 +243,7 @@ def bin_expression(
     blocks: list[sparse.csr_matrix] = []
     n_empty = 0
     for start, stop, block in iter_row_chunks(X, chunk_size=chunk_size):
-        binned, empty = _bin_csr(block, n_bins, seeds[start:stop], arg, start)
+        binned, empty = _bin_csr(block, n_bins, seeds[start:stop], arg, start, ties)
         blocks.append(binned)
         n_empty += empty
     if n_empty:

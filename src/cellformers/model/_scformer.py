@@ -124,7 +124,7 @@ class ScFormer(CellformersModel):
         array with one entry per gene. Per-cell external tokens (perturbation flags) are handled by
         :class:`~cellformers.model.ScFormerPerturbation`.
     **module_kwargs
-        Other options of :class:`~cellformers.module.ScFormerModule` (``mvc_query``, ``ecs_style``,
+        Other options of :class:`~cellformers.module.ScFormerModule` (``tie_breaking``, ``mvc_query``, ``ecs_style``,
         ``dsbn_affine``, ``dsbn_eps``, ``dsbn_include_padding``, ``batch_conditional_decoders``,
         ``grad_reverse_lambda``, ``dar_weight``, ``activation``, ``norm_first`` …).
 

@@ -85,7 +85,13 @@ class ScFormerModule(ScFormerTokensMixin, ScFormerImputeMixin, GeneTokenModule):
     norm_first
         Pre-norm blocks; the default post-norm is the Transformer/BERT layout the paper cites (and scGPT's).
     n_bins
-        Value bins including the zero bin (scGPT 51).
+        Value bins including the zero bin (scGPT 51). Fewer bins make the targets coarser: with counts, most
+        non-zero values of a cell are 1s and 2s, so many bins split equal values.
+    tie_breaking
+        How a cell's equal non-zero values are binned (:func:`cellformers.data._binning.bin_cells`): ``"draw"``
+        (default, :func:`cellformers.pp.bin_values`' rule: a per-cell draw, the same at every epoch), ``"redraw"``
+        (a fresh draw at every training step, per-cell draw in evaluation: no arbitrary order to memorise) or
+        ``"average"`` (the bin of the tie group's mean rank: equal values, equal bins; a learnable target).
     value_mode
         ``"binned"``: per-cell equal-frequency bins (eq. 2) as inputs and targets; ``"log1p"``: log1p of
         library-size normalised values (scGPT's perturbation model), which needs ``mgm_loss="mse"``.
@@ -176,6 +182,7 @@ class ScFormerModule(ScFormerTokensMixin, ScFormerImputeMixin, GeneTokenModule):
         activation: Literal["relu", "gelu"] = "relu",
         norm_first: bool = False,
         n_bins: int = 51,
+        tie_breaking: Literal["draw", "redraw", "average"] = "draw",
         value_mode: ValueMode = "binned",
         value_encoder: ValueEncoder = "continuous",
         value_scale: float | None = None,
@@ -212,6 +219,7 @@ class ScFormerModule(ScFormerTokensMixin, ScFormerImputeMixin, GeneTokenModule):
         _check_choice("pooling", pooling, ("cls", "mean", "weighted"))
         _check_choice("mgm_loss", mgm_loss, ("ce", "mse"))
         _check_choice("activation", activation, ("relu", "gelu"))
+        _check_choice("tie_breaking", tie_breaking, ("draw", "redraw", "average"))
         if value_mode == "log1p" and (mgm_loss != "mse" or value_encoder != "continuous"):
             msg = "`value_mode='log1p'` predicts continuous values: use `mgm_loss='mse'` and `value_encoder='continuous'`."
             raise ValueError(msg)
@@ -238,6 +246,7 @@ class ScFormerModule(ScFormerTokensMixin, ScFormerImputeMixin, GeneTokenModule):
         self.n_batch = int(n_batch)
         self.d_model = int(d_model)
         self.n_bins = int(n_bins)
+        self.tie_breaking = tie_breaking
         self.value_mode = value_mode
         self.mask_ratio = float(mask_ratio)
         self.include_zero_genes = include_zero_genes if include_zero_genes == "fill" else bool(include_zero_genes)

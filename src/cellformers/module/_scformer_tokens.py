@@ -44,11 +44,15 @@ class ScFormerTokensMixin:
     def _bin(self, x: Tensor, cell_seed: Tensor) -> Tensor:
         """Per-cell equal-frequency bins of the module's genes ``x`` ``(B, n_genes)``, on their device.
 
-        The definition of :func:`cellformers.pp.bin_values` (:func:`cellformers.data._binning.bin_cells`): ties are
-        ordered by a draw from the registered per-cell seed, so a cell's bins equal ``pp.bin_values`` of the same
-        counts (over the module's genes) and never depend on the minibatch.
+        The definition of :func:`cellformers.pp.bin_values` (:func:`cellformers.data._binning.bin_cells`): with
+        ``tie_breaking="draw"`` ties are ordered by a draw from the registered per-cell seed, so a cell's bins equal
+        ``pp.bin_values`` of the same counts (over the module's genes) and never depend on the minibatch;
+        ``"redraw"`` draws anew at every training step and like ``"draw"`` in evaluation.
         """
-        return bin_cells(x.detach(), cell_seed.reshape(-1), self.n_bins)
+        ties = self.tie_breaking
+        if ties == "redraw" and not self.training:
+            ties = "draw"
+        return bin_cells(x.detach(), cell_seed.reshape(-1), self.n_bins, ties=ties)
 
     def encode_values(self, x_all: Tensor, cell_seed: Tensor) -> Tensor:
         """Raw counts ``(B, n_vars)`` -> model values ``(B, n_genes)``: bins (float) or log1p values."""

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 from cellformers._docs import doc_dsp
 from cellformers._settings import settings
@@ -26,6 +26,7 @@ def bin_values(
     layer: str | None = None,
     key_added: str = "X_binned",
     chunk_size: int = 2048,
+    tie_breaking: Literal["draw", "average"] = "draw",
     copy: bool = False,
 ) -> AnnData | None:
     """Per-cell equal-frequency bins of the non-zero values (scFormer eq. 2).
@@ -49,6 +50,9 @@ def bin_values(
         Name of the layer (and ``uns`` entry) written.
     chunk_size
         Cells per chunk; does not change the result.
+    tie_breaking
+        ``"draw"`` (above; scFormer's default) or ``"average"``: equal values of a cell share the bin of their mean
+        rank (what ``ScFormer(..., tie_breaking="average")`` computes inside the model).
     %(copy)s
 
     Returns
@@ -74,9 +78,12 @@ def bin_values(
     where = "adata.X" if layer is None else f"adata.layers[{layer!r}]"
     seed = settings.seed
     logger.info(f"binning {where} into {n_bins - 1} equal-frequency bins per cell")
-    binned = bin_expression(X, n_bins, cell_names=adata.obs_names, seed=seed, chunk_size=chunk_size, arg=where)
+    binned = bin_expression(
+        X, n_bins, cell_names=adata.obs_names, seed=seed, chunk_size=chunk_size, arg=where, ties=tie_breaking
+    )
     adata.layers[key_added] = binned
-    params: dict[str, object] = {"n_bins": int(n_bins), "seed": int(seed), "tie_breaking": "counter_draw"}
+    rule = "counter_draw" if tie_breaking == "draw" else tie_breaking
+    params: dict[str, object] = {"n_bins": int(n_bins), "seed": int(seed), "tie_breaking": rule}
     if layer is not None:
         params["layer"] = layer
     adata.uns[key_added] = {"params": params}
