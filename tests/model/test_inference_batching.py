@@ -117,3 +117,40 @@ def test_xtrimogene_embedding_independent_of_batching(adata):
     one_by_one = model.get_latent_representation(batch_size=1)
     batched = model.get_latent_representation(batch_size=32)
     np.testing.assert_allclose(batched, one_by_one, atol=1e-4)
+
+
+@pytest.mark.parametrize("name", ["XTrimoGene", "ScFormer", "ScPaLM"])
+def test_int8_inference_agrees_with_float32_and_leaves_the_model_alone(name):
+    import cellformers as cf
+
+    a = synthetic_counts(n_cells=64, n_genes=48, random_state=2)
+    cls = getattr(cf.model, name)
+    cls.setup_anndata(a)
+    model = cls(a, preset="tiny")
+    model.train(max_epochs=1, batch_size=32, enable_progress_bar=False)
+    before = {k: v.clone() for k, v in model.module.state_dict().items()}
+    z = model.get_latent_representation(precision="32")
+    q = model.get_latent_representation(precision="int8")
+    cos = (z * q).sum(1) / np.linalg.norm(z, axis=1) / np.linalg.norm(q, axis=1)
+    assert cos.min() > 0.99
+    assert not np.array_equal(z, q)  # the quantized copy did run
+    # the model keeps its float module and weights, in the mode it was in
+    assert not any("quantized" in type(m).__module__ for m in model.module.modules())
+    after = model.module.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    np.testing.assert_array_equal(model.get_latent_representation(precision="32"), z)
+
+
+def test_int8_copy_quantizes_only_the_transformer_blocks():
+    import cellformers as cf
+    from cellformers._utils import int8_copy
+
+    a = synthetic_counts(n_cells=20, n_genes=30, random_state=3)
+    cf.model.XTrimoGene.setup_anndata(a)
+    model = cf.model.XTrimoGene(a, preset="tiny")
+    q = int8_copy(model.module)
+    quantized = [n for n, m in q.named_modules() if "quantized" in type(m).__module__]
+    assert quantized
+    assert all(".blocks." in n or ".layers." in n for n in quantized), quantized
+    with pytest.raises(ValueError, match="CPU only"):
+        int8_copy(model.module, "cuda")

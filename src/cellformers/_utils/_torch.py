@@ -98,15 +98,18 @@ def autocast_context(device: torch.device | str, precision: Precision | str | No
     ``"auto"`` (or ``None``) resolves with :func:`resolve_precision`: bf16 where the hardware has bf16 units.
     """
     precision = resolve_precision(precision, device, training=False)
-    if str(precision) in ("32", "32-true", "64", "64-true"):
-        return contextlib.nullcontext()
+    if str(precision) in ("32", "32-true", "64", "64-true", "int8"):
+        return contextlib.nullcontext()  # int8: quantized Linear layers take float32 activations
     p = str(precision)
     if p.startswith("bf16"):
         dtype = torch.bfloat16
     elif p.startswith("16"):
         dtype = torch.float16
     else:
-        msg = f"`precision` must be one of 'auto', '32', 'bf16', '16' (or Lightning's '*-mixed'), got {precision!r}."
+        msg = (
+            f"`precision` must be one of 'auto', '32', 'bf16', '16' (or Lightning's '*-mixed'), or 'int8' for "
+            f"inference, got {precision!r}."
+        )
         raise ValueError(msg)
     device_type = torch.device(device).type
     return torch.autocast(device_type=device_type, dtype=dtype)
@@ -120,3 +123,35 @@ def training_device(accelerator: str | None = None, device: int | str | list | N
     if acc == "mps" or (acc == "auto" and getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
         return torch.device("mps")
     return torch.device("cpu")
+
+
+def int8_copy(module: torch.nn.Module, device: torch.device | str = "cpu") -> torch.nn.Module:
+    """A copy of ``module`` whose transformer blocks' ``nn.Linear`` layers are dynamically quantized to int8.
+
+    For CPU inference: weights stored as int8 (per-tensor scales), activations quantized on the fly
+    (:func:`torch.ao.quantization.quantize_dynamic`). Only the attention projections and feed-forward layers of
+    :class:`~cellformers.nn.TransformerBlock` and :class:`~cellformers.nn.PerformerBlock` are quantized: they hold
+    almost all of the FLOPs, while the small layers elsewhere (value encoders, heads) read their weights directly.
+    Attention products, embeddings and normalisations stay float32. The original module is left untouched.
+    """
+    import copy
+    import warnings
+
+    from cellformers.nn import PerformerBlock, TransformerBlock
+
+    if torch.device(device).type != "cpu":
+        msg = f"`precision='int8'` runs on the CPU only (dynamic int8 quantization); the model is on {device}."
+        raise ValueError(msg)
+    from torch.ao.quantization import default_dynamic_qconfig, quantize_dynamic
+
+    clone = copy.deepcopy(module).eval()
+    names = {
+        f"{block_name}.{name}"
+        for block_name, block in clone.named_modules()
+        if isinstance(block, TransformerBlock | PerformerBlock)
+        for name, layer in block.named_modules()
+        if isinstance(layer, torch.nn.Linear)
+    }
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch flags its quantized tensor creation functions as deprecated
+        return quantize_dynamic(clone, dict.fromkeys(names, default_dynamic_qconfig), dtype=torch.qint8)

@@ -20,6 +20,7 @@ from cellformers._utils import (
     check_counts,
     check_key,
     get_matrix,
+    int8_copy,
     registered_cell_seeds,
     resolve_adata,
     resolve_precision,
@@ -561,7 +562,10 @@ class CellformersModel(AnnotationMixin, MuDataMixin, PretrainedMixin, Unsupervis
                 np.arange(order.size) if indices is None else np.argsort(requested, kind="stable")
             )
         dl = self._make_data_loader(adata=adata, indices=order, batch_size=batch_size)
-        was_training = self.module.training
+        original = self.module
+        if str(precision) == "int8":  # the getters read self.module: run them on a quantized copy
+            self.module = int8_copy(original, self.device)
+        was_training = original.training
         self.module.eval()
         out: np.ndarray | None = None
         start = 0
@@ -579,6 +583,7 @@ class CellformersModel(AnnotationMixin, MuDataMixin, PretrainedMixin, Unsupervis
                     out[rows[start:stop]] = y
                 start = stop
         finally:
+            self.module = original
             self.module.train(was_training)
         if out is None:
             return np.zeros((0,), dtype=np.float32)
