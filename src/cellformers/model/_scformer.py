@@ -472,7 +472,8 @@ class ScFormer(CellformersModel):
         batch_size
             Minibatch size (default 32).
         precision
-            ``"bf16"`` (or ``"bf16-mixed"``) for autocast, ``None``/``"32"`` for float32.
+            ``"bf16"`` (or ``"bf16-mixed"``) for autocast, ``None``/``"32"`` for float32, ``"int8"`` (CPU) for
+            int8 dynamic quantization of the transformer blocks' ``Linear`` layers.
         pooling
             ``"cls"`` (the ``<cls>`` output, section 3.3), ``"mean"`` or ``"weighted"`` (the gene outputs, mean or
             weighted by their binned values); ``None`` uses the model's training pooling.

@@ -476,7 +476,8 @@ class ScPaLM(ScPaLMPathwaysMixin, CellformersModel):
             averages ``h_C`` over that many random subsets of ``keep_ratio * N`` tokens, the number the stage-2
             encoder sees in training (seeded per cell, so reproducible).
         precision
-            ``"bf16"`` or ``"16"`` to run under autocast.
+            ``"bf16"`` or ``"16"`` to run under autocast, ``"int8"`` (CPU) for dynamically quantized transformer
+            blocks' ``Linear`` layers (int8 dynamic quantization).
 
         Returns
         -------

@@ -256,7 +256,8 @@ class XTrimoGene(CellformersModel):
         batch_size
             Minibatch size (default 128).
         precision
-            ``"bf16"`` (or ``"bf16-mixed"``) for autocast, ``None``/``"32"`` for float32.
+            ``"bf16"`` (or ``"bf16-mixed"``) for autocast, ``None``/``"32"`` for float32, ``"int8"`` (CPU) for
+            int8 dynamic quantization of the transformer blocks' ``Linear`` layers.
         pooling
             ``"max"`` (App. 4), ``"mean"``, ``"weighted"`` (mean of the gene tokens weighted by their normalized
             expression), ``"decoder"`` (mean of the decoder's per-gene outputs over all genes: unlike the encoder,

@@ -132,7 +132,8 @@ def embed(
     copy
         Return a modified copy instead of writing to ``adata``.
     **kwargs
-        Passed to the model's ``get_latent_representation`` (e.g. ``pooling``, ``precision="bf16"``).
+        Passed to the model's ``get_latent_representation`` (e.g. ``pooling``, ``precision="bf16"``, or
+        ``precision="int8"`` for int8 transformer blocks on the CPU).
 
     Returns
     -------
