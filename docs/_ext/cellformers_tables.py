@@ -72,6 +72,9 @@ TITLES = {
     "throughput_cpu": "Training and embedding throughput on the CPU (fp32 vs bf16, MFU)",
     "scaling_cpu": "Embedding from 10k to 200k cells read from backed files",
     "xtrimogene_length_scaling": "xTrimoGene: cost against the number of expressed genes, up to bulk",
+    "xtrimogene_recipe_pancreas": "xTrimoGene CPU recipe on the human pancreas, over seeds",
+    "xtrimogene_recipe_pbmc3k": "xTrimoGene CPU recipe on pbmc3k, over seeds",
+    "int8_inference": "Embedding with int8 transformer blocks vs float32 and bf16 (CPU)",
 }
 
 
