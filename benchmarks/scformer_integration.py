@@ -115,8 +115,9 @@ def train_scformer(
     seed: int,
     precision: str,
     check_imputation: bool = False,
+    readouts: tuple[str, ...] = READOUTS,
 ):
-    """Train one configuration; the cell embeddings of every readout, trained and untrained, and the run's record."""
+    """Train one configuration; the cell embeddings of each readout, trained and untrained, and the run's record."""
     import scvi
 
     scvi.settings.seed = seed
@@ -124,8 +125,9 @@ def train_scformer(
     cf.model.ScFormer.setup_anndata(ad, batch_key=batch_key)
     model = cf.model.ScFormer(ad, **config)
     prec = cf.train.resolve_precision(precision, "cpu", training=False)
+    readouts = tuple(dict.fromkeys((model.module.pooling, *readouts)))  # the model's own readout first
     untrained = {}
-    for pooling in READOUTS:
+    for pooling in readouts:
         cf.tl.embed_untrained(ad, model, key_added="z", seed=seed, precision=prec, batch_size=64, pooling=pooling)
         untrained[pooling] = ad.obsm.pop("z")
     t0, c0 = time.perf_counter(), time.process_time()
@@ -139,7 +141,7 @@ def train_scformer(
     )
     train_s, train_cpu = time.perf_counter() - t0, time.process_time() - c0
     t0 = time.perf_counter()
-    trained = {p: model.get_latent_representation(precision=prec, batch_size=64, pooling=p) for p in READOUTS}
+    trained = {p: model.get_latent_representation(precision=prec, batch_size=64, pooling=p) for p in readouts}
     embed_s = time.perf_counter() - t0
     hist = {k: [float(v) for v in model.history_[k].to_numpy().ravel()] for k in model.history_}
     info = {
@@ -192,6 +194,7 @@ def main():
     p.add_argument(
         "--precision", default="auto", help="Lightning precision: auto (bf16 only with bf16 units), 32 or bf16-mixed"
     )
+    p.add_argument("--readouts", nargs="+", default=list(READOUTS), choices=READOUTS, help="embeddings scored")
     p.add_argument("--merge", nargs="+", default=None, help="per-seed result files to gather (mean and sd)")
     p.add_argument("--out", default=None)
     args = p.parse_args()
@@ -241,13 +244,14 @@ def main():
             seed=args.seed,
             precision=args.precision,
             check_imputation=i == 0,
+            readouts=tuple(args.readouts),
         )
         key = "X_scformer" if name == "full" else f"X_scformer_{name}"
         # the model's own readout under the plain key, every readout under key_<readout>; the same for untrained
         for prefix, embs in ((key, trained), (f"{key}_untrained", untrained)):
             adata.obsm[prefix] = embs[info["pooling"]]
             keys.append(prefix)
-            for pooling in READOUTS:
+            for pooling in embs:
                 if pooling != info["pooling"]:
                     adata.obsm[f"{prefix}_{pooling}"] = embs[pooling]
                     keys.append(f"{prefix}_{pooling}")
