@@ -87,6 +87,15 @@ def measure(name: str, adata, model_dir: str | None, rounds: int, batch_size: in
     return row
 
 
+def flat_rows(models: dict) -> dict:
+    """One row per model and precision (what the benchmarks page renders)."""
+    return {
+        f"{name} {prec}": {"parameters": row["n_parameters"], **vals}
+        for name, row in models.items()
+        for prec, vals in row["precisions"].items()
+    }
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
@@ -112,9 +121,8 @@ def main():
     }
     for i, name in enumerate(args.models):
         adata = full[: args.cells].copy()
-        result["models"][name] = measure(
-            name, adata, args.model_dir if i == 0 else None, args.rounds, args.batch_size
-        )
+        result["models"][name] = measure(name, adata, args.model_dir if i == 0 else None, args.rounds, args.batch_size)
+    result["results"] = flat_rows(result["models"])
     write_json(Path(args.out), result)
     print(f"wrote {args.out}", flush=True)
 

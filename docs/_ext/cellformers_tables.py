@@ -74,6 +74,8 @@ TITLES = {
     "xtrimogene_length_scaling": "xTrimoGene: cost against the number of expressed genes, up to bulk",
     "xtrimogene_recipe_pancreas": "xTrimoGene CPU recipe on the human pancreas, over seeds",
     "xtrimogene_recipe_pbmc3k": "xTrimoGene CPU recipe on pbmc3k, over seeds",
+    "scformer_targets_pancreas": "scFormer from scratch on the human pancreas: the cell token as the only route to the masked values, tie rules (10 epochs)",
+    "scformer_targets_pancreas_30epochs": "scFormer from scratch on the human pancreas: the MVC bottleneck with mid-rank ties, 30 epochs",
     "int8_inference": "Embedding with int8 transformer blocks vs float32 and bf16 (CPU)",
 }
 
