@@ -76,6 +76,7 @@ TITLES = {
     "xtrimogene_recipe_pbmc3k": "xTrimoGene CPU recipe on pbmc3k, over seeds",
     "scformer_targets_pancreas": "scFormer from scratch on the human pancreas: the cell token as the only route to the masked values, tie rules (10 epochs)",
     "scformer_targets_pancreas_30epochs": "scFormer from scratch on the human pancreas: the MVC bottleneck with mid-rank ties, 30 epochs",
+    "scformer_cell_token_probe": "scFormer's cell token after training from scratch: linear probes of count statistics and cell type",
     "int8_inference": "Embedding with int8 transformer blocks vs float32 and bf16 (CPU)",
 }
 
