@@ -126,10 +126,8 @@ def train_scformer(
     model = cf.model.ScFormer(ad, **config)
     prec = cf.train.resolve_precision(precision, "cpu", training=False)
     readouts = tuple(dict.fromkeys((model.module.pooling, *readouts)))  # the model's own readout first
-    untrained = {}
-    for pooling in readouts:
-        cf.tl.embed_untrained(ad, model, key_added="z", seed=seed, precision=prec, batch_size=64, pooling=pooling)
-        untrained[pooling] = ad.obsm.pop("z")
+    reference = model.untrained_copy(seed=seed)  # one untrained copy, read out every way
+    untrained = {p: reference.get_latent_representation(precision=prec, batch_size=64, pooling=p) for p in readouts}
     t0, c0 = time.perf_counter(), time.process_time()
     model.train(
         max_epochs=epochs,
