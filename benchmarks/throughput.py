@@ -6,6 +6,12 @@ one a token of every cell (the paper's input, section 4.1).
 
 Models and presets: xTrimoGene ``3M``, ``10M``, ``100M`` (App. Table 2); scFormer ``paper`` (4 x 128, section 5) and
 ``10M`` (12 x 256, 8 heads, feed-forward 1,024: about 10M parameters); scPaLM ``small`` and ``paper`` (Table 2).
+``xtrimogene-10M-19264`` is the memory case: the cells aligned to scFoundation's 19,264 genes (the decoder runs over
+all of them), batch size 32, ``decoder_chunk_size=4``; it is not part of the default run (one step takes minutes).
+
+``--before-src DIR`` measures every (config, precision) twice in the same run, alternately: on the code tree whose
+``src`` directory is ``DIR`` (``PYTHONPATH``; e.g. ``git worktree add /tmp/before <commit>``) and on the installed
+code, and adds the before/after table (CPU-time rates) to the JSON.
 
 For each (model, preset, precision), in a fresh worker process (so that peak memory is per measurement):
 
@@ -32,6 +38,8 @@ Usage::
     python benchmarks/throughput.py --quick              # smallest presets, short budgets (about a minute)
     python benchmarks/throughput.py --threads 1 --configs xtrimogene-10M,scformer-10M --precisions bf16
     python benchmarks/throughput.py --baseline results/throughput_cpu_before.json   # adds a before/after table
+    python benchmarks/throughput.py --before-src /tmp/before/src   # each config also on that code tree, same run
+    python benchmarks/throughput.py --configs xtrimogene-10M-19264 --precisions fp32 --no-embedding --min-steps 1
     python benchmarks/throughput.py --device cuda --compile   # optional torch.compile of the training module
 """
 
@@ -51,6 +59,7 @@ if str(HERE) not in sys.path:
     sys.path.insert(0, str(HERE))
 
 from _common import (  # noqa: E402
+    DATA,
     PBMC3K,
     RESULTS,
     Clock,
@@ -84,12 +93,24 @@ CONFIGS: dict[str, dict] = {
     },
     "scpalm-small": {"model": "ScPaLM", "kwargs": {"preset": "small"}, "genes": "all", "train_batch": 64},
     "scpalm-paper": {"model": "ScPaLM", "kwargs": {"preset": "paper"}, "genes": "all", "train_batch": 32},
+    # the memory case of the performance issue: 19,264 decoder genes at batch 32 within 24 GiB
+    "xtrimogene-10M-19264": {
+        "model": "XTrimoGene",
+        "kwargs": {"preset": "10M", "decoder_chunk_size": 4},
+        "genes": "scfoundation",
+        "train_batch": 32,
+        "embed": False,
+        "before": False,  # the code before decoder_chunk_size: batch 32 needs ~48 GB (1.5 GB per cell measured)
+    },
 }
 #: The 10M-class preset of each model (the issue's utilisation target).
 TEN_M = {"XTrimoGene": "xtrimogene-10M", "ScFormer": "scformer-10M", "ScPaLM": "scpalm-paper"}
 QUICK_CONFIGS = ("xtrimogene-3M", "scformer-paper", "scpalm-small")
 #: Left out of the default run on a CPU: one 100M training step over 13,714 genes takes minutes there.
 GPU_ONLY_CONFIGS = ("xtrimogene-100M",)
+#: Run only when named in ``--configs``.
+ON_REQUEST_CONFIGS = ("xtrimogene-10M-19264",)
+SCFOUNDATION_GENES = DATA / "genes" / "scfoundation_OS_scRNA_gene_index.19264.tsv"
 LIGHTNING_PRECISION = {"fp32": "32-true", "bf16": "bf16-mixed"}
 
 
@@ -103,6 +124,13 @@ def _load(genes: str):
     adata.uns.clear()
     if genes == "hvg":
         adata = adata[:, adata.var["highly_variable"].to_numpy()].copy()
+    elif genes == "scfoundation":
+        import pandas as pd
+
+        import cellformers as cf
+
+        names = pd.read_csv(SCFOUNDATION_GENES, sep="\t")["gene_name"].tolist()
+        adata = cf.pp.align_to_reference(adata, names)  # absent genes become zero columns
     return adata
 
 
@@ -279,8 +307,12 @@ def worker(args: dict) -> dict:
     model = _build(cfg, adata)
     n_params = sum(p.numel() for p in model.module.parameters())
     model.to_device("cuda:0" if device == "cuda" else "cpu")
+    import cellformers
+
     res = {
         "config": args["config"],
+        "code": args.get("code", "installed"),
+        "cellformers_path": str(Path(cellformers.__file__).parent),
         "model": cfg["model"],
         "model_kwargs": cfg["kwargs"],
         "precision": precision,
@@ -289,7 +321,7 @@ def worker(args: dict) -> dict:
         "n_genes": int(adata.n_vars),
         "torch_threads": torch.get_num_threads(),
     }
-    if not args.get("skip_embedding"):
+    if not args.get("skip_embedding") and cfg.get("embed", True):
         _mark_trained(model)
         res["embedding"] = _timed_embedding(model, precision, device, args["embed_seconds"], args.get("embed_cells"))
         model.is_trained_ = False
@@ -331,8 +363,9 @@ def _table(rows: list[dict], device: str) -> str:
     lines = [head, "-" * len(head)]
     for r in rows:
         e, t = r.get("embedding") or {}, _train0(r)
+        label = r["config"] + (" (before)" if r.get("code") == "before" else "")
         line = (
-            f"{r['config']:<17}{r['precision']:<5}{r['params'] / 1e6:>7.1f}M"
+            f"{label:<17}{r['precision']:<5}{r['params'] / 1e6:>7.1f}M"
             f"{_fmt(e.get('cells_per_s'), '.1f'):>10}{_fmt(e.get('cells_per_cpu_s'), '.1f'):>10}"
             f"{_fmt(e.get('peak_rss_mb'), '.0f'):>8}"
             f"{_fmt(t.get('cells_per_s'), '.2f'):>10}{_fmt(t.get('cells_per_cpu_s'), '.2f'):>10}"
@@ -418,6 +451,13 @@ def main() -> None:
         help="embed this many (random) cells instead of what fits in --embed-seconds (all: 2638)",
     )
     p.add_argument("--no-train", action="store_true", help="measure the embedding only")
+    p.add_argument("--no-embedding", action="store_true", help="measure training only")
+    p.add_argument(
+        "--before-src",
+        type=Path,
+        default=None,
+        help="a code tree's src directory: every measurement also runs on it (PYTHONPATH), alternately, same run",
+    )
     p.add_argument("--min-steps", type=int, default=None, help="timed training steps at least (default 2)")
     p.add_argument("--max-steps", type=int, default=30)
     p.add_argument(
@@ -457,7 +497,7 @@ def main() -> None:
     elif args.quick:
         names = list(QUICK_CONFIGS)
     else:
-        names = [n for n in CONFIGS if device == "cuda" or n not in GPU_ONLY_CONFIGS]
+        names = [n for n in CONFIGS if (device == "cuda" or n not in GPU_ONLY_CONFIGS) and n not in ON_REQUEST_CONFIGS]
     unknown = [n for n in names if n not in CONFIGS]
     if unknown:
         raise SystemExit(f"unknown configs {unknown}; choose from {list(CONFIGS)}")
@@ -484,45 +524,56 @@ def main() -> None:
         extra = f", {v['flops_per_cpu_s'] / 1e9:.0f} per CPU-s" if "flops_per_cpu_s" in v else ""
         print(f"matmul peak {k}: {v['flops_per_s'] / 1e9:.0f} GFLOP/s{extra}", flush=True)
 
+    codes = [("installed", {})]
+    if args.before_src is not None:
+        if not (args.before_src / "cellformers" / "__init__.py").is_file():
+            raise SystemExit(f"--before-src {args.before_src} has no cellformers package (expected DIR/cellformers)")
+        codes.insert(0, ("before", {"PYTHONPATH": str(args.before_src.resolve())}))
     rows, failed = [], []
-    for name in names:
-        for prec in precisions:
-            wargs = {
-                "config": name,
-                "precision": prec,
-                "device": device,
-                "threads": args.threads or torch.get_num_threads(),
-                "compile": args.compile,
-                "model_kwargs": args.model_kwargs or {},
-                "embed_cells": args.embed_cells,
-                "no_train": args.no_train,
-                **budgets,
-            }
-            t0 = time.time()
-            try:
-                res = run_worker(Path(__file__), wargs, env=env, timeout=args.worker_timeout)
-            except (RuntimeError, subprocess.TimeoutExpired) as err:
-                # one configuration that fails or runs too long must not lose the others' measurements
-                failed.append({"config": name, "precision": prec, "error": str(err)[-2000:]})
-                print(f"{name} {prec}: not measured ({type(err).__name__})", flush=True)
-                continue
-            res["worker_seconds"] = time.time() - t0
-            for tr in res["training"]:
-                tr.update(_mfu(tr, peaks, prec))
-            rows.append(res)
-            e, t = res.get("embedding") or {}, _train0(res)
-            print(
-                f"{name} {prec}: embed {_fmt(e.get('cells_per_s'), '.1f')} cells/s "
-                f"({_fmt(e.get('cells_per_cpu_s'), '.1f')}/CPU-s), train {_fmt(t.get('cells_per_s'), '.2f')} cells/s "
-                f"({_fmt(t.get('cells_per_cpu_s'), '.2f')}/CPU-s), MFU {_fmt(t.get('mfu'), '.1%')} "
-                f"(CPU-time {_fmt(t.get('mfu_cpu'), '.1%')}), {res['worker_seconds']:.0f} s",
-                flush=True,
-            )
+    for name, prec, (code, code_env) in ((n, p, c) for n in names for p in precisions for c in codes):
+        if code == "before" and CONFIGS[name].get("before", True) is False:
+            continue
+        wargs = {
+            "config": name,
+            "precision": prec,
+            "code": code,
+            "device": device,
+            "threads": args.threads or torch.get_num_threads(),
+            "compile": args.compile,
+            "model_kwargs": args.model_kwargs or {},
+            "embed_cells": args.embed_cells,
+            "no_train": args.no_train,
+            "skip_embedding": args.no_embedding,
+            **budgets,
+        }
+        t0 = time.time()
+        try:
+            res = run_worker(Path(__file__), wargs, env={**env, **code_env}, timeout=args.worker_timeout)
+        except (RuntimeError, subprocess.TimeoutExpired) as err:
+            # one configuration that fails or runs too long must not lose the others' measurements
+            failed.append({"config": name, "precision": prec, "code": code, "error": str(err)[-2000:]})
+            print(f"{name} {prec} ({code}): not measured ({type(err).__name__})", flush=True)
+            continue
+        res["worker_seconds"] = time.time() - t0
+        for tr in res["training"]:
+            tr.update(_mfu(tr, peaks, prec))
+        rows.append(res)
+        e, t = res.get("embedding") or {}, _train0(res)
+        print(
+            f"{name} {prec} ({code}): embed {_fmt(e.get('cells_per_s'), '.1f')} cells/s "
+            f"({_fmt(e.get('cells_per_cpu_s'), '.1f')}/CPU-s), train {_fmt(t.get('cells_per_s'), '.2f')} cells/s "
+            f"({_fmt(t.get('cells_per_cpu_s'), '.2f')}/CPU-s), MFU {_fmt(t.get('mfu'), '.1%')} "
+            f"(CPU-time {_fmt(t.get('mfu_cpu'), '.1%')}), {res['worker_seconds']:.0f} s",
+            flush=True,
+        )
     table = _table(rows, device)
     print(table)
     targets = {}
     for model_name, cfg_name in TEN_M.items():
-        r = next((x for x in rows if x["config"] == cfg_name and x["precision"] == "bf16"), None)
+        r = next(
+            (x for x in rows if x["config"] == cfg_name and x["precision"] == "bf16" and x.get("code") != "before"),
+            None,
+        )
         if r is not None:
             t = _train0(r)
             if not t:
@@ -557,7 +608,12 @@ def main() -> None:
             "worker, reset (clear_refs) before each phase; the worker's RSS before the phase is rss_before_mb.",
         ],
     }
-    if args.baseline is not None:
+    if args.before_src is not None:
+        after = [r for r in rows if r.get("code") != "before"]
+        comparison, ctable = _compare(after, {"rows": [r for r in rows if r.get("code") == "before"]})
+        out["comparison"] = {"baseline": f"--before-src {args.before_src}", "rows": comparison, "table": ctable}
+        print(ctable)
+    elif args.baseline is not None:
         baseline = json.loads(args.baseline.read_text())
         comparison, ctable = _compare(rows, baseline)
         out["comparison"] = {

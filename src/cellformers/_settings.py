@@ -44,6 +44,13 @@ class CellformersConfig:
         Default numeric precision of training and inference when a call does not name one: ``"auto"`` (bf16 autocast
         where the hardware has bf16 units: CUDA with bf16, a CPU with AVX512_BF16 or AMX; float32 elsewhere), or
         ``"32"`` / ``"bf16-mixed"`` to pin it.
+    inference_token_budget
+        On a CPU, the most tokens (cells x the longest encoder input among them) one inference minibatch of the
+        getters may hold, for models whose cells have different lengths (xTrimoGene, scFormer without zero genes):
+        long cells go in small minibatches, short ones in large ones, up to ``batch_size`` cells. Small minibatches
+        keep the activations in the CPU caches: embedding pbmc3k with XTrimoGene-10M was 1.8-1.9x faster at 4-16
+        cells per minibatch than at 128 (docs/performance.md). ``None``: fixed minibatches of ``batch_size`` cells
+        (also the behaviour on a GPU, where large minibatches are faster).
     warnings_stacklevel
         Stack level used by :func:`warnings.warn` in the package.
 
@@ -66,6 +73,7 @@ class CellformersConfig:
         self._seed: int = 0
         self.progress_bar: bool = True
         self.precision: str = "auto"
+        self.inference_token_budget: int | None = 8192
         self.warnings_stacklevel: int = 2
 
     @property

@@ -77,6 +77,50 @@ def test_minibatches_hold_cells_of_similar_length(adata, sorted_toy_cls, toy_mod
     assert sum(sorted_spread) < sum(plain_spread) / 2
 
 
+def _minibatch_shapes(model, **kwargs):
+    shapes = []
+
+    def fn(t):
+        x = t[REGISTRY_KEYS.X_KEY]
+        shapes.append((x.shape[0], int((x > 0).sum(1).max())))
+        return x[:, :1]
+
+    model._predict_batches(fn, **kwargs)
+    return shapes
+
+
+@pytest.mark.parametrize("budget", [None, 1, 60, 200, 10_000])
+def test_token_budget_sizes_minibatches_by_their_longest_cell(adata, sorted_toy_cls, budget, monkeypatch):
+    import cellformers as cf
+
+    monkeypatch.setattr(cf.settings, "inference_token_budget", budget)
+    sorted_toy_cls.setup_anndata(adata)
+    model = sorted_toy_cls(adata)
+    model.is_trained_ = True
+    shapes = _minibatch_shapes(model, batch_size=16)
+    assert sum(n for n, _ in shapes) == adata.n_obs
+    assert all(n <= 16 for n, _ in shapes)
+    longest = [length for _, length in shapes]
+    assert longest == sorted(longest, reverse=True)  # longest cells first
+    if budget is None or budget >= 16 * (adata.n_vars + 1):
+        assert [n for n, _ in shapes[:-1]] == [16] * (len(shapes) - 1)
+    else:
+        # each minibatch holds as many cells as the budget allows for its longest one (at least one)
+        assert all(n == min(16, max(1, budget // (length + 1))) for n, length in shapes[:-1])
+    # and the rows still come back in cell order, as one cell at a time gives them
+    np.testing.assert_allclose(model.get_latent_representation(batch_size=16), _per_cell(model, adata), atol=1e-5)
+
+
+def test_token_budget_leaves_models_of_fixed_length_alone(adata, toy_model_cls, monkeypatch):
+    import cellformers as cf
+
+    monkeypatch.setattr(cf.settings, "inference_token_budget", 1)
+    toy_model_cls.setup_anndata(adata)
+    model = toy_model_cls(adata)
+    model.is_trained_ = True
+    assert [n for n, _ in _minibatch_shapes(model, batch_size=16)][:-1] == [16] * (adata.n_obs // 16)
+
+
 @pytest.mark.parametrize("sort", [False, True])
 def test_backed_anndata_rows_in_requested_order(adata, tmp_path, toy_model_cls, sorted_toy_cls, sort):
     """h5py needs ascending indices: the rows of a shuffled request must still come back in the requested order."""

@@ -451,6 +451,10 @@ class ScFormer(CellformersModel):
         # with expressed genes only, the sequence length is the number of expressed genes
         return self.module.include_zero_genes is False
 
+    @property
+    def _inference_length_cap(self) -> int | None:
+        return self.module.max_length
+
     @torch.inference_mode()
     def get_latent_representation(
         self,

@@ -147,6 +147,10 @@ class XTrimoGene(CellformersModel):
     # the encoder length is the number of expressed genes: batch cells of similar length for inference
     _sort_inference_by_length: ClassVar[bool] = True
 
+    @property
+    def _inference_length_cap(self) -> int | None:
+        return self.module.max_encoder_length
+
     def __init__(
         self,
         adata: AnnData | None = None,

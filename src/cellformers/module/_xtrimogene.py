@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 from typing import TYPE_CHECKING, Literal
 
@@ -120,6 +121,11 @@ class XTrimoGeneModule(XTrimoGeneTokensMixin, XTrimoGeneImputeMixin, GeneTokenMo
         Library size of the normalization (1e4).
     gradient_checkpointing
         Recompute encoder/decoder activations in the backward pass to save memory.
+    decoder_chunk_size
+        Training only: decode this many cells at a time, each chunk (decoder input, decoder, head) checkpointed, so
+        that the decoder activations of one chunk, not of the minibatch, are held at once; backward recomputes the
+        chunk's forward pass. The decoder works per cell, so loss and gradients equal the unchunked ones (dropout
+        masks are drawn per chunk). ``None`` (default): the whole minibatch at once.
 
     Examples
     --------
@@ -183,8 +189,15 @@ class XTrimoGeneModule(XTrimoGeneTokensMixin, XTrimoGeneImputeMixin, GeneTokenMo
         head_norm: bool = False,
         target_sum: float = 1e4,
         gradient_checkpointing: bool = False,
+        decoder_chunk_size: int | None = None,
     ):
         super().__init__(gene_token_ids, n_tokens)
+        if decoder_chunk_size is not None and (isinstance(decoder_chunk_size, bool) or int(decoder_chunk_size) < 1):
+            msg = f"`decoder_chunk_size` must be a positive number of cells or None, got {decoder_chunk_size!r}."
+            raise ValueError(msg)
+        self.decoder_chunk_size = None if decoder_chunk_size is None else int(decoder_chunk_size)
+        # the memory probe (train/_memory.py) runs in evaluation mode and sets this to see the chunked layout
+        self.chunk_in_eval = False
         # per-gene mean of the masked targets: the predictor that knows nothing about the cell
         self.trivial = TrivialBaseline(self.n_genes)
         _check_choice("mask_strategy", mask_strategy, ("balanced", "rate"))
@@ -526,12 +539,44 @@ class XTrimoGeneModule(XTrimoGeneTokensMixin, XTrimoGeneImputeMixin, GeneTokenMo
         -------
         ``{"prediction": (batch, n_genes)}``, float32 predictions of the normalized expression.
         """
+        self.decoder._check_redraw()  # once per step, whether or not the minibatch is decoded in chunks
+        chunk = self.decoder_chunk_size
+        args = (token_embedding, encoder_index, hidden, input_values)
+        chunked = (self.training or self.chunk_in_eval) and torch.is_grad_enabled()
+        if chunk is None or not chunked or input_values.shape[0] <= chunk:
+            return {MODULE_KEYS.PREDICTION: self._decode(*args)}
+        parts = [
+            torch.utils.checkpoint.checkpoint(
+                self._decode, *(a[i : i + chunk] for a in args), checkpoint_blocks=False, use_reentrant=False
+            )
+            for i in range(0, input_values.shape[0], chunk)
+        ]
+        return {MODULE_KEYS.PREDICTION: torch.cat(parts)}
+
+    @contextlib.contextmanager
+    def chunk_probe(self):
+        """Decode one cell per checkpointed chunk, in evaluation mode too: what the memory probe measures."""
+        saved = self.decoder_chunk_size, self.chunk_in_eval
+        self.decoder_chunk_size, self.chunk_in_eval = 1, True
+        try:
+            yield
+        finally:
+            self.decoder_chunk_size, self.chunk_in_eval = saved
+
+    def _decode(
+        self,
+        token_embedding: Tensor,
+        encoder_index: Tensor,
+        hidden: Tensor,
+        input_values: Tensor,
+        checkpoint_blocks: bool | None = None,
+    ) -> Tensor:
+        """Decoder input, Performer decoder (no feature redraw here) and output head: ``(batch, n_genes)`` float32."""
         z = self.decoder_tokens(token_embedding, encoder_index, hidden, input_values)
-        z = self.decoder(z)
+        z = self.decoder.run_blocks(z, checkpoint_blocks=checkpoint_blocks)
         if self.head_norm is not None:
             z = self.head_norm(z)
-        pred = self.head(z[:, : input_values.shape[-1]]).squeeze(-1).float()
-        return {MODULE_KEYS.PREDICTION: pred}
+        return self.head(z[:, : input_values.shape[-1]]).squeeze(-1).float()
 
     def loss(
         self,

@@ -122,10 +122,40 @@ def softmax_kernel_features(
         stab = masked.amax(dim=dims, keepdim=True).detach()
         stab = torch.where(torch.isfinite(stab), stab, torch.zeros_like(stab))
     log_ratio = -0.5 * math.log(m)
-    feats = torch.exp(data_dash - (diag + stab - log_ratio)) + eps * m**-0.5
-    if not is_query and padding_mask is not None:
-        feats = feats.masked_fill(padding_mask[:, None, :, None], 0.0)
-    return feats
+    pad = padding_mask[:, None, :, None] if not is_query and padding_mask is not None else None
+    return _PositiveFeatures.apply(data_dash, diag + stab - log_ratio, eps * m**-0.5, pad)
+
+
+class _PositiveFeatures(torch.autograd.Function):
+    """``exp(dash - offset) + c``, zero at ``pad``: one output tensor, which is all backward needs.
+
+    Written out by autograd, the subtraction, exponential, addition and masking each make a ``(batch, heads,
+    length, m)`` tensor, two or three of which are kept for backward: over 19,264 decoder genes they were most of
+    xTrimoGene's training memory. Here the features themselves are the only tensor kept (the linear attention keeps
+    them anyway), and ``d exp / d x`` is read back from them.
+    """
+
+    @staticmethod
+    def forward(ctx, dash: Tensor, offset: Tensor, c: float, pad: Tensor | None) -> Tensor:
+        feats = torch.sub(dash, offset)
+        feats.exp_().add_(c)
+        if pad is not None:
+            feats.masked_fill_(pad, 0.0)
+        ctx.c = c
+        ctx.offset_shape = offset.shape
+        ctx.save_for_backward(feats, pad)
+        return feats
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        feats, pad = ctx.saved_tensors
+        g = feats.sub(ctx.c).mul_(grad)
+        if pad is not None:
+            g.masked_fill_(pad, 0.0)
+        grad_offset = None
+        if ctx.needs_input_grad[1]:
+            grad_offset = -g.sum_to_size(ctx.offset_shape)
+        return g, grad_offset, None, None
 
 
 def linear_attention(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
@@ -405,8 +435,21 @@ class Performer(nn.Module):
     def forward(self, x: Tensor, padding_mask: Tensor | None = None) -> Tensor:
         """``(batch, length, d_model)`` -> same shape. ``padding_mask``: ``(batch, length)``, ``True`` = padding."""
         self._check_redraw()
+        return self.run_blocks(x, padding_mask)
+
+    def run_blocks(
+        self, x: Tensor, padding_mask: Tensor | None = None, *, checkpoint_blocks: bool | None = None
+    ) -> Tensor:
+        """The blocks and the final norm, without counting a call towards feature redrawing.
+
+        Callers that run the stack several times for one training step (chunks of a minibatch, or the recomputation
+        of a checkpointed region in the backward pass) count the step once with ``_check_redraw`` and call this:
+        a redraw between the forward pass and its recomputation would make the gradients wrong.
+        ``checkpoint_blocks``: checkpoint each block (``None``: the ``gradient_checkpointing`` setting).
+        """
+        ckpt = self.gradient_checkpointing if checkpoint_blocks is None else checkpoint_blocks
         for layer in self.layers:
-            if self.gradient_checkpointing and self.training and torch.is_grad_enabled():
+            if ckpt and self.training and torch.is_grad_enabled():
                 x = torch.utils.checkpoint.checkpoint(layer, x, padding_mask, use_reentrant=False)
             else:
                 x = layer(x, padding_mask)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
@@ -82,13 +83,16 @@ def _probe_cells(model, adata: AnnData, n_probe: int) -> np.ndarray:
     return np.sort(np.argsort(-nnz, kind="stable")[: min(n_probe, adata.n_obs)])
 
 
-def _activation_bytes_per_cell(model, adata: AnnData | None = None, n_probe: int = _N_PROBE) -> float:
+def _activation_bytes_per_cell(
+    model, adata: AnnData | None = None, n_probe: int = _N_PROBE, *, chunked: bool = False
+) -> float:
     """Bytes autograd keeps per cell for the backward pass of one training step, measured on a few real cells.
 
     One forward pass of the module's loss runs on the longest cells of ``adata`` with gradients enabled, in
     evaluation mode (no state such as Performer feature redraws or codebook statistics changes) and with the random
     state restored afterwards; the tensors autograd saves for backward are summed (each storage once, parameters
-    excluded) and divided by the number of cells.
+    excluded) and divided by the number of cells. ``chunked``: the module decodes one cell per checkpointed chunk
+    (``module.chunk_probe()``), so only what is kept outside the chunks is counted.
     """
     adata = model.adata if adata is None else adata
     cells = _probe_cells(model, adata, n_probe)
@@ -108,9 +112,10 @@ def _activation_bytes_per_cell(model, adata: AnnData | None = None, n_probe: int
 
     was_training = module.training
     devices = [model.device] if model.device.type == "cuda" else []
+    layout = module.chunk_probe() if chunked else contextlib.nullcontext()
     try:
         module.eval()
-        with torch.random.fork_rng(devices=devices):  # the data loader draws a seed too
+        with torch.random.fork_rng(devices=devices), layout:  # the data loader draws a seed too
             dl = model._make_data_loader(adata=adata, indices=cells, batch_size=cells.size, shuffle=False)
             tensors = next(iter(dl))
             with torch.enable_grad(), torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
@@ -120,12 +125,30 @@ def _activation_bytes_per_cell(model, adata: AnnData | None = None, n_probe: int
     return total / max(1, cells.size)
 
 
+def _activation_profile(model, adata: AnnData | None = None) -> tuple[float, float, int]:
+    """``(kept, chunk, chunk_size)``: activation bytes per cell kept for the whole minibatch, and per cell of the
+    one chunk whose activations exist at a time (modules with a ``decoder_chunk_size``; ``chunk_size`` 0 otherwise).
+    """
+    total = _activation_bytes_per_cell(model, adata)
+    chunk_size = getattr(model.module, "decoder_chunk_size", None)
+    if not chunk_size:
+        return total, 0.0, 0
+    kept = _activation_bytes_per_cell(model, adata, chunked=True)
+    return kept, max(0.0, total - kept), int(chunk_size)
+
+
+def _activation_bytes(profile: tuple[float, float, int], batch_size: int) -> float:
+    kept, chunk, chunk_size = profile
+    return _ACTIVATION_OVERHEAD * (kept * batch_size + chunk * min(batch_size, chunk_size))
+
+
 def estimate_training_memory(model, batch_size: int, adata: AnnData | None = None) -> int:
     """Estimated peak memory, in bytes, of training ``model`` with minibatches of ``batch_size`` cells.
 
     The sum of the optimiser state (16 bytes per parameter: weight, gradient, two AdamW moments), the activations
     kept for backward (measured per cell on the longest cells of the data, times ``batch_size``, plus 25% for the
-    backward temporaries) and 1 GiB of process baseline. Measured on CPU and GPU, the peak stays below the estimate
+    backward temporaries) and 1 GiB of process baseline. With xTrimoGene's ``decoder_chunk_size`` the decoder's
+    activations count for one chunk of cells, the rest for the whole minibatch. Measured on CPU and GPU, the peak stays below the estimate
     (see the table in ``docs/performance.md``).
 
     Parameters
@@ -152,8 +175,8 @@ def estimate_training_memory(model, batch_size: int, adata: AnnData | None = Non
     True
     """
     n_params = sum(p.numel() for p in model.module.parameters())
-    per_cell = _activation_bytes_per_cell(model, adata)
-    return int(_BASELINE_BYTES + _BYTES_PER_PARAMETER * n_params + _ACTIVATION_OVERHEAD * per_cell * batch_size)
+    profile = _activation_profile(model, adata)
+    return int(_BASELINE_BYTES + _BYTES_PER_PARAMETER * n_params + _activation_bytes(profile, batch_size))
 
 
 def default_train_batch_size(
@@ -183,12 +206,12 @@ def default_train_batch_size(
     if budget is None:
         budget = int(_BUDGET_FRACTION * available_memory(device))
     n_params = sum(p.numel() for p in model.module.parameters())
-    per_cell = _activation_bytes_per_cell(model)
+    profile = _activation_profile(model)
     fixed = _BASELINE_BYTES + _BYTES_PER_PARAMETER * n_params
-    fits = (budget - fixed) / max(1.0, _ACTIVATION_OVERHEAD * per_cell)
-    batch = 1 << int(math.floor(math.log2(fits))) if fits >= 1 else 1
-    batch = max(1, min(max_batch_size, batch))
-    return batch, int(fixed + _ACTIVATION_OVERHEAD * per_cell * batch)
+    top = max(1, int(max_batch_size))
+    candidates = [top] + [1 << k for k in range(int(math.log2(top)), -1, -1) if 1 << k < top]
+    batch = next((b for b in candidates if fixed + _activation_bytes(profile, b) <= budget), 1)
+    return batch, int(fixed + _activation_bytes(profile, batch))
 
 
 def warn_if_too_large(model, batch_size: int, device: torch.device | str | None = None) -> None:

@@ -16,30 +16,28 @@ from scvi.model.base import BaseModelClass, UnsupervisedTrainingMixin
 from cellformers._constants import CELL_SEED_OBS_COLUMN, REGISTRY_KEYS_CF
 from cellformers._settings import settings
 from cellformers._utils import (
-    autocast_context,
     check_counts,
     check_key,
     get_matrix,
-    int8_copy,
     registered_cell_seeds,
     resolve_adata,
     resolve_precision,
-    row_nnz,
     training_device,
 )
-from cellformers._utils._progress import show_progress, track
+from cellformers._utils._progress import show_progress
 from cellformers._utils._validation import check_batch_size
 from cellformers.train import MaskedModelingTrainingPlan, warn_if_trivial
 
-from ._anndata_checks import check_has_cells, check_indices, check_new_anndata, warn_unused_categories
+from ._anndata_checks import check_has_cells, check_new_anndata, warn_unused_categories
 from ._annotation import AnnotationMixin
+from ._inference import InferenceMixin
 from ._mudata import MuDataMixin
 from ._plan_runner import run_training_plan
 from ._pretrained import PretrainedMixin
 from ._vocab import check_gene_mapping_key, resolve_vocab
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Sequence
+    from collections.abc import Sequence
 
     from anndata import AnnData
     from lightning.pytorch import LightningModule
@@ -49,7 +47,9 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 
-class CellformersModel(AnnotationMixin, MuDataMixin, PretrainedMixin, UnsupervisedTrainingMixin, BaseModelClass):
+class CellformersModel(
+    InferenceMixin, AnnotationMixin, MuDataMixin, PretrainedMixin, UnsupervisedTrainingMixin, BaseModelClass
+):
     """Base class of the three models (:class:`~cellformers.model.XTrimoGene`, ScFormer, ScPaLM).
 
     It adds to scvi-tools' model base: the shared ``setup_anndata`` fields (raw counts, batch, labels, a per-cell
@@ -78,8 +78,6 @@ class CellformersModel(AnnotationMixin, MuDataMixin, PretrainedMixin, Unsupervis
 
     _model_name: ClassVar[str] = "cellformers"
     _training_plan_cls = MaskedModelingTrainingPlan
-    # inference batches cells of similar length together (models that encode the expressed genes only)
-    _sort_inference_by_length: ClassVar[bool] = False
     #: The paper's training batch size, used by ``train(batch_size=None)`` when the memory estimate allows it.
     _default_train_batch_size: ClassVar[int] = 128
     #: Arguments added with a default that changed the behaviour -> the value giving models saved before their old one.
@@ -501,93 +499,6 @@ class CellformersModel(AnnotationMixin, MuDataMixin, PretrainedMixin, Unsupervis
         if isinstance(stages, torch.Tensor):
             stages.fill_(True)
         return copy
-
-    # ------------------------------------------------------------------ inference
-    def _batch_size(self, batch_size: int | None) -> int:
-        return 128 if batch_size is None else int(batch_size)
-
-    def _inference_order(self, adata: AnnData, cells: np.ndarray, batch_size: int) -> np.ndarray:
-        """The ``cells`` (integer positions in ``adata``) in the order they are batched for inference.
-
-        With ``_sort_inference_by_length``, cells are sorted by their number of expressed genes (the encoder length
-        of models that encode expressed genes only), longest first, so that a minibatch is not padded to the length
-        of one long cell: for pbmc3k at 128 cells per batch, padding to the batch maximum costs about 2x in the
-        linear layers and 4x in attention. The cells of each minibatch are then put in ascending order, which backed AnnData
-        (h5py) requires and would otherwise impose silently on the rows of a minibatch.
-        """
-        idx = cells
-        if self._sort_inference_by_length and idx.size > batch_size:
-            x = self.get_anndata_manager(adata, required=True).get_from_registry(REGISTRY_KEYS.X_KEY)
-            # longest first: later minibatches fit into the memory freed by earlier ones (in ascending order every
-            # minibatch needs larger blocks than the last, and the heap grows: +40% peak RSS measured on pbmc3k)
-            idx = idx[np.argsort(-row_nnz(x)[idx], kind="stable")]
-        elif not adata.isbacked:
-            return idx
-        starts = range(0, idx.size, batch_size)
-        return np.concatenate([np.sort(idx[i : i + batch_size]) for i in starts]) if idx.size else idx
-
-    @torch.inference_mode()
-    def _predict_batches(
-        self,
-        fn: Callable[[dict[str, torch.Tensor]], torch.Tensor],
-        adata: AnnData | None = None,
-        indices: Sequence[int] | None = None,
-        batch_size: int | None = None,
-        precision: str | None = None,
-    ) -> np.ndarray:
-        """Run ``fn`` on every minibatch of registered tensors and return the outputs as float32 NumPy rows.
-
-        Rows come back in the order of ``indices`` whatever the batching order (:meth:`_inference_order`). The
-        output is written into one preallocated array, so peak memory is the output plus one minibatch.
-        """
-        self._check_if_trained(warn=False)
-        check_batch_size(batch_size)  # before the AnnData is set up: a bad argument writes nothing
-        if adata is not None:
-            check_has_cells(resolve_adata(adata))
-        data = self.adata if adata is None else resolve_adata(adata)
-        if indices is not None and data is not None:
-            check_indices(indices, data.n_obs)
-        adata = self._validate_anndata(adata)
-        batch_size = self._batch_size(batch_size)
-        requested = np.arange(adata.n_obs) if indices is None else np.asarray(indices)
-        if requested.dtype == bool:
-            requested = np.flatnonzero(requested)
-        requested = requested.astype(np.int64, copy=False).reshape(-1)
-        order = self._inference_order(adata, requested, batch_size)
-        # output row of each cell of `order` (a cell requested more than once fills its rows in turn)
-        rows = None
-        if not np.array_equal(order, requested):
-            rows = np.empty_like(order)
-            rows[np.argsort(order, kind="stable")] = (
-                np.arange(order.size) if indices is None else np.argsort(requested, kind="stable")
-            )
-        dl = self._make_data_loader(adata=adata, indices=order, batch_size=batch_size)
-        original = self.module
-        if str(precision) == "int8":  # the getters read self.module: run them on a quantized copy
-            self.module = int8_copy(original, self.device)
-        was_training = original.training
-        self.module.eval()
-        out: np.ndarray | None = None
-        start = 0
-        try:
-            for tensors in track(dl, description=f"{type(self).__name__}: minibatches"):
-                with autocast_context(self.device, precision):
-                    y = fn(tensors)
-                y = y.detach().float().cpu().numpy()
-                if out is None:
-                    out = np.empty((order.size, *y.shape[1:]), dtype=np.float32)
-                stop = start + y.shape[0]
-                if rows is None:
-                    out[start:stop] = y
-                else:
-                    out[rows[start:stop]] = y
-                start = stop
-        finally:
-            self.module = original
-            self.module.train(was_training)
-        if out is None:
-            return np.zeros((0,), dtype=np.float32)
-        return out
 
     def _gene_table(self, embeddings: torch.Tensor) -> pd.DataFrame:
         """Per-gene rows ``(n_genes, d)`` of the module's vocabulary genes as a DataFrame indexed by gene name."""
