@@ -153,7 +153,7 @@ def _mark_trained(model) -> None:
 def _timed_embedding(
     model, precision: str, device: str, budget: float, n_cells: int | None = None, seed: int = 0
 ) -> dict:
-    prec = None if precision == "fp32" else "bf16"
+    prec = "32" if precision == "fp32" else "bf16"  # explicit: None would be "auto", bf16 on a bf16 CPU
     n_obs = model.adata.n_obs
     batch = model._batch_size(None)
     rng = np.random.default_rng(seed)

@@ -78,6 +78,8 @@ TITLES = {
     "scformer_targets_pancreas_30epochs": "scFormer from scratch on the human pancreas: the MVC bottleneck with mid-rank ties, 30 epochs",
     "scformer_cell_token_probe": "scFormer's cell token after training from scratch: linear probes of count statistics and cell type",
     "int8_inference": "Embedding with int8 transformer blocks vs float32 and bf16 (CPU)",
+    "throughput_cpu_before_after": "Training and embedding throughput before and after the performance changes (CPU)",
+    "profiles_cpu": "Where the time goes: profiler tables of training steps and embedding, before and after (CPU)",
 }
 
 
@@ -242,7 +244,9 @@ def _section_lines(data: dict[str, Any]) -> list[str]:
                 out.extend([f"**{title}**", ""])
             out.extend([text, ""])
 
-    if isinstance(data.get("rows"), list):  # xtrimogene_efficiency
+    rows = data.get("rows")
+    if isinstance(rows, list) and rows and isinstance(rows[0], dict) and "flops_per_sample" in rows[0]:
+        # xtrimogene_efficiency
         cols = [
             "model",
             "params_M",
@@ -259,6 +263,12 @@ def _section_lines(data: dict[str, Any]) -> list[str]:
         add("One training step (forward + backward), batch of one cell", markdown_table(data["rows"], cols))
     if isinstance(data.get("table"), dict):
         add("Embedding quality", metric_table(data["table"]))
+    comparison = data.get("comparison")
+    if isinstance(comparison, dict) and isinstance(comparison.get("rows"), list):  # throughput.py --before-src
+        add(f"Before and after ({comparison.get('baseline', '')}; rates per CPU second and per second)",
+            markdown_table(comparison["rows"]))  # fmt: skip
+    if isinstance(data.get("top_ops"), list):  # profile_models.py
+        add("Operators with the most self CPU time", markdown_table(data["top_ops"]))
     if isinstance(data.get("benchmark"), dict | list):
         add("Embedding quality", metric_table(data["benchmark"]))
     if isinstance(data.get("knn_accuracy_5fold"), dict):

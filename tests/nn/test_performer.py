@@ -159,3 +159,31 @@ def test_fused_feature_map_equals_the_op_by_op_map_and_its_gradient(is_query, pa
     (grad,) = torch.autograd.grad((out * w).sum(), data)
     (ref_grad,) = torch.autograd.grad((ref * w).sum(), data)
     torch.testing.assert_close(grad, ref_grad)  # (not gradcheck: the stabiliser is a detached maximum by design)
+
+
+def test_feature_precision_autocast_runs_the_feature_maps_in_bf16_and_agrees_with_float32():
+    torch.manual_seed(0)
+    ref = PerformerAttention(d_model=32, n_heads=2, nb_features=16, exact="never")
+    fast = PerformerAttention(d_model=32, n_heads=2, nb_features=16, exact="never", feature_precision="autocast")
+    fast.load_state_dict(ref.state_dict())
+    x = torch.randn(2, 300, 32)
+    seen = []
+    import cellformers.nn._performer as perf
+
+    original = perf.linear_attention
+
+    def spy(q, k, v):
+        seen.append(q.dtype)
+        return original(q, k, v)
+
+    perf.linear_attention = spy
+    try:
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            a, b = ref(x), fast(x)
+    finally:
+        perf.linear_attention = original
+    assert seen == [torch.float32, torch.bfloat16]
+    cos = torch.nn.functional.cosine_similarity(a.float().flatten(), b.float().flatten(), dim=0)
+    assert cos > 0.999
+    with pytest.raises(ValueError, match="feature_precision"):
+        PerformerAttention(d_model=32, n_heads=2, feature_precision="bf16")

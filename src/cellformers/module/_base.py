@@ -18,6 +18,13 @@ if TYPE_CHECKING:
     from cellformers.nn import TrivialBaseline
 
 
+def check_choice(name: str, value, choices: Sequence) -> None:
+    """Raise a ``ValueError`` naming the argument ``name`` when ``value`` is not one of ``choices``."""
+    if value not in choices:
+        msg = f"`{name}` must be one of {', '.join(repr(c) for c in choices)}; got {value!r}."
+        raise ValueError(msg)
+
+
 class GeneTokenModule(BaseModuleClass):
     """A :class:`~scvi.module.base.BaseModuleClass` that knows which vocabulary token each input column is.
 

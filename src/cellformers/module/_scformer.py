@@ -24,7 +24,7 @@ from cellformers.nn import (
     TrivialBaseline,
 )
 
-from ._base import GeneTokenModule
+from ._base import GeneTokenModule, check_choice
 from ._scformer_impute import ScFormerImputeMixin
 from ._scformer_tokens import SCFORMER_KEYS, ScFormerTokensMixin
 
@@ -39,12 +39,6 @@ ValueMode = Literal["binned", "log1p"]
 LossKind = Literal["ce", "mse"]
 
 __all__ = ["SCFORMER_KEYS", "ScFormerModule"]
-
-
-def _check_choice(name: str, value, choices: Sequence) -> None:
-    if value not in choices:
-        msg = f"`{name}` must be one of {', '.join(repr(c) for c in choices)}; got {value!r}."
-        raise ValueError(msg)
 
 
 class ScFormerModule(ScFormerTokensMixin, ScFormerImputeMixin, GeneTokenModule):
@@ -214,12 +208,12 @@ class ScFormerModule(ScFormerTokensMixin, ScFormerImputeMixin, GeneTokenModule):
         cls_value: float = 0.0,
     ):
         super().__init__(gene_token_ids, n_tokens)
-        _check_choice("value_mode", value_mode, ("binned", "log1p"))
-        _check_choice("value_encoder", value_encoder, ("continuous", "categorical"))
-        _check_choice("pooling", pooling, ("cls", "mean", "weighted"))
-        _check_choice("mgm_loss", mgm_loss, ("ce", "mse"))
-        _check_choice("activation", activation, ("relu", "gelu"))
-        _check_choice("tie_breaking", tie_breaking, ("draw", "redraw", "average"))
+        check_choice("value_mode", value_mode, ("binned", "log1p"))
+        check_choice("value_encoder", value_encoder, ("continuous", "categorical"))
+        check_choice("pooling", pooling, ("cls", "mean", "weighted"))
+        check_choice("mgm_loss", mgm_loss, ("ce", "mse"))
+        check_choice("activation", activation, ("relu", "gelu"))
+        check_choice("tie_breaking", tie_breaking, ("draw", "redraw", "average"))
         if value_mode == "log1p" and (mgm_loss != "mse" or value_encoder != "continuous"):
             msg = "`value_mode='log1p'` predicts continuous values: use `mgm_loss='mse'` and `value_encoder='continuous'`."
             raise ValueError(msg)

@@ -185,8 +185,8 @@ EXACT_MAX_RATIO = 4
 class PerformerAttention(nn.Module):
     """Multi-head FAVOR+ self-attention (softmax kernel, orthogonal random features).
 
-    The feature map and the linear attention run in float32 even under autocast (sums over ~20,000 tokens); the
-    projections follow autocast.
+    By default the feature map and the linear attention run in float32 even under autocast (sums over ~20,000
+    tokens); the projections follow autocast.
 
     Parameters
     ----------
@@ -208,6 +208,12 @@ class PerformerAttention(nn.Module):
         (``m = 266``) exact attention was 2.3x faster at 256 tokens, 1.4x at 765 and 1.1x at 1,200, and FAVOR+ won
         from ~2,000; with ``d_head = 16`` (``m = 44``) the crossover was near 400 tokens. ``"never"``: always FAVOR+
         (the paper's decoder at any length). ``"always"``: always exact.
+    feature_precision
+        ``"float32"`` (default): under autocast the feature maps and the linear attention still run in float32.
+        ``"autocast"``: they follow autocast (bf16 matmuls, which accumulate in float32). Measured on a CPU with AMX
+        (XTrimoGene-10M, bf16 training step on 4 pbmc3k cells): 1.3x faster, predictions and gradients at cosine
+        > 0.9999 to the float32 maps with initial weights; the exponent of a feature is then rounded to bf16 (about
+        0.4% relative), a noise of the same order as the rest of bf16 autocast.
 
     Examples
     --------
@@ -226,8 +232,13 @@ class PerformerAttention(nn.Module):
         bias: bool = True,
         key_stabilizer: Literal["head", "cell"] = "head",
         exact: Literal["auto", "never", "always"] = "auto",
+        feature_precision: Literal["float32", "autocast"] = "float32",
     ):
         super().__init__()
+        if feature_precision not in ("float32", "autocast"):
+            msg = f"`feature_precision` must be 'float32' or 'autocast', got {feature_precision!r}."
+            raise ValueError(msg)
+        self.feature_precision = feature_precision
         if key_stabilizer not in ("head", "cell"):
             msg = f"`key_stabilizer` must be 'head' or 'cell', got {key_stabilizer!r}."
             raise ValueError(msg)
@@ -280,13 +291,16 @@ class PerformerAttention(nn.Module):
             mask = None if padding_mask is None else ~padding_mask[:, None, None, :]
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
             return self.out(y.transpose(1, 2).reshape(b, n, d))
-        with _no_autocast(x.device.type):
+        exact32 = self.feature_precision == "float32"
+        with _no_autocast(x.device.type) if exact32 else contextlib.nullcontext():
+            if exact32:
+                q, k, v = q.float(), k.float(), v.float()
             proj = self.projection.float()
-            qf = softmax_kernel_features(q.float(), proj, is_query=True)
+            qf = softmax_kernel_features(q, proj, is_query=True)
             kf = softmax_kernel_features(
-                k.float(), proj, is_query=False, padding_mask=padding_mask, key_stabilizer=self.key_stabilizer
+                k, proj, is_query=False, padding_mask=padding_mask, key_stabilizer=self.key_stabilizer
             )
-            y = linear_attention(qf, kf, v.float())
+            y = linear_attention(qf, kf, v)
         y = y.to(x.dtype)
         return self.out(y.transpose(1, 2).reshape(b, n, d))
 
@@ -310,8 +324,9 @@ class PerformerBlock(nn.Module):
         Feed-forward non-linearity.
     key_stabilizer
         How the key features are stabilized (see ``softmax_kernel_features``).
-    exact
-        When to use exact softmax attention instead of FAVOR+ (see :class:`PerformerAttention`).
+    exact, feature_precision
+        When to use exact softmax attention instead of FAVOR+, and the precision of the feature maps under
+        autocast (see :class:`PerformerAttention`).
 
     Examples
     --------
@@ -332,9 +347,17 @@ class PerformerBlock(nn.Module):
         activation: Literal["gelu", "relu"] = "gelu",
         key_stabilizer: Literal["head", "cell"] = "head",
         exact: Literal["auto", "never", "always"] = "auto",
+        feature_precision: Literal["float32", "autocast"] = "float32",
     ):
         super().__init__()
-        self.attn = PerformerAttention(d_model, n_heads, nb_features, key_stabilizer=key_stabilizer, exact=exact)
+        self.attn = PerformerAttention(
+            d_model,
+            n_heads,
+            nb_features,
+            key_stabilizer=key_stabilizer,
+            exact=exact,
+            feature_precision=feature_precision,
+        )
         self.ff = nn.Sequential(
             nn.Linear(d_model, d_ff), _ACTIVATIONS[activation](), nn.Dropout(dropout_rate), nn.Linear(d_ff, d_model)
         )
@@ -380,6 +403,8 @@ class Performer(nn.Module):
     exact
         When to use exact softmax attention instead of FAVOR+: ``"auto"`` up to ``4 · nb_features`` tokens (cheaper
         and exact there), ``"never"`` or ``"always"`` (see :class:`PerformerAttention`).
+    feature_precision
+        ``"float32"`` or ``"autocast"``: precision of the feature maps under autocast (see :class:`PerformerAttention`).
 
     Examples
     --------
@@ -407,10 +432,13 @@ class Performer(nn.Module):
         gradient_checkpointing: bool = False,
         key_stabilizer: Literal["head", "cell"] = "head",
         exact: Literal["auto", "never", "always"] = "auto",
+        feature_precision: Literal["float32", "autocast"] = "float32",
     ):
         super().__init__()
         self.layers = nn.ModuleList(
-            PerformerBlock(d_model, n_heads, d_ff, dropout_rate, nb_features, activation, key_stabilizer, exact)
+            PerformerBlock(
+                d_model, n_heads, d_ff, dropout_rate, nb_features, activation, key_stabilizer, exact, feature_precision
+            )
             for _ in range(n_layers)
         )
         self.norm = nn.LayerNorm(d_model) if final_norm else nn.Identity()
