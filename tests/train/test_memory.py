@@ -148,3 +148,25 @@ def test_a_resumed_run_keeps_the_batch_size_of_its_checkpoint(tmp_path, monkeypa
     seen = _capture_train(monkeypatch)
     model.train(max_epochs=2, accelerator="cpu", checkpoint_dir=tmp_path, resume=True)
     assert seen["batch_size"] == 8
+
+
+def test_the_probe_leaves_no_graph_alive():
+    # a pack hook that returned the saved tensor itself kept every graph of the probe alive (reference cycles through
+    # operations that save their output), i.e. gigabytes after each `train` call over a large vocabulary
+    import gc
+
+    import torch
+
+    import cellformers as cf
+
+    adata = cf.data.synthetic_counts(n_cells=30, n_genes=40)
+    cf.model.XTrimoGene.setup_anndata(adata)
+    model = cf.model.XTrimoGene(adata, preset="tiny")
+
+    def graph_tensors():
+        gc.collect()
+        return sum(1 for o in gc.get_objects() if isinstance(o, torch.Tensor) and o.grad_fn is not None)
+
+    before = graph_tensors()
+    assert _memory.estimate_training_memory(model, batch_size=8) > 0
+    assert graph_tensors() == before
