@@ -48,6 +48,9 @@ def test_compare_pairs_each_configuration_and_precision_with_its_before_row(thro
 def test_the_memory_case_is_on_request_and_has_no_before_run(throughput):
     cfg = throughput.CONFIGS["xtrimogene-10M-19264"]
     assert "xtrimogene-10M-19264" in throughput.ON_REQUEST_CONFIGS
-    assert cfg["train_batch"] == 32 and cfg["kwargs"]["decoder_chunk_size"] == 4
-    assert cfg["before"] is False and cfg["embed"] is False
+    assert cfg["train_batch"] == 32
+    assert cfg["kwargs"]["decoder_chunk_size"] == 4
+    assert cfg["before"] is False
+    assert cfg["embed"] is False
+    assert cfg["count_flops"] is False
     assert throughput.SCFOUNDATION_GENES.name.endswith("19264.tsv")

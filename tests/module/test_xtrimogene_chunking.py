@@ -86,7 +86,8 @@ def test_memory_estimate_counts_the_decoder_for_one_chunk():
     # at or below the chunk size, chunking changes nothing
     a2, b2 = (_memory.estimate_training_memory(m, batch_size=2) for m in (plain, chunked))
     assert b2 == pytest.approx(a2, rel=0.02)
-    assert chunked.module.decoder_chunk_size == 2 and not chunked.module.chunk_in_eval
+    assert chunked.module.decoder_chunk_size == 2
+    assert not chunked.module.chunk_in_eval
 
 
 def test_chunked_model_trains():

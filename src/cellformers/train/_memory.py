@@ -137,8 +137,10 @@ def _no_unpack(_packed: None) -> torch.Tensor:  # pragma: no cover - the probe n
 
 
 def _activation_profile(model, adata: AnnData | None = None) -> tuple[float, float, int]:
-    """``(kept, chunk, chunk_size)``: activation bytes per cell kept for the whole minibatch, and per cell of the
-    one chunk whose activations exist at a time (modules with a ``decoder_chunk_size``; ``chunk_size`` 0 otherwise).
+    """``(kept, chunk, chunk_size)``: activation bytes per cell of the minibatch and of one decoder chunk.
+
+    ``kept`` is held for every cell of the minibatch; ``chunk`` only for the cells of the one chunk whose activations
+    exist at a time (modules with a ``decoder_chunk_size``; ``chunk`` 0 and ``chunk_size`` 0 otherwise).
     """
     total = _activation_bytes_per_cell(model, adata)
     chunk_size = getattr(model.module, "decoder_chunk_size", None)
