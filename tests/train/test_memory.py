@@ -165,8 +165,14 @@ def test_the_probe_leaves_no_graph_alive():
 
     def graph_tensors():
         gc.collect()
-        return sum(1 for o in gc.get_objects() if isinstance(o, torch.Tensor) and o.grad_fn is not None)
+        n = 0
+        for o in gc.get_objects():
+            try:  # dead weak proxies left by other tests raise on any access
+                n += isinstance(o, torch.Tensor) and o.grad_fn is not None
+            except ReferenceError:
+                continue
+        return n
 
     before = graph_tensors()
     assert _memory.estimate_training_memory(model, batch_size=8) > 0
-    assert graph_tensors() == before
+    assert graph_tensors() <= before  # (other tests' objects may only die meanwhile)
