@@ -1,7 +1,9 @@
 from __future__ import annotations
 
+import importlib
 import os
 import shutil
+import sys
 from pathlib import Path
 
 import pooch
@@ -112,6 +114,22 @@ def shared_data_dir() -> Path:
 @pytest.fixture(scope="session")
 def shared_genes_dir(shared_data_dir) -> Path:
     return shared_data_dir / "genes"
+
+
+@pytest.fixture(scope="session")
+def import_script():
+    """``import_script("benchmarks", "throughput")``: a script of a repository folder outside the package, as a module."""
+    repo = Path(__file__).resolve().parents[1]
+
+    def load(folder: str, name: str):
+        path = str(repo / folder)
+        sys.path.insert(0, path)
+        try:
+            return importlib.import_module(name)
+        finally:
+            sys.path.remove(path)
+
+    return load
 
 
 @pytest.fixture(autouse=True)

@@ -2,26 +2,16 @@
 
 from __future__ import annotations
 
-import importlib
-import sys
-from pathlib import Path
-
 import anndata as ad
 import numpy as np
 import pandas as pd
 import pytest
 from scipy import sparse
 
-BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
-
 
 @pytest.fixture(scope="module")
-def bench():
-    sys.path.insert(0, str(BENCHMARKS))
-    try:
-        return importlib.import_module("xtrimogene_length_scaling")
-    finally:
-        sys.path.remove(str(BENCHMARKS))
+def bench(import_script):
+    return import_script("benchmarks", "xtrimogene_length_scaling")
 
 
 @pytest.fixture(scope="module")

@@ -2,26 +2,16 @@
 
 from __future__ import annotations
 
-import importlib
-import sys
-from pathlib import Path
-
 import numpy as np
 import pytest
 import torch
 
 import cellformers as cf
 
-BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
-
 
 @pytest.fixture(scope="module")
-def bench():
-    sys.path.insert(0, str(BENCHMARKS))
-    try:
-        return importlib.import_module("xtrimogene_masked_reference")
-    finally:
-        sys.path.remove(str(BENCHMARKS))
+def bench(import_script):
+    return import_script("benchmarks", "xtrimogene_masked_reference")
 
 
 def test_balanced_mask_hides_as_many_positions_as_the_module(bench):

@@ -2,23 +2,14 @@
 
 from __future__ import annotations
 
-import importlib
 import json
-import sys
-from pathlib import Path
 
 import pytest
 
-BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
-
 
 @pytest.fixture(scope="module")
-def modules():
-    sys.path.insert(0, str(BENCHMARKS))
-    try:
-        return importlib.import_module("_common"), importlib.import_module("xtrimogene_recipe")
-    finally:
-        sys.path.remove(str(BENCHMARKS))
+def modules(import_script):
+    return import_script("benchmarks", "_common"), import_script("benchmarks", "xtrimogene_recipe")
 
 
 def test_seed_tables_mean_sd_and_missing_rows(modules):

@@ -2,22 +2,12 @@
 
 from __future__ import annotations
 
-import importlib
-import sys
-from pathlib import Path
-
 import pytest
-
-BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 
 
 @pytest.fixture(scope="module")
-def throughput():
-    sys.path.insert(0, str(BENCHMARKS))
-    try:
-        return importlib.import_module("throughput")
-    finally:
-        sys.path.remove(str(BENCHMARKS))
+def throughput(import_script):
+    return import_script("benchmarks", "throughput")
 
 
 def _row(config, precision, code, embed, train):

@@ -2,24 +2,18 @@
 
 from __future__ import annotations
 
-import importlib
 import json
-import sys
-from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-EXT = REPO_ROOT / "docs" / "_ext"
+if TYPE_CHECKING:
+    from pathlib import Path
 
 
 @pytest.fixture(scope="module")
-def tables():
-    sys.path.insert(0, str(EXT))
-    try:
-        return importlib.import_module("cellformers_tables")
-    finally:
-        sys.path.remove(str(EXT))
+def tables(import_script):
+    return import_script("docs/_ext", "cellformers_tables")
 
 
 def _write(folder: Path, name: str, data: dict) -> Path:
