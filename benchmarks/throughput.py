@@ -239,7 +239,12 @@ def _step_timer(budget: float, min_steps: int, max_steps: int, device: str, coun
 def _timed_training(model, cfg: dict, precision: str, device: str, args: dict, stage: int | None) -> dict:
     batch = int(cfg["train_batch"])
     timer = _step_timer(
-        args["train_seconds"], args["min_steps"], args["max_steps"], device, count_flops=cfg.get("count_flops", True)
+        args["train_seconds"],
+        args["min_steps"],
+        args["max_steps"],
+        device,
+        # torch.compile does not compile under FlopCounterMode: the (uncounted) warm-up step compiles instead
+        count_flops=cfg.get("count_flops", True) and not args.get("compile"),
     )
     plan_kwargs = {}
     if args.get("compile"):
