@@ -51,3 +51,14 @@ def test_seed_must_be_an_integer(bad):
     with pytest.raises(TypeError, match="`seed` must be an integer"):
         cf.settings.seed = bad
     assert cf.settings.seed == 0
+
+
+@pytest.mark.parametrize("bad", [0, -5, 1.5, "8192", True])
+def test_inference_token_budget_must_be_a_positive_integer_or_none(bad, monkeypatch):
+    monkeypatch.setattr(cf.settings, "_inference_token_budget", cf.settings.inference_token_budget)
+    with pytest.raises(ValueError, match="inference_token_budget"):
+        cf.settings.inference_token_budget = bad
+    cf.settings.inference_token_budget = None
+    assert cf.settings.inference_token_budget is None
+    cf.settings.inference_token_budget = 4096
+    assert cf.settings.inference_token_budget == 4096

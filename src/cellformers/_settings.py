@@ -73,7 +73,7 @@ class CellformersConfig:
         self._seed: int = 0
         self.progress_bar: bool = True
         self.precision: str = "auto"
-        self.inference_token_budget: int | None = 8192
+        self._inference_token_budget: int | None = 8192
         self.warnings_stacklevel: int = 2
 
     @property
@@ -93,6 +93,18 @@ class CellformersConfig:
         if flags is not None and "--xla_gpu_deterministic_ops=true" in flags:
             os.environ["XLA_FLAGS"] = flags  # scvi-tools appends the flag again at every call
         self._seed = int(seed)
+
+    @property
+    def inference_token_budget(self) -> int | None:
+        """Most tokens per inference minibatch on a CPU (``None``: fixed minibatches of ``batch_size`` cells)."""
+        return self._inference_token_budget
+
+    @inference_token_budget.setter
+    def inference_token_budget(self, budget: int | None) -> None:
+        if budget is not None and (isinstance(budget, bool) or not isinstance(budget, numbers.Integral) or budget < 1):
+            msg = f"`inference_token_budget` must be a positive integer (tokens per minibatch) or None, got {budget!r}."
+            raise ValueError(msg)
+        self._inference_token_budget = None if budget is None else int(budget)
 
     @property
     def cache_dir(self) -> Path:
