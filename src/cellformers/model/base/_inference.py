@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, ClassVar
 
 import numpy as np
+import scvi
 import torch
 from scvi import REGISTRY_KEYS
 from torch.utils.data import DataLoader
@@ -114,7 +115,8 @@ class InferenceMixin:
                 np.arange(order.size) if indices is None else np.argsort(requested, kind="stable")
             )
         dataset = self.get_anndata_manager(adata, required=True).create_torch_dataset()
-        dl = DataLoader(dataset, sampler=batches, batch_size=None)  # each "sample" is a whole minibatch
+        # each "sample" is a whole minibatch; worker processes as scvi-tools' loaders use them
+        dl = DataLoader(dataset, sampler=batches, batch_size=None, num_workers=scvi.settings.dl_num_workers)
         original = self.module
         if str(precision) == "int8":  # the getters read self.module: run them on a quantized copy
             self.module = int8_copy(original, self.device)
