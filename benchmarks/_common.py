@@ -282,6 +282,17 @@ def loadavg() -> list[float] | None:
 
 
 # ----------------------------------------------------------------------------- subprocess workers
+def code_trees(before_src: Path | None, current: str = "installed") -> list[tuple[str, dict]]:
+    """``[(name, environment)]`` of the code each measurement runs on: ``before_src`` (a ``src`` directory, put on
+    ``PYTHONPATH`` of the worker) as ``"before"``, then the installed code as ``current``."""
+    trees = [(current, {})]
+    if before_src is not None:
+        if not (before_src / "cellformers" / "__init__.py").is_file():
+            raise SystemExit(f"--before-src {before_src} has no cellformers package (expected DIR/cellformers)")
+        trees.insert(0, ("before", {"PYTHONPATH": str(before_src.resolve())}))
+    return trees
+
+
 def run_worker(script: Path, args: list[str], env: dict | None = None, timeout: float | None = None) -> dict:
     """Run ``python script --worker-json ARGS`` in a fresh process and return the JSON on its last stdout line.
 

@@ -31,7 +31,7 @@ HERE = Path(__file__).resolve().parent
 if str(HERE) not in sys.path:
     sys.path.insert(0, str(HERE))
 
-from _common import RESULTS, machine_info, quiet_libraries, run_worker, write_json  # noqa: E402
+from _common import RESULTS, code_trees, machine_info, quiet_libraries, run_worker, write_json  # noqa: E402
 
 #: (case name, throughput.py config, what is profiled, cells)
 CASES = (
@@ -109,14 +109,10 @@ def main() -> None:
     if args.worker_json:
         print(json.dumps(worker(json.loads(args.worker_json)), default=float))
         return
-    from cellformers.train import bf16_hardware
+    from throughput import _precisions
 
-    precisions = args.precisions.split(",") if args.precisions != "auto" else ["fp32"]
-    if args.precisions == "auto" and bf16_hardware("cpu")[0]:
-        precisions.append("bf16")
-    codes = [("after", {})]
-    if args.before_src is not None:
-        codes.insert(0, ("before", {"PYTHONPATH": str(args.before_src.resolve())}))
+    precisions = _precisions(args.precisions, "cpu")
+    codes = code_trees(args.before_src, current="after")
     wanted = None if args.cases is None else set(args.cases.split(","))
     runs, ops = [], []
     for case, config, what, cells in CASES:

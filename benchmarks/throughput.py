@@ -64,6 +64,7 @@ from _common import (  # noqa: E402
     PBMC3K,
     RESULTS,
     Clock,
+    code_trees,
     flop_counter,
     flop_summary,
     loadavg,
@@ -534,11 +535,7 @@ def main() -> None:
         extra = f", {v['flops_per_cpu_s'] / 1e9:.0f} per CPU-s" if "flops_per_cpu_s" in v else ""
         print(f"matmul peak {k}: {v['flops_per_s'] / 1e9:.0f} GFLOP/s{extra}", flush=True)
 
-    codes = [("installed", {})]
-    if args.before_src is not None:
-        if not (args.before_src / "cellformers" / "__init__.py").is_file():
-            raise SystemExit(f"--before-src {args.before_src} has no cellformers package (expected DIR/cellformers)")
-        codes.insert(0, ("before", {"PYTHONPATH": str(args.before_src.resolve())}))
+    codes = code_trees(args.before_src)
     rows, failed = [], []
     for name, prec, (code, code_env) in ((n, p, c) for n in names for p in precisions for c in codes):
         if code == "before" and CONFIGS[name].get("before", True) is False:
