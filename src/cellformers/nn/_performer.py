@@ -15,17 +15,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ._favor_attention import favor_attention
+from ._favor_attention import no_autocast as _no_autocast
+
 if TYPE_CHECKING:
     from torch import Tensor
 
 _ACTIVATIONS = {"gelu": nn.GELU, "relu": nn.ReLU}
-
-
-def _no_autocast(device_type: str):
-    """Disable autocast on devices that have it (``meta`` tensors, e.g. for FLOP counting, have none)."""
-    if device_type in ("cpu", "cuda", "mps", "xpu"):
-        return torch.autocast(device_type=device_type, enabled=False)
-    return contextlib.nullcontext()
 
 
 def gaussian_orthogonal_random_matrix(
@@ -295,12 +291,9 @@ class PerformerAttention(nn.Module):
         with _no_autocast(x.device.type) if exact32 else contextlib.nullcontext():
             if exact32:
                 q, k, v = q.float(), k.float(), v.float()
-            proj = self.projection.float()
-            qf = softmax_kernel_features(q, proj, is_query=True)
-            kf = softmax_kernel_features(
-                k, proj, is_query=False, padding_mask=padding_mask, key_stabilizer=self.key_stabilizer
+            y = favor_attention(
+                q, k, v, self.projection, padding_mask=padding_mask, key_stabilizer=self.key_stabilizer
             )
-            y = linear_attention(qf, kf, v)
         y = y.to(x.dtype)
         return self.out(y.transpose(1, 2).reshape(b, n, d))
 
