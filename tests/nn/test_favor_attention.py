@@ -87,3 +87,15 @@ def test_rejects_an_unknown_key_stabilizer():
     q, k, v, proj, _ = _inputs()
     with pytest.raises(ValueError, match="key_stabilizer"):
         favor_attention(q, k, v, proj, key_stabilizer="batch")
+
+
+def test_float32_features_of_bf16_inputs_keep_the_input_dtypes():
+    """`dtype=float32` on bf16 activations: float32 maths block by block, bf16 output and gradients."""
+    q, k, v, proj, _ = _inputs(dtype=torch.float32, b=2, h=2, n=300, d=16, m=32)
+    qb, kb, vb = (t.detach().bfloat16().requires_grad_() for t in (q, k, v))
+    out = favor_attention(qb, kb, vb, proj, dtype=torch.float32)
+    ref = favor_attention(*(t.detach().float() for t in (qb, kb, vb)), proj)
+    assert out.dtype == torch.bfloat16
+    torch.testing.assert_close(out.float(), ref, atol=1e-2, rtol=1e-2)
+    out.float().sum().backward()
+    assert all(t.grad.dtype == torch.bfloat16 and torch.isfinite(t.grad).all() for t in (qb, kb, vb))

@@ -173,7 +173,7 @@ def test_feature_precision_autocast_runs_the_feature_maps_in_bf16_and_agrees_wit
     original = perf.favor_attention
 
     def spy(q, k, v, *args, **kwargs):
-        seen.append(q.dtype)
+        seen.append(kwargs["dtype"])
         return original(q, k, v, *args, **kwargs)
 
     perf.favor_attention = spy

@@ -44,12 +44,13 @@ def favor_attention(
     eps: float = 1e-4,
     key_stabilizer: Literal["head", "cell"] = "head",
     chunk_elements: int = CHUNK_ELEMENTS,
+    dtype: torch.dtype | None = None,
 ) -> Tensor:
     """Non-causal FAVOR+ attention ``D⁻¹ φ(Q) (φ(K)ᵀ V)`` with positive random features, block by block.
 
     Equal to ``linear_attention(softmax_kernel_features(q, ...), softmax_kernel_features(k, ...), v)`` (see
     :mod:`cellformers.nn._performer` for the feature map and its stabilisers) without materialising the features.
-    Large tensors are computed in the dtype of ``q``; the sums over tokens (``φ(K)ᵀ V``, its gradient) in float32 (float64 for float64 inputs).
+    Blocks are computed in ``dtype``; the sums over tokens (``φ(K)ᵀ V``, its gradient) in float32 (float64 for float64 inputs).
 
     Parameters
     ----------
@@ -65,17 +66,22 @@ def favor_attention(
         Maximum subtracted from the keys' exponent: per cell and head, or per cell over all heads.
     chunk_elements
         Size of a block of features in elements; the block holds ``chunk_elements // (batch * heads * m)`` tokens.
+    dtype
+        Dtype of the computation (default: that of ``q``). Each block of ``q``, ``k`` and ``v`` is cast on the way
+        in, so bf16 activations get float32 feature maps without a float32 copy of the whole sequence.
 
     Returns
     -------
-    Tensor of shape ``(batch, heads, length, d_head)`` in the dtype of ``q``.
+    Tensor of shape ``(batch, heads, length, d_head)`` in the dtype of ``q``; the gradients have the dtypes of the
+    inputs.
     """
     if key_stabilizer not in ("head", "cell"):
         msg = f"`key_stabilizer` must be 'head' or 'cell', got {key_stabilizer!r}."
         raise ValueError(msg)
     b, h, _, _ = q.shape
     tokens = max(1, int(chunk_elements) // max(1, b * h * projection.shape[0]))
-    return _FavorAttention.apply(q, k, v, projection, padding_mask, eps, key_stabilizer == "head", tokens)
+    dtype = q.dtype if dtype is None else dtype
+    return _FavorAttention.apply(q, k, v, projection, padding_mask, eps, key_stabilizer == "head", tokens, dtype)
 
 
 class _Features:
@@ -89,7 +95,15 @@ class _Features:
         )  # (m, d_head)
         self.log_m = 0.5 * math.log(m)  # the 1/sqrt(m) of every feature, moved into the exponent
         self.c = eps * m**-0.5
+        self.dtype = dtype
         self.acc = torch.promote_types(dtype, torch.float32)  # the dtype of sums over tokens
+
+    def block(self, x: Tensor, sl: slice) -> Tensor:
+        """Tokens ``sl`` of ``x``, contiguous in the compute dtype.
+
+        One small copy both casts (bf16 activations, float32 features) and spares the matmuls a hidden copy.
+        """
+        return x[:, :, sl].to(dtype=self.dtype, memory_format=torch.contiguous_format)
 
     def dash(self, x: Tensor) -> Tensor:
         return torch.matmul(x, self.proj.t())
@@ -124,39 +138,39 @@ def _with_ones(v: Tensor, keep: Tensor | None) -> Tensor:
 
 class _FavorAttention(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, q, k, v, projection, padding_mask, eps, per_head, tokens):
+    def forward(ctx, q, k, v, projection, padding_mask, eps, per_head, tokens, dtype):
         with no_autocast(q.device.type):
             b, h, length, d_head = q.shape
-            feats = _Features(projection, d_head, q.dtype, eps)
+            feats = _Features(projection, d_head, dtype, eps)
             acc, m = feats.acc, projection.shape[0]
             dims = (-1, -2) if per_head else (-1, -2, -3)
             pad = None if padding_mask is None else padding_mask[:, None, :, None]
-            keep = None if pad is None else (~pad).to(v.dtype)
+            keep = None if pad is None else (~pad).to(dtype)
             # keys: M_e = Σ exp(...)ᵀ [V 1] under a running maximum, rescaled whenever the maximum grows
             m_e = q.new_zeros(b, h, m, v.shape[-1] + 1, dtype=acc)
             v_sum = q.new_zeros(b, h, 1, v.shape[-1] + 1, dtype=acc)
             stab = q.new_full((b, h if per_head else 1, 1, 1), -math.inf, dtype=acc)
             for sl in _blocks(length, tokens):
-                k_c, pad_c = k[:, :, sl], None if pad is None else pad[:, :, sl]
+                k_c, pad_c = feats.block(k, sl), None if pad is None else pad[:, :, sl]
                 dash = feats.dash(k_c)
                 seen = dash if pad_c is None else dash.masked_fill(pad_c, -math.inf)
                 new = torch.maximum(stab, seen.amax(dim=dims, keepdim=True).to(acc))
                 m_e.mul_(torch.exp(stab - new).nan_to_num_(0.0))
                 stab = new
-                v1 = _with_ones(v[:, :, sl], None if keep is None else keep[:, :, sl])
+                v1 = _with_ones(feats.block(v, sl), None if keep is None else keep[:, :, sl])
                 k_e = feats.keys(k_c, _finite(stab), pad_c, dash)
                 m_e += torch.matmul(k_e.transpose(-1, -2), v1).to(acc)
                 v_sum += v1.to(acc).sum(-2, keepdim=True)
             stab = _finite(stab)
             big_m = m_e + feats.c * v_sum  # φ = exp(...) + c: the c adds c Σ [V 1] to every row of M
             out = torch.empty(b, h, length, v.shape[-1] + 1, dtype=acc, device=q.device)
-            big_m_c, col = big_m.to(q.dtype), feats.c * big_m.sum(-2, keepdim=True)
+            big_m_c, col = big_m.to(dtype), feats.c * big_m.sum(-2, keepdim=True)
             for sl in _blocks(length, tokens):
-                out[:, :, sl] = torch.matmul(feats.queries(q[:, :, sl]), big_m_c).to(acc) + col
+                out[:, :, sl] = torch.matmul(feats.queries(feats.block(q, sl)), big_m_c).to(acc) + col
             den = out[..., -1:].clamp_min(1e-12)
             y = out[..., :-1] / den
         ctx.save_for_backward(q, k, v, projection, padding_mask, big_m, stab, y, den)
-        ctx.eps, ctx.tokens = eps, tokens
+        ctx.eps, ctx.tokens, ctx.dtype = eps, tokens, dtype
         return y.to(q.dtype)
 
     @staticmethod
@@ -165,33 +179,33 @@ class _FavorAttention(torch.autograd.Function):
         q, k, v, projection, padding_mask, big_m, stab, y, den = ctx.saved_tensors
         with no_autocast(q.device.type):
             length = q.shape[2]
-            feats = _Features(projection, q.shape[-1], q.dtype, ctx.eps)
-            acc = feats.acc
+            feats = _Features(projection, q.shape[-1], ctx.dtype, ctx.eps)
+            acc, dtype = feats.acc, ctx.dtype
             pad = None if padding_mask is None else padding_mask[:, None, :, None]
-            keep = None if pad is None else (~pad).to(v.dtype)
+            keep = None if pad is None else (~pad).to(acc)
             g_num = grad.to(acc) / den
             g_out = torch.cat([g_num, -(g_num * y).sum(-1, keepdim=True)], dim=-1)  # d/d[numerator, D]
-            big_m_t = big_m.to(q.dtype).transpose(-1, -2)
+            big_m_t = big_m.to(dtype).transpose(-1, -2)
             g_m = feats.c * g_out.sum(-2, keepdim=True).expand_as(big_m).clone()
             grad_q = torch.empty_like(q)
             for sl in _blocks(length, ctx.tokens):
-                q_c, g_c = q[:, :, sl], g_out[:, :, sl].to(q.dtype)
+                q_c, g_c = feats.block(q, sl), g_out[:, :, sl].to(dtype)
                 q_e = feats.queries(q_c)
                 g_m += torch.matmul(q_e.transpose(-1, -2), g_c).to(acc)
                 grad_q[:, :, sl] = feats.grad_input(q_c, torch.matmul(g_c, big_m_t).mul_(q_e))
-            g_m_c, g_m_t = g_m.to(q.dtype), g_m.to(q.dtype).transpose(-1, -2)
+            g_m_c, g_m_t = g_m.to(dtype), g_m.to(dtype).transpose(-1, -2)
             g_col = feats.c * g_m.sum(-2, keepdim=True)
             grad_k, grad_v = torch.empty_like(k), torch.empty_like(v)
             for sl in _blocks(length, ctx.tokens):
-                k_c, pad_c = k[:, :, sl], None if pad is None else pad[:, :, sl]
+                k_c, pad_c = feats.block(k, sl), None if pad is None else pad[:, :, sl]
                 k_e = feats.keys(k_c, stab, pad_c)
                 g_v1 = torch.matmul(k_e, g_m_c).to(acc) + g_col
                 if keep is not None:
                     g_v1 = g_v1 * keep[:, :, sl]
                 grad_v[:, :, sl] = g_v1[..., :-1]
-                v1 = _with_ones(v[:, :, sl], None)
+                v1 = _with_ones(feats.block(v, sl), None)
                 grad_k[:, :, sl] = feats.grad_input(k_c, torch.matmul(v1, g_m_t).mul_(k_e))
-        return grad_q, grad_k, grad_v, None, None, None, None, None
+        return grad_q, grad_k, grad_v, None, None, None, None, None, None
 
 
 def _blocks(length: int, tokens: int):

@@ -7,7 +7,6 @@ non-causal attention becomes ``D⁻¹ φ(Q) (φ(K)ᵀ V)``: time and memory line
 
 from __future__ import annotations
 
-import contextlib
 import math
 from typing import TYPE_CHECKING, Literal
 
@@ -16,7 +15,6 @@ import torch.nn.functional as F
 from torch import nn
 
 from ._favor_attention import favor_attention
-from ._favor_attention import no_autocast as _no_autocast
 
 if TYPE_CHECKING:
     from torch import Tensor
@@ -287,14 +285,11 @@ class PerformerAttention(nn.Module):
             mask = None if padding_mask is None else ~padding_mask[:, None, None, :]
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
             return self.out(y.transpose(1, 2).reshape(b, n, d))
-        exact32 = self.feature_precision == "float32"
-        with _no_autocast(x.device.type) if exact32 else contextlib.nullcontext():
-            if exact32:
-                q, k, v = q.float(), k.float(), v.float()
-            y = favor_attention(
-                q, k, v, self.projection, padding_mask=padding_mask, key_stabilizer=self.key_stabilizer
-            )
-        y = y.to(x.dtype)
+        # under autocast q, k, v are bf16: float32 features unless `feature_precision="autocast"`
+        dtype = torch.promote_types(q.dtype, torch.float32) if self.feature_precision == "float32" else q.dtype
+        y = favor_attention(
+            q, k, v, self.projection, padding_mask=padding_mask, key_stabilizer=self.key_stabilizer, dtype=dtype
+        )
         return self.out(y.transpose(1, 2).reshape(b, n, d))
 
 
