@@ -88,7 +88,7 @@ class XTrimoGeneModule(XTrimoGeneTokensMixin, XTrimoGeneImputeMixin, GeneTokenMo
         length (the paper's decoder); ``"always"``: exact attention.
     decoder_feature_precision
         ``"float32"`` (default) or ``"autocast"``: the decoder's FAVOR+ feature maps under bf16 autocast
-        (:class:`~cellformers.nn.PerformerAttention`; ``"autocast"`` measured 1.3x faster per training step).
+        (:class:`~cellformers.nn.PerformerAttention`; ``"autocast"`` measured 1.06x faster per bf16 step).
     mask_strategy
         ``"balanced"``: per cell, mask ``mask_ratio`` of the non-zero genes and ``balanced_zero_ratio`` times as many
         zero genes (a near-equal number; App. 6 Table 1: 600 non-zero and 540 zero positions of 20,000);

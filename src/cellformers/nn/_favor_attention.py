@@ -106,7 +106,9 @@ class _Features:
         return x[:, :, sl].to(dtype=self.dtype, memory_format=torch.contiguous_format)
 
     def dash(self, x: Tensor) -> Tensor:
-        return torch.matmul(x, self.proj.t())
+        # one (tokens x d) @ (d x m) matmul over every cell and head of the block: torch.matmul would run it as a
+        # batch of per-head matmuls (measured 2x slower on a 2-core CPU for 16 x 246 tokens)
+        return torch.mm(x.reshape(-1, x.shape[-1]), self.proj.t()).view(*x.shape[:-1], -1)
 
     def diag(self, x: Tensor) -> Tensor:
         return (x.to(self.acc) * x.to(self.acc)).sum(-1, keepdim=True) * (self.scale**2 / 2)
