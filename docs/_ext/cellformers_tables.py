@@ -80,6 +80,7 @@ TITLES = {
     "int8_inference": "Embedding with int8 transformer blocks vs float32 and bf16 (CPU)",
     "throughput_cpu_before_after": "Training and embedding throughput before and after the performance changes (CPU)",
     "profiles_cpu": "Where the time goes: profiler tables of training steps and embedding, before and after (CPU)",
+    "training_memory_cpu": "xTrimoGene training-memory estimate by preset and gene count, before and after (CPU)",
 }
 
 
