@@ -99,3 +99,18 @@ def test_float32_features_of_bf16_inputs_keep_the_input_dtypes():
     torch.testing.assert_close(out.float(), ref, atol=1e-2, rtol=1e-2)
     out.float().sum().backward()
     assert all(t.grad.dtype == torch.bfloat16 and torch.isfinite(t.grad).all() for t in (qb, kb, vb))
+
+
+def test_compiled_attention_with_dynamic_shapes_equals_eager_and_leaves_the_block_loop_untraced():
+    """torch.compile calls the block-wise attention as it is: traced, its loop is unrolled (minutes to compile)."""
+    from cellformers.nn import PerformerAttention
+
+    torch.manual_seed(0)
+    attn = PerformerAttention(d_model=16, n_heads=2, nb_features=8, exact="never")
+    compiled = torch.compile(attn, dynamic=True)
+    for n in (40, 57):
+        x = torch.randn(2, n, 16)
+        torch.testing.assert_close(compiled(x), attn(x))
+    torch._dynamo.reset()
+    explained = torch._dynamo.explain(attn)(torch.randn(2, 40, 16))
+    assert explained.graph_break_count >= 1
