@@ -83,8 +83,8 @@ class XTrimoGeneModule(XTrimoGeneTokensMixin, XTrimoGeneImputeMixin, GeneTokenMo
         cell over all heads (``"cell"``, what scFoundation computes for one cell).
     decoder_exact_attention
         ``"auto"`` (default): the Performer decoder uses exact softmax attention when there are at most four genes
-        per random feature (e.g. up to 1,064 genes with 266 features per head), where exact attention is both
-        cheaper and exact (:class:`~cellformers.nn.PerformerAttention`); FAVOR+ above. ``"never"``: FAVOR+ at every
+        per random feature (e.g. up to 1,064 genes with 266 features per head), where exact attention costs about
+        as much or less and is exact (:class:`~cellformers.nn.PerformerAttention`); FAVOR+ above. ``"never"``: FAVOR+ at every
         length (the paper's decoder); ``"always"``: exact attention.
     decoder_feature_precision
         ``"float32"`` (default) or ``"autocast"``: the decoder's FAVOR+ feature maps under bf16 autocast

@@ -175,7 +175,9 @@ def linear_attention(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
     return out[..., :-1] / out[..., -1:].clamp_min(1e-12)
 
 
-#: ``exact="auto"`` uses exact attention up to this many tokens per random feature (measured crossover: 7-9).
+#: ``exact="auto"`` uses exact attention up to this many tokens per random feature. Measured speed crossover: 3 for
+#: 64-wide heads, 9 for 16-wide ones (7-9 before the block-wise FAVOR+); kept at 4, where exact attention is at most
+#: 1.2x slower, so that a model's attention does not change with this release.
 EXACT_MAX_RATIO = 4
 
 
@@ -200,11 +202,13 @@ class PerformerAttention(nn.Module):
         How the key features are stabilized (see ``softmax_kernel_features``).
     exact
         ``"auto"`` (default): exact softmax attention (SDPA) for sequences of at most ``4 · nb_features`` tokens,
-        where it is cheaper than FAVOR+ and exact instead of an estimate of the same softmax attention; FAVOR+ for
-        longer ones. Measured on a 2-core CPU (forward + backward, batch 8, float32): with ``d_head = 64``
-        (``m = 266``) exact attention was 2.3x faster at 256 tokens, 1.4x at 765 and 1.1x at 1,200, and FAVOR+ won
-        from ~2,000; with ``d_head = 16`` (``m = 44``) the crossover was near 400 tokens. ``"never"``: always FAVOR+
-        (the paper's decoder at any length). ``"always"``: always exact.
+        where it costs about as much as FAVOR+ or less and is exact instead of an estimate of the same softmax
+        attention; FAVOR+ for longer ones. Measured on a 2-core CPU (forward + backward, batch 8, float32, CPU
+        time), with the block-wise FAVOR+: with ``d_head = 64`` (``m = 266``) exact attention was 2.2x faster at 256
+        tokens, as fast at 765, 1.2x slower at 1,064 (the limit) and 1.8x slower at 2,000; with ``d_head = 16``
+        (``m = 44``) the crossover was near 400 tokens (before the block-wise FAVOR+ it was near 2,000 tokens for
+        ``d_head = 64``). ``"never"``: always FAVOR+ (the paper's decoder at any length). ``"always"``: always
+        exact.
     feature_precision
         ``"float32"`` (default): under autocast the feature maps and the linear attention still run in float32.
         ``"autocast"``: they follow autocast (bf16 matmuls, which accumulate in float32). Measured on a CPU with AMX
