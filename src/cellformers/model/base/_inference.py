@@ -125,18 +125,18 @@ class InferenceMixin:
         out: np.ndarray | None = None
         start = 0
         try:
-            for tensors in track(dl, description=f"{type(self).__name__}: minibatches"):
-                with autocast_context(self.device, precision):
-                    y = fn(tensors)
-                y = y.detach().float().cpu().numpy()
-                if out is None:
-                    out = np.empty((order.size, *y.shape[1:]), dtype=np.float32)
-                stop = start + y.shape[0]
-                if rows is None:
-                    out[start:stop] = y
-                else:
-                    out[rows[start:stop]] = y
-                start = stop
+            # one autocast region for the whole call: autocast keeps the bf16 copies of the weights until it is left
+            with autocast_context(self.device, precision):
+                for tensors in track(dl, description=f"{type(self).__name__}: minibatches"):
+                    y = fn(tensors).detach().float().cpu().numpy()
+                    if out is None:
+                        out = np.empty((order.size, *y.shape[1:]), dtype=np.float32)
+                    stop = start + y.shape[0]
+                    if rows is None:
+                        out[start:stop] = y
+                    else:
+                        out[rows[start:stop]] = y
+                    start = stop
         finally:
             self.module = original
             self.module.train(was_training)
