@@ -114,3 +114,13 @@ def test_compiled_attention_with_dynamic_shapes_equals_eager_and_leaves_the_bloc
     torch._dynamo.reset()
     explained = torch._dynamo.explain(attn)(torch.randn(2, 40, 16))
     assert explained.graph_break_count >= 1
+
+
+def test_block_size_follows_the_device():
+    """Cache-sized blocks on a CPU; on other devices (GPUs) blocks 64 times larger (fewer, larger kernels)."""
+    from cellformers.nn import _favor_attention as fa
+
+    assert fa.default_chunk_elements(torch.device("cpu")) == fa.CHUNK_ELEMENTS
+    assert fa.default_chunk_elements(torch.device("meta")) == fa.DEVICE_CHUNK_ELEMENTS > fa.CHUNK_ELEMENTS
+    q, k, v, proj, _ = _inputs()
+    torch.testing.assert_close(favor_attention(q, k, v, proj), favor_attention(q, k, v, proj, chunk_elements=10**9))

@@ -25,6 +25,14 @@ if TYPE_CHECKING:
 #: (4 cells x 4 heads x 13,714 tokens, m = 266, forward + backward): 2**18 1.75 CPU-s, 2**19 and 2**20 1.6, 2**21
 #: 2.0, against 2.8 for the written-out form.
 CHUNK_ELEMENTS = 2**20
+#: The same on other devices (GPUs), where the point is the memory, not the caches: 256 MB in float32, so a GPU gets
+#: large kernels rather than many small ones. Not measured (no GPU was available).
+DEVICE_CHUNK_ELEMENTS = 2**26
+
+
+def default_chunk_elements(device: torch.device) -> int:
+    """Elements of one block of features on ``device``: ``CHUNK_ELEMENTS`` on a CPU, else ``DEVICE_CHUNK_ELEMENTS``."""
+    return CHUNK_ELEMENTS if device.type == "cpu" else DEVICE_CHUNK_ELEMENTS
 
 
 def no_autocast(device_type: str):
@@ -47,14 +55,15 @@ def favor_attention(
     padding_mask: Tensor | None = None,
     eps: float = 1e-4,
     key_stabilizer: Literal["head", "cell"] = "head",
-    chunk_elements: int = CHUNK_ELEMENTS,
+    chunk_elements: int | None = None,
     dtype: torch.dtype | None = None,
 ) -> Tensor:
     """Non-causal FAVOR+ attention ``D⁻¹ φ(Q) (φ(K)ᵀ V)`` with positive random features, block by block.
 
     Equal to ``linear_attention(softmax_kernel_features(q, ...), softmax_kernel_features(k, ...), v)`` (see
     :mod:`cellformers.nn._performer` for the feature map and its stabilisers) without materialising the features.
-    Blocks are computed in ``dtype``; the sums over tokens (``φ(K)ᵀ V``, its gradient) in float32 (float64 for float64 inputs).
+    Blocks are computed in ``dtype``; the sums over tokens (``φ(K)ᵀ V``, its gradient) in float32 (float64 for
+    float64 inputs).
 
     Parameters
     ----------
@@ -70,6 +79,8 @@ def favor_attention(
         Maximum subtracted from the keys' exponent: per cell and head, or per cell over all heads.
     chunk_elements
         Size of a block of features in elements; the block holds ``chunk_elements // (batch * heads * m)`` tokens.
+        ``None``: ``default_chunk_elements(q.device)`` (4 MB blocks that stay in a CPU's last-level cache; 64 times
+        larger on other devices).
     dtype
         Dtype of the computation (default: that of ``q``). Each block of ``q``, ``k`` and ``v`` is cast on the way
         in, so bf16 activations get float32 feature maps without a float32 copy of the whole sequence.
@@ -83,6 +94,8 @@ def favor_attention(
         msg = f"`key_stabilizer` must be 'head' or 'cell', got {key_stabilizer!r}."
         raise ValueError(msg)
     b, h, _, _ = q.shape
+    if chunk_elements is None:
+        chunk_elements = default_chunk_elements(q.device)
     tokens = max(1, int(chunk_elements) // max(1, b * h * projection.shape[0]))
     dtype = q.dtype if dtype is None else dtype
     return _FavorAttention.apply(q, k, v, projection, padding_mask, eps, key_stabilizer == "head", tokens, dtype)
