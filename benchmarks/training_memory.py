@@ -9,7 +9,9 @@ with and without ``decoder_chunk_size=4``): the activations per cell, the estima
 process per case).
 
 ``--before-src DIR`` runs the same cases on another code tree (``PYTHONPATH``) in a fresh process, for before/after
-rows.
+rows. ``--measure 16,32`` also trains XTrimoGene-10M for two steps (float32, ``model.train``) at each of those batch
+sizes on 256 random pbmc3k cells × the genes expressed in 20 or more of them, in a fresh process each, and records
+the peak RSS beside the estimate (what checks that the estimate stays above the real peak).
 
 Usage::
 
@@ -92,15 +94,46 @@ def worker(case: int) -> dict:
     return {"rows": rows}
 
 
+def measured_peak(batch_size: int) -> dict:
+    """Peak RSS of two float32 training steps of XTrimoGene-10M on real cells, and the estimate for that batch."""
+    import anndata as ad
+    import numpy as np
+    import torch
+    from _common import PBMC3K, reset_peak_rss, status_mb
+
+    import cellformers as cf
+    from cellformers.train import _memory
+
+    adata = ad.read_h5ad(PBMC3K)
+    adata = adata[np.random.default_rng(0).permutation(adata.n_obs)[:256]].copy()
+    adata = adata[:, np.asarray((adata.X > 0).sum(0)).ravel() >= 20].copy()
+    cf.model.XTrimoGene.setup_anndata(adata)
+    model = cf.model.XTrimoGene(adata, preset="10M")
+    torch.manual_seed(0)
+    estimate = _memory.estimate_training_memory(model, batch_size)
+    reset_peak_rss()
+    model.train(
+        max_epochs=1, max_steps=2, batch_size=batch_size, precision="32", train_size=1.0, enable_progress_bar=False
+    )
+    return {
+        "genes": int(adata.n_vars),
+        "batch_size": batch_size,
+        "estimate_gib": estimate / GIB,
+        "peak_rss_gib": status_mb("VmHWM") / 1024,
+    }
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--before-src", type=Path, default=None, help="src directory of the code tree to compare with")
+    p.add_argument("--measure", default="", help="comma-separated batch sizes to train two steps at (peak RSS)")
     p.add_argument("--out", type=Path, default=RESULTS / "training_memory_cpu.json")
     p.add_argument("--worker-json", default=None, help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.worker_json is not None:
         quiet_libraries()
-        print(json.dumps(worker(*json.loads(args.worker_json))))
+        task = json.loads(args.worker_json)
+        print(json.dumps(measured_peak(task[1]) if task[0] == "measure" else worker(task[0])))
         return
     rows = []
     for code, env in code_trees(args.before_src, current="after"):
@@ -108,12 +141,17 @@ def main() -> None:
             for row in run_worker(Path(__file__), [case], env=env, timeout=1800)["rows"]:
                 rows.append({"code": code, **row})
                 print(json.dumps(rows[-1]), flush=True)
+    measured = []
+    for batch in [int(b) for b in args.measure.split(",") if b]:
+        measured.append(run_worker(Path(__file__), ["measure", batch], timeout=1800))
+        print(json.dumps(measured[-1]), flush=True)
     result = {
         "description": "xTrimoGene training-memory estimate (train._memory, one probe forward pass, float32, CPU) "
         "by preset and gene count; batch size picked for 60% of 24 GiB",
         "machine": machine_info("cpu"),
         "before_src": None if args.before_src is None else str(args.before_src),
         "rows": rows,
+        "measured_peak_rss": measured,
     }
     write_json(args.out, result)
     print(f"wrote {args.out}")

@@ -26,3 +26,11 @@ def test_one_case_gives_an_estimate_that_grows_with_the_batch(training_memory, m
     assert plain["batch_for_24gib"] >= 1
     chunked = training_memory.worker(1)["rows"][0]
     assert chunked["decoder_chunk_size"] == 2
+
+
+@pytest.mark.slow
+def test_the_estimate_stays_above_the_measured_peak(training_memory):
+    """Two real float32 training steps of XTrimoGene-10M on pbmc3k cells: the estimate must not under-predict."""
+    row = training_memory.measured_peak(4)
+    assert row["genes"] > 1000
+    assert row["estimate_gib"] >= row["peak_rss_gib"]
