@@ -119,40 +119,10 @@ def softmax_kernel_features(
         stab = masked.amax(dim=dims, keepdim=True).detach()
         stab = torch.where(torch.isfinite(stab), stab, torch.zeros_like(stab))
     log_ratio = -0.5 * math.log(m)
-    pad = padding_mask[:, None, :, None] if not is_query and padding_mask is not None else None
-    return _PositiveFeatures.apply(data_dash, diag + stab - log_ratio, eps * m**-0.5, pad)
-
-
-class _PositiveFeatures(torch.autograd.Function):
-    """``exp(dash - offset) + c``, zero at ``pad``: one output tensor, which is all backward needs.
-
-    Written out by autograd, the subtraction, exponential, addition and masking each make a ``(batch, heads,
-    length, m)`` tensor, two or three of which are kept for backward: over 19,264 decoder genes they were most of
-    xTrimoGene's training memory. Here the features themselves are the only tensor kept (the linear attention keeps
-    them anyway), and ``d exp / d x`` is read back from them.
-    """
-
-    @staticmethod
-    def forward(ctx, dash: Tensor, offset: Tensor, c: float, pad: Tensor | None) -> Tensor:
-        feats = torch.sub(dash, offset)
-        feats.exp_().add_(c)
-        if pad is not None:
-            feats.masked_fill_(pad, 0.0)
-        ctx.c = c
-        ctx.offset_shape = offset.shape
-        ctx.save_for_backward(feats, pad)
-        return feats
-
-    @staticmethod
-    def backward(ctx, grad: Tensor):
-        feats, pad = ctx.saved_tensors
-        g = feats.sub(ctx.c).mul_(grad)
-        if pad is not None:
-            g.masked_fill_(pad, 0.0)
-        grad_offset = None
-        if ctx.needs_input_grad[1]:
-            grad_offset = -g.sum_to_size(ctx.offset_shape)
-        return g, grad_offset, None, None
+    feats = torch.exp(data_dash - (diag + stab - log_ratio)) + eps * m**-0.5
+    if not is_query and padding_mask is not None:
+        feats = feats.masked_fill(padding_mask[:, None, :, None], 0.0)
+    return feats
 
 
 def linear_attention(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
