@@ -81,6 +81,10 @@ TITLES = {
     "throughput_cpu_before_after": "Training and embedding throughput before and after the performance changes (CPU)",
     "profiles_cpu": "Where the time goes: profiler tables of training steps and embedding, before and after (CPU)",
     "training_memory_cpu": "xTrimoGene training-memory estimate by preset and gene count, before and after (CPU)",
+    "throughput_cpu_avx2_before_after": "Throughput before and after the performance changes on an AVX2-only CPU (AMD EPYC)",
+    "profiles_cpu_avx2": "Where the time goes on an AVX2-only CPU (AMD EPYC): profiler tables before and after",
+    "training_memory_cpu_avx2": "xTrimoGene training-memory estimate and measured peak on an AVX2-only CPU (AMD EPYC)",
+    "int8_inference_avx2": "Embedding with int8 transformer blocks vs float32 on an AVX2-only CPU (AMD EPYC)",
 }
 
 

@@ -51,6 +51,13 @@ class CellformersConfig:
         keep the activations in the CPU caches: embedding pbmc3k with XTrimoGene-10M was 1.8-1.9x faster at 4-16
         cells per minibatch than at 128 (docs/performance.md). ``None``: fixed minibatches of ``batch_size`` cells
         (also the behaviour on a GPU, where large minibatches are faster).
+    reuse_freed_memory
+        Whether training and the inference getters keep freed memory in the process for reuse (Linux with glibc;
+        no effect elsewhere, nor where ``MALLOC_*_`` variables or ``GLIBC_TUNABLES`` tune malloc). glibc otherwise
+        returns every block above 32 MiB to the system when it is freed, and a training step maps and zeroes its
+        large activations afresh: an XTrimoGene-10M training step was 1.3x faster with reuse on a 2-core AMD EPYC
+        (docs/performance.md, "Page faults"). The memory is handed back when the call returns; inside it the
+        process keeps what it freed, so its resident memory stays near the call's peak.
     warnings_stacklevel
         Stack level used by :func:`warnings.warn` in the package.
 
@@ -74,6 +81,7 @@ class CellformersConfig:
         self.progress_bar: bool = True
         self.precision: str = "auto"
         self._inference_token_budget: int | None = 8192
+        self._reuse_freed_memory: bool = True
         self.warnings_stacklevel: int = 2
 
     @property
@@ -105,6 +113,18 @@ class CellformersConfig:
             msg = f"`inference_token_budget` must be a positive integer (tokens per minibatch) or None, got {budget!r}."
             raise ValueError(msg)
         self._inference_token_budget = None if budget is None else int(budget)
+
+    @property
+    def reuse_freed_memory(self) -> bool:
+        """Whether training and inference keep freed memory for reuse (glibc's malloc; see the class docstring)."""
+        return self._reuse_freed_memory
+
+    @reuse_freed_memory.setter
+    def reuse_freed_memory(self, value: bool) -> None:
+        if not isinstance(value, bool):
+            msg = f"`reuse_freed_memory` must be True or False, got {value!r}."
+            raise TypeError(msg)
+        self._reuse_freed_memory = value
 
     @property
     def cache_dir(self) -> Path:

@@ -10,6 +10,7 @@ from ._anndata import (
     row_nnz,
     to_dense_rows,
 )
+from ._heap import heap_retained, retained_heap
 from ._random import cell_generator, cell_seed, counter_uniform, counter_uniform_at, registered_cell_seeds
 from ._torch import autocast_context, bf16_hardware, int8_copy, resolve_precision, training_device
 from ._validation import check_block_values, check_counts, check_expression_values, looks_like_counts

@@ -22,6 +22,7 @@ from cellformers._utils import (
     registered_cell_seeds,
     resolve_adata,
     resolve_precision,
+    retained_heap,
     training_device,
 )
 from cellformers._utils._progress import show_progress
@@ -328,7 +329,7 @@ class CellformersModel(
 
         stop = StopOnSigterm(None if checkpoint_dir is None else checkpoint_path(checkpoint_dir, plan_kwargs))
         kwargs["callbacks"] = [*(kwargs.get("callbacks") or []), stop]
-        with stop:
+        with stop, retained_heap():
             out = super().train(**kwargs)
         warn_if_trivial(self)
         return out

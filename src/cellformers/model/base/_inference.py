@@ -11,7 +11,7 @@ from scvi import REGISTRY_KEYS
 from torch.utils.data import DataLoader
 
 from cellformers._settings import settings
-from cellformers._utils import autocast_context, int8_copy, resolve_adata, row_nnz
+from cellformers._utils import autocast_context, int8_copy, resolve_adata, retained_heap, row_nnz
 from cellformers._utils._progress import track
 from cellformers._utils._validation import check_batch_size
 
@@ -126,7 +126,7 @@ class InferenceMixin:
         start = 0
         try:
             # one autocast region for the whole call: autocast keeps the bf16 copies of the weights until it is left
-            with autocast_context(self.device, precision):
+            with autocast_context(self.device, precision), retained_heap():
                 for tensors in track(dl, description=f"{type(self).__name__}: minibatches"):
                     y = fn(tensors).detach().float().cpu().numpy()
                     if out is None:

@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING
 
 from scvi.model.base import UnsupervisedTrainingMixin
 
-from cellformers._utils import resolve_precision, training_device
+from cellformers._utils import resolve_precision, retained_heap, training_device
 from cellformers._utils._progress import show_progress
 
 if TYPE_CHECKING:
@@ -54,7 +54,7 @@ def run_training_plan(
     # scvi-tools builds `model._training_plan_cls(module, **plan_kwargs)`: an instance attribute hands it the plan
     model._training_plan_cls = lambda module, **_: plan
     try:
-        with stop:
+        with stop, retained_heap():
             UnsupervisedTrainingMixin.train(
                 model, max_epochs=max_epochs, accelerator=accelerator, devices=devices, **kwargs
             )

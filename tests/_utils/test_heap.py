@@ -1,0 +1,152 @@
+"""Freed memory kept for reuse during training and inference (glibc's mmap and trim thresholds)."""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+
+import numpy as np
+import pytest
+import torch
+from lightning.pytorch.callbacks import Callback
+
+import cellformers as cf
+from cellformers._utils import _heap
+from cellformers._utils._heap import heap_retained, retained_heap
+
+glibc = _heap._glibc()
+needs_glibc = pytest.mark.skipif(glibc is None, reason="glibc's mallopt is not available")
+
+_BLOCK = 64 << 20  # above glibc's largest dynamic mmap threshold (32 MiB): mapped afresh unless retained
+
+
+class _Mallinfo2(ctypes.Structure):
+    _fields_ = [
+        (name, ctypes.c_size_t)
+        for name in ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks", "fordblks")
+    ] + [("keepcost", ctypes.c_size_t)]
+
+
+def _mapped_bytes() -> int:
+    """Bytes glibc holds in separately mmapped blocks (``mallinfo2().hblkhd``)."""
+    glibc.mallinfo2.restype = _Mallinfo2
+    return glibc.mallinfo2().hblkhd
+
+
+def _mapped_while_alive() -> int:
+    before = _mapped_bytes()
+    block = torch.empty(_BLOCK // 4, dtype=torch.float32)
+    grown = _mapped_bytes() - before
+    del block
+    return grown
+
+
+@pytest.fixture(autouse=True)
+def _no_user_malloc_settings(monkeypatch):
+    for name in _heap.USER_MALLOC_SETTINGS:
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.delenv("GLIBC_TUNABLES", raising=False)
+
+
+@needs_glibc
+def test_large_blocks_come_from_the_heap_inside_the_region():
+    assert _mapped_while_alive() >= _BLOCK  # glibc's default: a separate mapping, unmapped when freed
+    with retained_heap(True):
+        assert heap_retained()
+        assert _mapped_while_alive() == 0  # from the heap: freed into it and reused by the next allocation
+    assert not heap_retained()
+    assert _mapped_while_alive() >= _BLOCK  # the thresholds are restored on leaving
+
+
+@needs_glibc
+def test_blocks_above_the_threshold_keep_their_own_mapping():
+    """The heap cannot always place a huge block in the holes smaller ones left: those are not kept."""
+    size = _heap.RETAINED_MMAP_THRESHOLD + (1 << 20)
+    with retained_heap(True):
+        before = _mapped_bytes()
+        block = torch.empty(size // 4, dtype=torch.float32)  # not touched: no resident memory
+        assert _mapped_bytes() - before >= size
+        del block
+
+
+@needs_glibc
+def test_regions_nest_and_the_outermost_restores():
+    with retained_heap(True):
+        with retained_heap(True):
+            assert _heap._depth == 2
+        assert heap_retained()
+        assert _mapped_while_alive() == 0  # the inner region's exit did not restore the thresholds
+    assert _heap._depth == 0
+    assert _mapped_while_alive() >= _BLOCK
+
+
+@needs_glibc
+def test_restored_even_when_the_body_raises():
+    with pytest.raises(RuntimeError, match="boom"), retained_heap(True):
+        raise RuntimeError("boom")
+    assert not heap_retained()
+    assert _mapped_while_alive() >= _BLOCK
+
+
+@needs_glibc
+def test_disabled_by_setting_or_by_user_malloc_tuning(monkeypatch):
+    old = cf.settings.reuse_freed_memory
+    try:
+        cf.settings.reuse_freed_memory = False
+        with retained_heap():
+            assert not heap_retained()
+            assert _mapped_while_alive() >= _BLOCK
+    finally:
+        cf.settings.reuse_freed_memory = old
+    monkeypatch.setenv("GLIBC_TUNABLES", "glibc.malloc.mmap_threshold=1048576")
+    with retained_heap(True):
+        assert not heap_retained()  # the user's own tuning wins
+
+
+def test_setting_takes_booleans_only():
+    with pytest.raises(TypeError, match="reuse_freed_memory"):
+        cf.settings.reuse_freed_memory = "yes"
+
+
+def test_no_op_without_glibc(monkeypatch):
+    monkeypatch.setattr(_heap, "_glibc", lambda: None)
+    with retained_heap(True):
+        assert not heap_retained()
+
+
+class _Record(Callback):
+    def __init__(self):
+        self.seen: list[bool] = []
+
+    def on_train_batch_start(self, *args, **kwargs):
+        self.seen.append(heap_retained())
+
+
+@needs_glibc
+def test_training_and_getters_run_inside_the_region(toy_model_cls, monkeypatch):
+    adata = cf.data.synthetic_counts(n_cells=60, n_genes=20)
+    toy_model_cls.setup_anndata(adata)
+    model = toy_model_cls(adata)
+    record = _Record()
+    model.train(max_epochs=1, batch_size=32, callbacks=[record], enable_progress_bar=False)
+    assert record.seen
+    assert all(record.seen)
+    assert not heap_retained()
+
+    import cellformers.model.base._inference as inference
+
+    entered = []
+    original = inference.retained_heap
+
+    @contextlib.contextmanager
+    def recording(*args, **kwargs):
+        with original(*args, **kwargs):
+            entered.append(heap_retained())
+            yield
+
+    monkeypatch.setattr(inference, "retained_heap", recording)
+    out = model.get_latent_representation(adata, batch_size=16)
+    assert out.shape[0] == adata.n_obs
+    assert np.isfinite(out).all()
+    assert entered == [True]  # once per call, around every minibatch
+    assert not heap_retained()
