@@ -54,8 +54,9 @@ class CellformersConfig:
     reuse_freed_memory
         Whether training and the inference getters keep freed memory in the process for reuse (Linux with glibc;
         no effect elsewhere, nor where ``MALLOC_*_`` variables or ``GLIBC_TUNABLES`` tune malloc). glibc otherwise
-        returns every block above 32 MiB to the system when it is freed, and a training step maps and zeroes its
-        large activations afresh: an XTrimoGene-10M training step was 1.3x faster with reuse on a 2-core AMD EPYC
+        returns every block above its mmap threshold (at most 32 MiB) to the system when it is freed, and a training
+        step maps and zeroes its large activations afresh: an XTrimoGene-10M training step was about 1.3x faster
+        with reuse on a 2-core AMD EPYC
         (docs/performance.md, "Page faults"). The memory is handed back when the call returns; inside it the
         process keeps what it freed, so its resident memory stays near the call's peak.
     warnings_stacklevel
