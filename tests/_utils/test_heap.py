@@ -21,7 +21,7 @@ needs_glibc = pytest.mark.skipif(
     glibc is None or _tuned_at_start, reason="glibc's mallopt is not available, or malloc was tuned at start-up"
 )
 
-_BLOCK = 64 << 20  # above glibc's largest dynamic mmap threshold (32 MiB): mapped afresh unless retained
+_BLOCK = 48 << 20  # above glibc's largest dynamic mmap threshold (32 MiB): mapped afresh unless retained
 
 
 class _Mallinfo2(ctypes.Structure):

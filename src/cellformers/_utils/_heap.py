@@ -28,11 +28,13 @@ logger = logging.getLogger(__name__)
 _M_TRIM_THRESHOLD = -1
 _M_MMAP_THRESHOLD = -3
 
-#: Inside the region: blocks up to 256 MiB come from the heap, and freed memory is never trimmed. Larger blocks
-#: keep their own mappings: the heap cannot always place a large block in the holes smaller ones left, and the
-#: resident memory grows with every such miss (XTrimoGene-10M, 4 cells x 13,714 genes: peak 3.35 GB without reuse,
-#: 3.7-3.9 GB with a 64 MiB threshold, 4.0 GB with 256 MiB, 4.1 GB with 1 GiB; the step as fast at 256 MiB as at 1 GiB).
-RETAINED_MMAP_THRESHOLD = 256 << 20
+#: Inside the region: blocks up to 64 MiB come from the heap, and freed memory is never trimmed. Larger blocks keep
+#: their own mappings: the heap cannot always place a large block in the holes smaller ones left, and the resident
+#: memory grows with every such miss. XTrimoGene-10M, 4 cells x 13,714 genes (2-core AMD EPYC): step 10.5 s and peak
+#: 3.35 GB without reuse, 8.0-9.4 s and 3.7-3.9 GB with 64 MiB, 8.0 s and 4.0 GB with 256 MiB; at 19,264 genes and
+#: batch 32 (decoder chunks of 4 cells) 256 MiB raised the peak to 9.8 GB (step 127 s), 64 MiB kept it at 6.9 GB as
+#: without reuse (step 228 s): the training-memory estimate (6.5 GiB) must stay a bound.
+RETAINED_MMAP_THRESHOLD = 64 << 20
 RETAINED_TRIM_THRESHOLD = (1 << 31) - 1
 #: On leaving it: the largest mmap threshold glibc's dynamic threshold takes on 64-bit systems, and the trim threshold
 #: it pairs with it (twice the mmap threshold), so the process behaves as a long-running numeric process would.
