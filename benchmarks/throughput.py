@@ -48,6 +48,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import os
 import subprocess
 import sys
 import time
@@ -302,6 +303,16 @@ def _timed_training(model, cfg: dict, precision: str, device: str, args: dict, s
     return out
 
 
+def _huge_pages() -> bool | None:
+    """Whether PyTorch gives this worker's large tensors transparent huge pages; ``None`` for code from before
+    cellformers requested them (PyTorch then follows ``THP_MEM_ALLOC_ENABLE`` alone)."""
+    try:
+        from cellformers._utils._heap import huge_pages_active
+    except ImportError:
+        return None
+    return huge_pages_active()
+
+
 def worker(args: dict) -> dict:
     import torch
 
@@ -331,6 +342,8 @@ def worker(args: dict) -> dict:
         "n_cells": int(adata.n_obs),
         "n_genes": int(adata.n_vars),
         "torch_threads": torch.get_num_threads(),
+        "huge_pages": _huge_pages(),
+        "thp_mem_alloc_enable": os.environ.get("THP_MEM_ALLOC_ENABLE"),
     }
     if not args.get("skip_embedding") and cfg.get("embed", True):
         _mark_trained(model)
@@ -524,7 +537,7 @@ def main() -> None:
         env = {"MALLOC_MMAP_THRESHOLD_": str(2**30), "MALLOC_TRIM_THRESHOLD_": str(2**31 - 1)}
     t_start = time.time()
     info = machine_info(device)
-    peaks = matmul_peaks(device)
+    peaks = matmul_peaks(device, precisions=tuple(precisions))
     print(
         f"{info['cpu']} ({info['n_cpus']} CPUs, {info['torch_threads']} torch threads)"
         + (f", {info.get('gpu')}" if device == "cuda" else "")

@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import logging
 
-from rich.console import Console
-from rich.logging import RichHandler
+from ._torch_env import request_huge_pages
 
-from ._settings import settings
-from ._version import __version__
+request_huge_pages()  # before anything imports torch: PyTorch reads it at its first allocation
+
+from rich.console import Console  # noqa: E402
+from rich.logging import RichHandler  # noqa: E402
+
+from ._settings import settings  # noqa: E402
+from ._version import __version__  # noqa: E402
 
 logger = logging.getLogger("cellformers")
 if not logger.handlers:

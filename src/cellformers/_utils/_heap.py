@@ -8,6 +8,10 @@ same memory again: on a 2-core AMD EPYC (AVX2) virtual machine, adding two ``(54
 8.7-9.9 s (``docs/performance.md``, "Page faults"). Inside :func:`retained_heap` glibc keeps such blocks in its heap
 and reuses them; on leaving it, the thresholds go back to what glibc's dynamic threshold grows to and
 ``malloc_trim`` returns the kept memory to the system.
+
+Blocks above the region's threshold still come fresh from the kernel; with transparent huge pages (requested from
+PyTorch when ``cellformers`` is imported, :mod:`cellformers._torch_env`) each fault maps 2 MiB instead of 4 KiB.
+:func:`huge_pages_active` says whether the request took effect.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ import threading
 from functools import lru_cache
 
 from cellformers._settings import settings
+from cellformers._torch_env import THP_VARIABLE
 
 logger = logging.getLogger(__name__)
 
@@ -70,6 +75,60 @@ def _user_tuned_malloc() -> bool:
     )
 
 
+#: Where Linux says whether transparent huge pages are used: ``always``, ``madvise`` (only for memory advised
+#: ``MADV_HUGEPAGE``, what PyTorch does with ``THP_MEM_ALLOC_ENABLE=1``) or ``never``, the current one in brackets.
+THP_SYSFS = "/sys/kernel/mm/transparent_hugepage/enabled"
+#: Probe size: above every mmap threshold this module sets, so that glibc maps the block on its own and its address
+#: shows the alignment PyTorch asked for (its pages are never touched, so nothing is committed).
+_PROBE_BYTES = 80 << 20
+_PAGE = 4096
+
+
+def huge_pages_mode() -> str | None:
+    """The kernel's transparent huge page mode (``"always"``, ``"madvise"``, ``"never"``), ``None`` if unknown."""
+    try:
+        with open(THP_SYSFS, encoding="ascii") as fh:
+            text = fh.read()
+    except OSError:
+        return None
+    start, end = text.find("["), text.find("]")
+    return text[start + 1 : end] if 0 <= start < end else None
+
+
+@lru_cache(maxsize=1)
+def _torch_advises_huge_pages() -> bool:
+    # PyTorch aligns a large block to the page only when it advises huge pages for it (c10's alloc_cpu); otherwise
+    # to 64 bytes, and a block glibc maps on its own then starts 64 bytes into its first page
+    import torch
+
+    return torch.empty(_PROBE_BYTES, dtype=torch.uint8).data_ptr() % _PAGE == 0
+
+
+def huge_pages_active() -> bool:
+    """Whether PyTorch's large CPU tensors get transparent huge pages in this process (Linux).
+
+    ``cellformers`` asks for them when it is imported (``THP_MEM_ALLOC_ENABLE=1``, unless set); PyTorch reads the
+    variable at its first allocation, so the request is missed when torch allocated a tensor before ``cellformers``
+    was imported: set the variable before starting Python then. The kernel must allow them too (``always`` or
+    ``madvise`` in ``/sys/kernel/mm/transparent_hugepage/enabled``).
+    """
+    mode = huge_pages_mode()
+    if mode == "always":
+        return True
+    return mode == "madvise" and _torch_advises_huge_pages()
+
+
+@lru_cache(maxsize=1)
+def _note_missing_huge_pages() -> None:
+    """Say once per process when the kernel offers huge pages on request but PyTorch was not told in time."""
+    if huge_pages_mode() == "madvise" and os.environ.get(THP_VARIABLE) == "1" and not huge_pages_active():
+        logger.info(
+            "PyTorch allocated tensors before cellformers was imported, so its large CPU tensors get 4 KiB pages "
+            f"(slower training on a CPU; docs/performance.md, 'Page faults'): start Python with {THP_VARIABLE}=1, "
+            "or import cellformers before using torch."
+        )
+
+
 def heap_retained() -> bool:
     """Whether a :func:`retained_heap` region is active (and acting) in this process."""
     return _depth > 0
@@ -88,6 +147,7 @@ def retained_heap(enabled: bool | None = None):
         ``None``: :attr:`cellformers.settings.reuse_freed_memory`.
     """
     global _depth
+    _note_missing_huge_pages()
     if enabled is None:
         enabled = settings.reuse_freed_memory
     libc = _glibc() if enabled and not _user_tuned_malloc() else None
