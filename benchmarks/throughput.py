@@ -40,6 +40,7 @@ Usage::
     python benchmarks/throughput.py --baseline results/throughput_cpu_before.json   # adds a before/after table
     python benchmarks/throughput.py --before-src /tmp/before/src   # each config also on that code tree, same run
     python benchmarks/throughput.py --configs xtrimogene-10M-19264 --precisions fp32 --no-embedding --min-steps 1
+    python benchmarks/throughput.py --configs xtrimogene-10M-19264 --precisions fp32 --no-embedding --huge-pages
     python benchmarks/throughput.py --device cuda --compile   # optional torch.compile of the training module
 """
 
@@ -304,8 +305,8 @@ def _timed_training(model, cfg: dict, precision: str, device: str, args: dict, s
 
 
 def _huge_pages() -> bool | None:
-    """Whether PyTorch gives this worker's large tensors transparent huge pages; ``None`` for code from before
-    cellformers requested them (PyTorch then follows ``THP_MEM_ALLOC_ENABLE`` alone)."""
+    """Whether PyTorch gives this worker's large tensors transparent huge pages (``THP_MEM_ALLOC_ENABLE=1`` in the
+    environment of the run); ``None`` for code from before cellformers could tell."""
     try:
         from cellformers._utils._heap import huge_pages_active
     except ImportError:
@@ -502,6 +503,12 @@ def main() -> None:
         help="'tuned': glibc keeps freed memory for reuse (MALLOC_MMAP_THRESHOLD_/MALLOC_TRIM_THRESHOLD_), "
         "which saves the kernel time of page faults on every large CPU tensor",
     )
+    p.add_argument(
+        "--huge-pages",
+        action="store_true",
+        help="THP_MEM_ALLOC_ENABLE=1 for the workers: PyTorch asks for transparent huge pages for tensors of 2 MB or "
+        "more (each worker records whether it got them)",
+    )
     p.add_argument("--baseline", type=Path, default=None, help="earlier results JSON: add a before/after table")
     p.add_argument("--label", default=None, help="free text stored in the JSON (e.g. the code state measured)")
     p.add_argument("--out", type=Path, default=None)
@@ -535,6 +542,8 @@ def main() -> None:
     env = {}
     if args.malloc == "tuned":
         env = {"MALLOC_MMAP_THRESHOLD_": str(2**30), "MALLOC_TRIM_THRESHOLD_": str(2**31 - 1)}
+    if args.huge_pages:
+        env["THP_MEM_ALLOC_ENABLE"] = "1"
     t_start = time.time()
     info = machine_info(device)
     peaks = matmul_peaks(device, precisions=tuple(precisions))
@@ -612,6 +621,7 @@ def main() -> None:
         "matmul_peak": peaks,
         "budgets": budgets,
         "malloc": args.malloc,
+        "huge_pages_requested": args.huge_pages,
         "compile": args.compile,
         "model_kwargs": args.model_kwargs,
         "rows": rows,

@@ -82,6 +82,7 @@ TITLES = {
     "profiles_cpu": "Where the time goes: profiler tables of training steps and embedding, before and after (CPU)",
     "training_memory_cpu": "xTrimoGene training-memory estimate by preset and gene count, before and after (CPU)",
     "throughput_cpu_avx2_before_after": "Throughput before and after the performance changes on an AVX2-only CPU (AMD EPYC)",
+    "throughput_cpu_avx2_before_after_run2": "Throughput before and after on an AVX2-only CPU (AMD EPYC), a second run of the default configuration",
     "throughput_cpu_avx2_before_after_reuse256": "Throughput before and after on an AVX2-only CPU (AMD EPYC), freed blocks up to 256 MiB kept",
     "throughput_cpu_avx2_19264_genes": "XTrimoGene-10M over 19,264 genes at batch 32 on an AVX2-only CPU (AMD EPYC): step time and peak RSS",
     "profiles_cpu_avx2": "Where the time goes on an AVX2-only CPU (AMD EPYC): profiler tables before and after",

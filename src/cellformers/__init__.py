@@ -4,15 +4,11 @@ from __future__ import annotations
 
 import logging
 
-from ._torch_env import request_huge_pages
+from rich.console import Console
+from rich.logging import RichHandler
 
-request_huge_pages()  # before anything imports torch: PyTorch reads it at its first allocation
-
-from rich.console import Console  # noqa: E402
-from rich.logging import RichHandler  # noqa: E402
-
-from ._settings import settings  # noqa: E402
-from ._version import __version__  # noqa: E402
+from ._settings import settings
+from ._version import __version__
 
 logger = logging.getLogger("cellformers")
 if not logger.handlers:

@@ -1,4 +1,4 @@
-"""Freed memory kept in the process for reuse while cellformers trains or infers (Linux with glibc).
+"""CPU memory while cellformers trains or infers: freed memory kept for reuse (glibc), transparent huge pages (Linux).
 
 glibc serves every allocation above its mmap threshold (128 KiB, growing to at most 32 MiB) with fresh pages from
 the kernel and hands them back when the block is freed. A training step of XTrimoGene allocates and frees tensors of
@@ -9,9 +9,10 @@ same memory again: on a 2-core AMD EPYC (AVX2) virtual machine, adding two ``(54
 and reuses them; on leaving it, the thresholds go back to what glibc's dynamic threshold grows to and
 ``malloc_trim`` returns the kept memory to the system.
 
-Blocks above the region's threshold still come fresh from the kernel; with transparent huge pages (requested from
-PyTorch when ``cellformers`` is imported, :mod:`cellformers._torch_env`) each fault maps 2 MiB instead of 4 KiB.
-:func:`huge_pages_active` says whether the request took effect.
+Blocks above the region's threshold still come fresh from the kernel. With ``THP_MEM_ALLOC_ENABLE=1`` set before
+PyTorch's first allocation, PyTorch asks for transparent huge pages for its tensors of 2 MB or more, so each fault
+maps 2 MiB instead of 4 KiB; :func:`huge_pages_active` says whether it does. cellformers does not set it: it paid
+only where blocks above the threshold dominate (docs/performance.md, "Page faults").
 """
 
 from __future__ import annotations
@@ -25,7 +26,6 @@ import threading
 from functools import lru_cache
 
 from cellformers._settings import settings
-from cellformers._torch_env import THP_VARIABLE
 
 logger = logging.getLogger(__name__)
 
@@ -75,6 +75,9 @@ def _user_tuned_malloc() -> bool:
     )
 
 
+#: PyTorch's CPU allocator aligns blocks of 2 MB or more to a page and advises ``MADV_HUGEPAGE`` for them when this
+#: variable is ``1`` at its first allocation (read once per process).
+THP_VARIABLE = "THP_MEM_ALLOC_ENABLE"
 #: Where Linux says whether transparent huge pages are used: ``always``, ``madvise`` (only for memory advised
 #: ``MADV_HUGEPAGE``, what PyTorch does with ``THP_MEM_ALLOC_ENABLE=1``) or ``never``, the current one in brackets.
 THP_SYSFS = "/sys/kernel/mm/transparent_hugepage/enabled"
@@ -107,26 +110,29 @@ def _torch_advises_huge_pages() -> bool:
 def huge_pages_active() -> bool:
     """Whether PyTorch's large CPU tensors get transparent huge pages in this process (Linux).
 
-    ``cellformers`` asks for them when it is imported (``THP_MEM_ALLOC_ENABLE=1``, unless set); PyTorch reads the
-    variable at its first allocation, so the request is missed when torch allocated a tensor before ``cellformers``
-    was imported: set the variable before starting Python then. The kernel must allow them too (``always`` or
-    ``madvise`` in ``/sys/kernel/mm/transparent_hugepage/enabled``).
+    PyTorch asks for them, for tensors of 2 MB or more, when ``THP_MEM_ALLOC_ENABLE=1`` is in the environment at its
+    first allocation (importing lightning or scvi allocates one): set it before starting Python. A fresh 256 MiB
+    tensor then costs ~640 page faults instead of ~65,500. On a 2-core AMD EPYC an XTrimoGene-10M training step over
+    19,264 genes at batch 32 took 160 s instead of 206 s; over 13,714 genes at batch 4, and embedding, it made no
+    difference beyond the noise or was a few percent slower (``docs/performance.md``, "Page faults"), so cellformers
+    leaves the choice to you. The kernel must offer them too (``always`` or ``madvise`` in
+    ``/sys/kernel/mm/transparent_hugepage/enabled``).
+
+    Returns
+    -------
+    ``True`` when the kernel backs all memory with huge pages (``always``), or does so on request (``madvise``) and
+    PyTorch requests them; ``False`` elsewhere.
+
+    Examples
+    --------
+    >>> import cellformers as cf
+    >>> isinstance(cf.train.huge_pages_active(), bool)
+    True
     """
     mode = huge_pages_mode()
     if mode == "always":
         return True
     return mode == "madvise" and _torch_advises_huge_pages()
-
-
-@lru_cache(maxsize=1)
-def _note_missing_huge_pages() -> None:
-    """Say once per process when the kernel offers huge pages on request but PyTorch was not told in time."""
-    if huge_pages_mode() == "madvise" and os.environ.get(THP_VARIABLE) == "1" and not huge_pages_active():
-        logger.info(
-            "PyTorch allocated tensors before cellformers was imported, so its large CPU tensors get 4 KiB pages "
-            f"(slower training on a CPU; docs/performance.md, 'Page faults'): start Python with {THP_VARIABLE}=1, "
-            "or import cellformers before using torch."
-        )
 
 
 def heap_retained() -> bool:
@@ -147,7 +153,6 @@ def retained_heap(enabled: bool | None = None):
         ``None``: :attr:`cellformers.settings.reuse_freed_memory`.
     """
     global _depth
-    _note_missing_huge_pages()
     if enabled is None:
         enabled = settings.reuse_freed_memory
     libc = _glibc() if enabled and not _user_tuned_malloc() else None

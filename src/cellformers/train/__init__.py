@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from cellformers._utils._heap import huge_pages_active
 from cellformers._utils._torch import bf16_hardware, resolve_precision
 
 from ._annotation_plan import AnnotationTrainingPlan
@@ -20,6 +21,7 @@ __all__ = [
     "ScPaLMTrainingPlan",
     "bf16_hardware",
     "estimate_training_memory",
+    "huge_pages_active",
     "resolve_precision",
     "learning_signal",
     "warn_if_trivial",
