@@ -192,8 +192,8 @@ print(json.dumps({"active": huge_pages_active(), "faults": min(faults_of_a_fresh
 
 @pytest.mark.skipif(_heap.huge_pages_mode() != "madvise", reason="needs Linux with huge pages on request (madvise)")
 def test_huge_pages_follow_the_variable_pytorch_reads_at_start():
-    def probe(value: str | None) -> dict:
-        env = {k: v for k, v in os.environ.items() if k != _heap.THP_VARIABLE}
+    def probe(value: str | None, **malloc: str) -> dict:
+        env = {k: v for k, v in os.environ.items() if k != _heap.THP_VARIABLE} | malloc
         if value is not None:
             env[_heap.THP_VARIABLE] = value
         out = subprocess.run(
@@ -203,6 +203,8 @@ def test_huge_pages_follow_the_variable_pytorch_reads_at_start():
 
     on, off = probe("1"), probe(None)
     assert (on["active"], off["active"]) == (True, False)
+    # malloc tuned to serve large blocks from its heap: their addresses are no longer those of fresh mappings
+    assert not probe(None, MALLOC_MMAP_THRESHOLD_=str(1 << 30))["active"]
     assert off["faults"] >= (256 << 20) // 4096 // 2
     # 2 MiB pages: ~640 faults measured; the kernel falls back to 4 KiB pages where it finds no free huge page
     assert on["faults"] < off["faults"] // 4, (on, off)

@@ -101,10 +101,12 @@ def huge_pages_mode() -> str | None:
 @lru_cache(maxsize=1)
 def _torch_advises_huge_pages() -> bool:
     # PyTorch aligns a large block to the page only when it advises huge pages for it (c10's alloc_cpu); otherwise
-    # to 64 bytes, and a block glibc maps on its own then starts 64 bytes into its first page
+    # to 64 bytes, and a block glibc maps on its own then starts 64 bytes into its first page. Three blocks held at
+    # once: where malloc was tuned to serve such blocks from its heap, each is page-aligned by chance once in 64.
     import torch
 
-    return torch.empty(_PROBE_BYTES, dtype=torch.uint8).data_ptr() % _PAGE == 0
+    probes = [torch.empty(_PROBE_BYTES, dtype=torch.uint8) for _ in range(3)]
+    return all(p.data_ptr() % _PAGE == 0 for p in probes)
 
 
 def huge_pages_active() -> bool:
