@@ -160,6 +160,59 @@ def test_training_and_getters_run_inside_the_region(toy_model_cls, monkeypatch):
     assert not heap_retained()
 
 
+class _FakeLibc:
+    def __init__(self):
+        self.trims = 0
+
+    def mallopt(self, param, value):
+        return 1
+
+    def malloc_trim(self, pad):
+        self.trims += 1
+        return 1
+
+
+def test_fragmented_heap_is_trimmed_past_its_bound(monkeypatch):
+    libc, resident = _FakeLibc(), [1000]
+    monkeypatch.setattr(_heap, "_glibc", lambda: libc)
+    monkeypatch.setattr(_heap, "_resident_bytes", lambda: resident[0])
+    assert not _heap.release_fragmented_heap()  # outside a region: nothing
+    with retained_heap(True):
+        assert not _heap.release_fragmented_heap()  # the first boundary sets the bound: 1.25 x 1000
+        resident[0] = 1250
+        assert not _heap.release_fragmented_heap()
+        resident[0] = 1300  # fragmentation grew the process past it
+        assert _heap.release_fragmented_heap()
+        assert libc.trims == 1
+        resident[0] = 1100  # the next boundary after a trim sets a new bound from what the step needed
+        assert not _heap.release_fragmented_heap()
+        resident[0] = 1300
+        assert not _heap.release_fragmented_heap()
+        resident[0] = 1400
+        assert _heap.release_fragmented_heap()
+    assert libc.trims == 3  # and once on leaving
+    with retained_heap(True):  # a new region starts without a bound
+        resident[0] = 5000
+        assert not _heap.release_fragmented_heap()
+
+
+def test_training_steps_and_getter_minibatches_are_boundaries(toy_model_cls, monkeypatch):
+    import cellformers.model.base._inference as inference
+    import cellformers.train._heap_trim as heap_trim
+
+    calls = []
+    monkeypatch.setattr(heap_trim, "release_fragmented_heap", lambda: calls.append("step"))
+    monkeypatch.setattr(inference, "release_fragmented_heap", lambda: calls.append("minibatch"))
+    adata = cf.data.synthetic_counts(n_cells=60, n_genes=20)
+    toy_model_cls.setup_anndata(adata)
+    model = toy_model_cls(adata)
+    model.train(max_epochs=1, batch_size=16, train_size=1.0, enable_progress_bar=False)
+    assert calls == ["step"] * 4
+    calls.clear()
+    model.get_latent_representation(adata, batch_size=16)
+    assert calls == ["minibatch"] * 4
+
+
 # ----------------------------------------------------------------------------- transparent huge pages (opt-in)
 def test_huge_pages_mode_reads_the_bracketed_choice(tmp_path, monkeypatch):
     sysfs = tmp_path / "enabled"

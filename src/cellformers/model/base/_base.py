@@ -326,9 +326,10 @@ class CellformersModel(
             kwargs.get("precision"), training_device(kwargs.get("accelerator"), kwargs.get("device"))
         )
         from cellformers.train._checkpointing import StopOnSigterm, checkpoint_path
+        from cellformers.train._heap_trim import TrimFragmentedHeap
 
         stop = StopOnSigterm(None if checkpoint_dir is None else checkpoint_path(checkpoint_dir, plan_kwargs))
-        kwargs["callbacks"] = [*(kwargs.get("callbacks") or []), stop]
+        kwargs["callbacks"] = [*(kwargs.get("callbacks") or []), stop, TrimFragmentedHeap()]
         with stop, retained_heap():
             out = super().train(**kwargs)
         warn_if_trivial(self)

@@ -12,6 +12,7 @@ from torch.utils.data import DataLoader
 
 from cellformers._settings import settings
 from cellformers._utils import autocast_context, int8_copy, resolve_adata, retained_heap, row_nnz
+from cellformers._utils._heap import release_fragmented_heap
 from cellformers._utils._progress import track
 from cellformers._utils._validation import check_batch_size
 
@@ -137,6 +138,7 @@ class InferenceMixin:
                     else:
                         out[rows[start:stop]] = y
                     start = stop
+                    release_fragmented_heap()
         finally:
             self.module = original
             self.module.train(was_training)

@@ -36,6 +36,7 @@ def run_training_plan(
     ``trainer`` of the model's own training, so those (and the module's train/eval mode) are put back afterwards.
     """
     from cellformers.train._checkpointing import StopOnSigterm
+    from cellformers.train._heap_trim import TrimFragmentedHeap
 
     if kwargs.get("datamodule") is None or max_epochs is None:
         msg = "`training_plan=` needs `datamodule=` (its data) and `max_epochs=`."
@@ -49,7 +50,7 @@ def run_training_plan(
         **kwargs,
         "precision": resolve_precision(precision, training_device(accelerator, None)),
         "enable_progress_bar": show_progress(enable_progress_bar),
-        "callbacks": [*(kwargs.get("callbacks") or []), stop],
+        "callbacks": [*(kwargs.get("callbacks") or []), stop, TrimFragmentedHeap()],
     }
     # scvi-tools builds `model._training_plan_cls(module, **plan_kwargs)`: an instance attribute hands it the plan
     model._training_plan_cls = lambda module, **_: plan
