@@ -82,6 +82,7 @@ TITLES = {
     "profiles_cpu": "Where the time goes: profiler tables of training steps and embedding, before and after (CPU)",
     "training_memory_cpu": "xTrimoGene training-memory estimate by preset and gene count, before and after (CPU)",
     "throughput_cpu_avx2_before_after": "Throughput before and after the performance changes on an AVX2-only CPU (AMD EPYC)",
+    "heap_growth_cpu": "Resident memory over 40 training steps of XTrimoGene-10M, freed memory kept for reuse or not (AMD EPYC, AVX2)",
     "throughput_cpu_avx2_before_after_run2": "Throughput before and after on an AVX2-only CPU (AMD EPYC), a second run of the default configuration",
     "throughput_cpu_avx2_before_after_reuse256": "Throughput before and after on an AVX2-only CPU (AMD EPYC), freed blocks up to 256 MiB kept",
     "throughput_cpu_avx2_19264_genes": "XTrimoGene-10M over 19,264 genes at batch 32 on an AVX2-only CPU (AMD EPYC): step time and peak RSS",
@@ -275,6 +276,9 @@ def _section_lines(data: dict[str, Any]) -> list[str]:
     if isinstance(comparison, dict) and isinstance(comparison.get("rows"), list):  # throughput.py --before-src
         add(f"Before and after ({comparison.get('baseline', '')}; rates per CPU second and per second)",
             markdown_table(comparison["rows"]))  # fmt: skip
+    summary = data.get("summary")
+    if isinstance(summary, list) and summary and isinstance(summary[0], dict) and "rss_max_mb" in summary[0]:
+        add("Resident memory after each training step (heap_growth.py)", markdown_table(summary))
     if isinstance(data.get("top_ops"), list):  # profile_models.py
         add("Operators with the most self CPU time", markdown_table(data["top_ops"]))
     if isinstance(data.get("benchmark"), dict | list):
