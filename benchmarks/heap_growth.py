@@ -23,17 +23,13 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import RESULTS, machine_info, quiet_libraries, run_worker, write_json
+from _common import RESULTS, machine_info, quiet_libraries, run_worker, status_mb, write_json
 
 BATCH_SIZE = 4
 
 
 def _resident_mb() -> float:
-    with open("/proc/self/status", encoding="ascii") as fh:
-        for line in fh:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    return float("nan")
+    return status_mb("VmRSS")
 
 
 def worker(args: dict) -> dict:

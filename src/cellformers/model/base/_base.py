@@ -22,7 +22,6 @@ from cellformers._utils import (
     registered_cell_seeds,
     resolve_adata,
     resolve_precision,
-    retained_heap,
     training_device,
 )
 from cellformers._utils._progress import show_progress
@@ -326,11 +325,12 @@ class CellformersModel(
             kwargs.get("precision"), training_device(kwargs.get("accelerator"), kwargs.get("device"))
         )
         from cellformers.train._checkpointing import StopOnSigterm, checkpoint_path
-        from cellformers.train._heap_trim import TrimFragmentedHeap
+        from cellformers.train._heap_trim import RetainedHeap
 
         stop = StopOnSigterm(None if checkpoint_dir is None else checkpoint_path(checkpoint_dir, plan_kwargs))
-        kwargs["callbacks"] = [*(kwargs.get("callbacks") or []), stop, TrimFragmentedHeap()]
-        with stop, retained_heap():
+        heap = RetainedHeap()
+        kwargs["callbacks"] = [*(kwargs.get("callbacks") or []), stop, heap]
+        with stop, heap:
             out = super().train(**kwargs)
         warn_if_trivial(self)
         return out

@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING
 
 from scvi.model.base import UnsupervisedTrainingMixin
 
-from cellformers._utils import resolve_precision, retained_heap, training_device
+from cellformers._utils import resolve_precision, training_device
 from cellformers._utils._progress import show_progress
 
 if TYPE_CHECKING:
@@ -36,7 +36,7 @@ def run_training_plan(
     ``trainer`` of the model's own training, so those (and the module's train/eval mode) are put back afterwards.
     """
     from cellformers.train._checkpointing import StopOnSigterm
-    from cellformers.train._heap_trim import TrimFragmentedHeap
+    from cellformers.train._heap_trim import RetainedHeap
 
     if kwargs.get("datamodule") is None or max_epochs is None:
         msg = "`training_plan=` needs `datamodule=` (its data) and `max_epochs=`."
@@ -45,17 +45,17 @@ def run_training_plan(
     if isinstance(kept["history_"], dict):  # the runner extends the dict in place: keep a copy, not a reference
         kept["history_"] = dict(kept["history_"])
     was_training = model.module.training
-    stop = StopOnSigterm(None)
+    stop, heap = StopOnSigterm(None), RetainedHeap()
     kwargs = {
         **kwargs,
         "precision": resolve_precision(precision, training_device(accelerator, None)),
         "enable_progress_bar": show_progress(enable_progress_bar),
-        "callbacks": [*(kwargs.get("callbacks") or []), stop, TrimFragmentedHeap()],
+        "callbacks": [*(kwargs.get("callbacks") or []), stop, heap],
     }
     # scvi-tools builds `model._training_plan_cls(module, **plan_kwargs)`: an instance attribute hands it the plan
     model._training_plan_cls = lambda module, **_: plan
     try:
-        with stop, retained_heap():
+        with stop, heap:
             UnsupervisedTrainingMixin.train(
                 model, max_epochs=max_epochs, accelerator=accelerator, devices=devices, **kwargs
             )
